@@ -1,0 +1,55 @@
+"""The command line, through Typer's test runner."""
+
+from typer.testing import CliRunner
+
+from tinyserve_sim.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_explains_every_step():
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "copy-on-write into block 3" in result.output
+    assert "reused from the prefix cache" in result.output
+    assert "physical memory" in result.output
+
+
+def test_scenarios_list_and_write(tmp_path):
+    result = runner.invoke(app, ["scenarios"])
+    assert result.exit_code == 0 and "beam-search" in result.output
+    out = tmp_path / "ev.jsonl"
+    assert runner.invoke(app, ["scenarios", "eviction", "--write", str(out)]).exit_code == 0
+    assert out.read_text().startswith('{"format": "tinyserve-sim-trace"')
+    result = runner.invoke(app, ["scenarios", "nope"])
+    assert result.exit_code == 2 and "no scenario 'nope'" in result.output
+
+
+def test_trace_until_and_render(tmp_path):
+    out = tmp_path / "cow.jsonl"
+    runner.invoke(app, ["scenarios", "copy-on-write", "--write", str(out)])
+    pics = tmp_path / "pics"
+    result = runner.invoke(app, ["trace", str(out), "--until", "3", "--render", str(pics), "--format", "png"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in pics.iterdir()) == [f"step-{i:03d}.png" for i in range(4)]
+    assert "[  2] append 1 token(s) to 'A1'" in result.output and "[  3]" not in result.output
+
+
+def test_trace_step_by_step_quits_on_q(tmp_path):
+    out = tmp_path / "cow.jsonl"
+    runner.invoke(app, ["scenarios", "copy-on-write", "--write", str(out)])
+    result = runner.invoke(app, ["trace", str(out), "--step"], input="xq")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("press a key") == 2
+
+
+def test_trace_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 2}\n{"op": "add"}\n')
+    result = runner.invoke(app, ["trace", str(bad)])
+    assert result.exit_code == 2 and "line 2: field 'seq': missing" in result.output
+    full = tmp_path / "full.jsonl"
+    full.write_text('{"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 2}\n'
+                    '{"op": "add", "seq": "a", "prompt": 9}\n')
+    result = runner.invoke(app, ["trace", str(full)])
+    assert result.exit_code == 1 and "ran out of blocks at line 2" in result.output

@@ -488,6 +488,8 @@ class BlockManager:
     def _slots(self, table: list[int], start: int, end: int) -> np.ndarray:
         """Slots of tokens ``start .. end-1``: ``table[t // bs] * bs + t % bs``."""
         bs = self.block_size
+        if end - start <= 8:  # a decode step: a plain loop beats NumPy's set-up cost
+            return np.array([table[t // bs] * bs + t % bs for t in range(start, end)], dtype=np.int64)
         first = start // bs
         blocks = np.asarray(table[first : _ceil_div(end, bs)], dtype=np.int64)
         positions = np.arange(start, end, dtype=np.int64)
@@ -499,8 +501,8 @@ class BlockManager:
         if not self.record_steps:
             return None
         for name, value in fields.items():
-            if isinstance(value, list):
-                fields[name] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            if isinstance(value, list):  # lists of ids (or of (src, dst) tuples) become tuples
+                fields[name] = tuple(value)
         return Step(
             index=index,
             op=op,

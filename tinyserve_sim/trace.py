@@ -3,7 +3,7 @@
 A trace is a JSON Lines file (one JSON object per line). The first line is the
 header; every other non-blank line is one operation::
 
-    {"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 8, "policy": "fifo", "prefix_caching": false}
+    {"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 8, "policy": "fifo", "prefix_caching": true}
     {"op": "add", "seq": "a", "prompt": 6, "note": "a 6-token prompt needs 2 blocks"}
     {"op": "fork", "parent": "a", "child": "b"}
     {"op": "append", "seq": "b", "tokens": 1}

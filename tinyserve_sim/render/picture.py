@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+# Figures are built with the object-oriented API (no pyplot): nothing global is
+# touched, no display is needed, and a notebook shows a returned figure once.
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from tinyserve_sim.manager import BlockManager  # noqa: E402
-from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors  # noqa: E402
-from tinyserve_sim.steps import Snapshot  # noqa: E402
+from tinyserve_sim.manager import BlockManager
+from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors
+from tinyserve_sim.steps import Snapshot
 
 SEQ_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#d62728", "#7f7f7f", "#bcbd22")
 SHARED_COLOR = "#e377c2"
@@ -36,10 +34,8 @@ def draw_state(state: BlockManager | Snapshot, title: str = "", per_row: int = 1
     rows = -(-len(infos) // per_row)
     max_table = max((len(s.block_table) for s in snap.sequences), default=1)
     table_width = min(max_table, 24)
-    fig, (ax_tab, ax_mem) = plt.subplots(
-        1, 2, figsize=(2 + 0.45 * (table_width + per_row), 1.2 + 0.45 * max(rows, len(snap.sequences), 2)),
-        gridspec_kw={"width_ratios": [table_width + 2, per_row]},
-    )
+    fig = Figure(figsize=(2 + 0.45 * (table_width + per_row), 1.2 + 0.45 * max(rows, len(snap.sequences), 2)))
+    ax_tab, ax_mem = fig.subplots(1, 2, gridspec_kw={"width_ratios": [table_width + 2, per_row]})
     # Left: block tables, one row per sequence.
     for row, seq in enumerate(snap.sequences):
         y = len(snap.sequences) - 1 - row
@@ -91,5 +87,4 @@ def save_state(state: BlockManager | Snapshot, path: str | Path, title: str = ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

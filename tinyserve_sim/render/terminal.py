@@ -77,7 +77,7 @@ def render_tables(state: BlockManager | Snapshot, max_blocks: int = 24) -> Rende
     table = Table(title="block tables", title_justify="left", expand=False)
     table.add_column("sequence")
     table.add_column("tokens", justify="right")
-    table.add_column("block table (logical 0, 1, 2, ... -> physical)")
+    table.add_column("block table (logical -> physical)")
     for seq in snap.sequences:
         cells = Text()
         for block in seq.block_table[:max_blocks]:

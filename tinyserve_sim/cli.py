@@ -5,6 +5,8 @@ Commands:
 * ``demo``: walk a built-in scenario step by step, one line per step.
 * ``trace FILE``: step through a trace file (``--step``, ``--until N``, ``--render DIR``).
 * ``scenarios``: list the built-in scenarios, or write one as a trace file.
+* ``simulate`` and ``claims``: serving workloads and the check of the seed's
+  claims (registered by :mod:`tinyserve_sim.workloads.cli`).
 
 Every command reads only step records and public state; errors in the input
 (a malformed trace, an unknown scenario) print one clear line and exit with 2.
@@ -24,6 +26,7 @@ from tinyserve_sim.errors import SimError
 from tinyserve_sim.render import print_state, render_step, save_state
 from tinyserve_sim.scenarios import SCENARIOS, get_scenario
 from tinyserve_sim.trace import Replay, Trace, load
+from tinyserve_sim.workloads.cli import register as register_workload_commands
 
 app = typer.Typer(
     help="tinyserve-sim: step through how an LLM server manages its paged KV cache.",
@@ -143,11 +146,8 @@ def scenarios(
         console.print(f"wrote {write}")
 
 
-# The workload and claims commands live with the workloads package.
-if (Path(__file__).parent / "workloads" / "cli.py").exists():  # until the workloads package lands
-    from tinyserve_sim.workloads.cli import register
-
-    register(app)
+# The workload and claims commands (simulate, claims) live with the workloads package.
+register_workload_commands(app)
 
 
 def main() -> None:

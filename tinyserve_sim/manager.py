@@ -411,6 +411,8 @@ class BlockManager:
 
     def _tokens(self, tokens: Tokens, what: str) -> tuple[int, np.ndarray | None]:
         """Normalise a token count or token ids to ``(count, ids or None)``."""
+        if type(tokens) is int and tokens > 0:  # the common decode case, checked first for speed
+            return tokens, None
         if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
             count, ids = int(tokens), None
         else:

@@ -1,0 +1,181 @@
+"""Launchers: validate on the host, then launch the CUDA kernels through CuPy.
+
+Every public function here first runs the same checks as the NumPy twin
+(``tinyserve_sim.kv.validation``): dtypes, shapes, C-contiguity, block ids and
+slots in range, sequence lengths within the tables' capacity, copy conflicts.
+Only then does it launch, so a bad input is a Python exception, never an
+out-of-bounds access on the device. Scalars are passed as ``np.int32`` /
+``np.int64`` / ``np.float32``: CuPy does not check kernel argument types.
+
+``prepare_paged_attention`` splits validation from launching, so that the
+benchmark times kernels only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cupy as cp
+import numpy as np
+
+from tinyserve_sim.kv.paged_attention import CHUNK_TOKENS, NUM_THREADS, make_plan, resolve_variant
+from tinyserve_sim.kv.validation import (
+    check_block_mapping,
+    check_caches,
+    check_paged_attention,
+    check_reshape_and_cache,
+    check_scale,
+)
+from tinyserve_sim.errors import KernelInputError
+from tinyserve_sim.gpu.build import CTYPE as _CTYPE, get_module, paged_attention_names
+
+
+def _device(a: Any, name: str) -> cp.ndarray:
+    """Big arrays must already live on the GPU (no silent host-to-device copies)."""
+    if not isinstance(a, cp.ndarray):
+        raise KernelInputError(f"{name} must be a cupy.ndarray on the GPU, got {type(a).__name__}")
+    return a
+
+
+def _index(a: Any) -> cp.ndarray:
+    """A validated host index array, uploaded (or kept, if already on the GPU)."""
+    return a if isinstance(a, cp.ndarray) else cp.asarray(a)
+
+
+def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> cp.ndarray:
+    if out is None:
+        return cp.empty(shape, dtype=dtype)
+    out = _device(out, "out")
+    if tuple(out.shape) != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise KernelInputError(f"out must be a C-contiguous {dtype} array of shape {shape}")
+    return out
+
+
+# ------------------------------------------------------------ reshape_and_cache
+def prepare_reshape_and_cache(
+    key: Any, value: Any, key_cache: Any, value_cache: Any, slot_mapping: Any
+) -> Callable[[], None]:
+    """Validate now; return a function that launches ``reshape_and_cache``."""
+    slots = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    for n, a in (("key", key), ("value", value), ("key_cache", key_cache), ("value_cache", value_cache)):
+        _device(a, n)
+    num_tokens = int(key.shape[0])
+    if num_tokens == 0:
+        return lambda: None
+    row_vecs = key.shape[1] * key.shape[2] * key.dtype.itemsize // 16
+    threads = min(256, max(32, -(-row_vecs // 32) * 32))
+    kernel = get_module("reshape_and_cache.cu").get_function("reshape_and_cache_kernel")
+    args = (key, value, key_cache, value_cache, _index(slots), np.int32(num_tokens), np.int32(row_vecs), np.int32(1))
+    return lambda: kernel((num_tokens,), (threads,), args)
+
+
+def reshape_and_cache(key: Any, value: Any, key_cache: Any, value_cache: Any, slot_mapping: Any) -> None:
+    """GPU ``reshape_and_cache`` (see the twin for semantics)."""
+    prepare_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)()
+
+
+# ------------------------------------------------------------------ copy_blocks
+def prepare_copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) -> Callable[[], None]:
+    """Validate now (conflicts raise ``CopyConflictError``); return the launch."""
+    num_blocks, block_size, heads, head_dim = check_caches(key_cache, value_cache)
+    mapping = check_block_mapping(block_mapping, num_blocks)
+    _device(key_cache, "key_cache")
+    _device(value_cache, "value_cache")
+    pairs = mapping.shape[0]
+    if pairs == 0:
+        return lambda: None
+    block_vecs = block_size * heads * head_dim * key_cache.dtype.itemsize // 16
+    # Enough pieces per pair that even a few copies fill 132 SMs (>= 4 blocks each).
+    pieces = max(1, min(-(-block_vecs // 1024), -(-528 // pairs)))
+    kernel = get_module("copy_blocks.cu").get_function("copy_blocks_kernel")
+    args = (key_cache, value_cache, _index(mapping), np.int64(block_vecs))
+    return lambda: kernel((pieces, pairs), (256,), args)
+
+
+def copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) -> None:
+    """GPU ``copy_blocks``; conflicting mappings raise ``CopyConflictError`` first."""
+    prepare_copy_blocks(key_cache, value_cache, block_mapping)()
+
+
+# -------------------------------------------------------------- paged_attention
+def prepare_paged_attention(
+    query: Any,
+    key_cache: Any,
+    value_cache: Any,
+    block_tables: Any,
+    seq_lens: Any,
+    scale: float,
+    variant: str = "auto",
+    partition_size: int = 1024,
+    out: Any = None,
+) -> Callable[[], cp.ndarray]:
+    """Validate everything now; return a function that launches and returns ``out``."""
+    tables_h, lens_h = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
+    scale32 = check_scale(scale)
+    S, Hq, D = (int(x) for x in query.shape)
+    _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
+    variant = resolve_variant(variant, partition_size, S, Hkv, lens_h)
+    for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
+        _device(a, n)
+    dtype = np.dtype(query.dtype)
+    out = _check_out(out, (S, Hq, D), dtype)
+    if S == 0:
+        return lambda: out
+    G = Hq // Hkv
+    plan = make_plan(D, dtype, G)
+    GT = plan.head_tile
+    n_tiles = -(-G // GT)
+    names = paged_attention_names(dtype, plan.lanes, plan.vecs_per_lane)
+    module = get_module("paged_attention.cu", names)
+    t = _CTYPE[dtype]
+    split = variant == "split_k"
+    main = module.get_function(
+        f"paged_attention_kernel<{t}, {plan.vec}, {plan.lanes}, {plan.vecs_per_lane}, {GT}, {'true' if split else 'false'}>"
+    )
+    tables_d, lens_d = _index(tables_h), _index(lens_h)
+    smem = 4 * (GT * D + GT * CHUNK_TOKENS + 4 * GT * D) + 16 * CHUNK_TOKENS  # + token row offsets, x2 buffers
+    max_parts = -(-int(lens_h.max()) // partition_size) if split else 1
+    if split:
+        part_out = cp.empty((S, Hq, max_parts, D), dtype=np.float32)
+        part_m = cp.empty((S, Hq, max_parts), dtype=np.float32)
+        part_l = cp.empty((S, Hq, max_parts), dtype=np.float32)
+        reduce = module.get_function(f"paged_attention_reduce_kernel<{t}>")
+    else:
+        part_out = part_m = part_l = cp.empty((1,), dtype=np.float32)  # unused
+    args = (
+        out, part_out, part_m, part_l, query, key_cache, value_cache, tables_d, lens_d, scale32,
+        np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(tables_h.shape[1]),
+        np.int32(partition_size), np.int32(max_parts),
+    )
+    grid = (Hkv * n_tiles, S, max_parts)
+
+    def launch() -> cp.ndarray:
+        main(grid, (NUM_THREADS,), args, shared_mem=smem)
+        if split:
+            reduce(
+                (Hq, S), (NUM_THREADS,),
+                (out, part_out, part_m, part_l, lens_d, np.int32(Hq), np.int32(D),
+                 np.int32(partition_size), np.int32(max_parts)),
+                shared_mem=4 * (max_parts + 4),  # + 4: slack for vectorised reads of w_s
+            )
+        return out
+
+    return launch
+
+
+def paged_attention(
+    query: Any,
+    key_cache: Any,
+    value_cache: Any,
+    block_tables: Any,
+    seq_lens: Any,
+    scale: float,
+    variant: str = "auto",
+    partition_size: int = 1024,
+    out: Any = None,
+) -> cp.ndarray:
+    """GPU paged attention (decode), bit-identical to ``tinyserve_sim.kv.paged_attention``."""
+    return prepare_paged_attention(
+        query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size, out
+    )()

@@ -1,0 +1,132 @@
+"""GPU kernels against their NumPy twins, bit for bit (raw bits: NaN and -0 included).
+
+Every output buffer is poisoned (NaN or a sentinel) before the launch, so an
+element the kernel fails to write cannot pass by accident."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpu_helpers import GPU_SETTINGS, assert_bits_equal
+from kv_strategies import AttentionCase, attention_cases
+from tinyserve_sim.errors import CopyConflictError, KernelInputError
+from tinyserve_sim.kv import copy_blocks, paged_attention, reshape_and_cache
+
+pytestmark = pytest.mark.gpu
+
+
+# ---------------------------------------------------------------- reshape_and_cache
+@GPU_SETTINGS
+@given(
+    dtype=st.sampled_from([np.float16, np.float32]),
+    num_blocks=st.integers(1, 40),
+    block_size=st.integers(1, 64),
+    heads=st.integers(1, 4),
+    head_dim=st.sampled_from([8, 32, 80, 128]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_reshape_and_cache_matches_twin(dtype, num_blocks, block_size, heads, head_dim, seed):
+    import cupy as cp
+
+    rng = np.random.default_rng(seed)
+    capacity = num_blocks * block_size
+    T = int(rng.integers(0, min(capacity, 200) + 1))
+    slots = rng.permutation(capacity)[:T].astype(np.int64)
+    slots[rng.random(T) < 0.2] = -1  # padding tokens
+    key = rng.standard_normal((T, heads, head_dim)).astype(dtype)
+    value = rng.standard_normal((T, heads, head_dim)).astype(dtype)
+    shape = (num_blocks, block_size, heads, head_dim)
+    kc, vc = np.full(shape, np.nan, dtype), np.full(shape, -0.0, dtype)  # poison the caches
+    kd, vd = cp.asarray(kc), cp.asarray(vc)
+    from tinyserve_sim.gpu import launchers
+
+    launchers.reshape_and_cache(cp.asarray(key), cp.asarray(value), kd, vd, slots)
+    reshape_and_cache(key, value, kc, vc, slots)
+    assert_bits_equal(kd.get(), kc)
+    assert_bits_equal(vd.get(), vc)
+
+
+# ---------------------------------------------------------------------- copy_blocks
+@GPU_SETTINGS
+@given(
+    dtype=st.sampled_from([np.float16, np.float32]),
+    num_blocks=st.integers(2, 64),
+    block_size=st.integers(1, 32),
+    heads=st.integers(1, 3),
+    head_dim=st.sampled_from([8, 64, 96]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_copy_blocks_matches_twin(dtype, num_blocks, block_size, heads, head_dim, seed):
+    import cupy as cp
+    from tinyserve_sim.gpu import launchers
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num_blocks)
+    pairs = int(rng.integers(0, num_blocks // 2 + 1))
+    mapping = np.stack([perm[:pairs], perm[pairs : 2 * pairs]], axis=1).astype(np.int64)
+    shape = (num_blocks, block_size, heads, head_dim)
+    kc = rng.standard_normal(shape).astype(dtype)
+    vc = rng.standard_normal(shape).astype(dtype)
+    kd, vd = cp.asarray(kc), cp.asarray(vc)
+    launchers.copy_blocks(kd, vd, mapping)
+    copy_blocks(kc, vc, mapping)
+    assert_bits_equal(kd.get(), kc)
+    assert_bits_equal(vd.get(), vc)
+
+
+def test_copy_blocks_rejects_conflicts_before_launch():
+    import cupy as cp
+    from tinyserve_sim.gpu import launchers
+
+    kd = cp.zeros((4, 2, 1, 8), np.float16)
+    vd = cp.zeros((4, 2, 1, 8), np.float16)
+    with pytest.raises(CopyConflictError):
+        launchers.copy_blocks(kd, vd, np.array([[0, 1], [2, 1]], np.int64))
+    with pytest.raises(CopyConflictError):
+        launchers.copy_blocks(kd, vd, np.array([[0, 1], [1, 2]], np.int64))
+    with pytest.raises(KernelInputError):
+        launchers.copy_blocks(kd, vd, np.array([[0, 4]], np.int64))
+
+
+# ------------------------------------------------------------------- paged_attention
+def _run_both(case: AttentionCase, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    import cupy as cp
+    from tinyserve_sim.gpu import launchers
+
+    out = cp.full(case.query.shape, np.nan, dtype=case.query.dtype)  # poison
+    gpu = launchers.paged_attention(
+        cp.asarray(case.query), cp.asarray(case.key_cache), cp.asarray(case.value_cache),
+        case.block_tables, case.seq_lens, case.scale, variant, case.partition_size, out=out,
+    ).get()
+    twin = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    return gpu, twin
+
+
+@GPU_SETTINGS
+@given(case=attention_cases(), variant=st.sampled_from(["one_pass", "split_k"]))
+def test_paged_attention_matches_twin(case: AttentionCase, variant: str):
+    gpu, twin = _run_both(case, variant)
+    assert not np.isnan(twin).any()
+    assert_bits_equal(gpu, twin)
+
+
+@pytest.mark.parametrize("variant", ["one_pass", "split_k"])
+@pytest.mark.parametrize(
+    "S,Hq,Hkv,D,bs,L",
+    [(2, 8, 2, 128, 16, 1000), (1, 32, 1, 80, 7, 333), (3, 4, 4, 96, 256, 256), (1, 1, 1, 256, 1, 129)],
+)
+def test_paged_attention_fixed_shapes(variant, S, Hq, Hkv, D, bs, L):
+    rng = np.random.default_rng(L)
+    nb = S * (-(-L // bs)) + 1
+    case = AttentionCase(
+        rng.standard_normal((S, Hq, D)).astype(np.float16),
+        rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16),
+        rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16),
+        rng.permutation(nb)[: S * (-(-L // bs))].reshape(S, -1).astype(np.int32),
+        np.full(S, L, np.int32), D**-0.5, 256,
+    )
+    gpu, twin = _run_both(case, variant)
+    assert_bits_equal(gpu, twin)

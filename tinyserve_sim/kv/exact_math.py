@@ -1,0 +1,150 @@
+"""Exact float32 arithmetic shared by every kernel twin.
+
+The GPU kernels in ``gpu/kernels/`` and their NumPy twins in this package
+promise *bit-identical* results. That is only possible when both sides do the
+very same IEEE-754 float32 operations in the very same order. Three things
+usually break that promise, and this module removes all three:
+
+1. **The exponential.** CUDA's ``expf`` and ``__expf`` are not correctly
+   rounded and differ from NumPy's ``np.exp`` (measured on an H100: 47% of
+   inputs differ, by up to 3 and 28 ULP). So neither side uses its library
+   exp. Both use :func:`exp_f32`, built only from ``*``, ``+``, ``rint`` and an
+   exact power of two assembled from exponent bits. Each of those operations
+   is correctly rounded in IEEE-754, so both sides round identically.
+2. **Summation order.** Float addition is not associative. Every sum in a
+   kernel has a fixed, documented order, and the twin reproduces it:
+   sequential sums (:func:`sequential_sum`) for what one thread accumulates,
+   and pairwise trees (:func:`pairwise_sum`) for a ``__shfl_xor_sync``
+   butterfly, which pairs lane ``i`` with lane ``i ^ 1``, then ``i ^ 2``, ...
+   That is exactly a sum of adjacent pairs, repeated.
+3. **Fused multiply-add.** ``a * b + c`` may be contracted into one FMA (one
+   rounding instead of two). The kernels are compiled with ``--fmad=false``
+   (see ``gpu/build.py``) and NumPy never fuses, so both round twice.
+
+NumPy pitfall: mixing a float32 array with a Python ``float`` is fine under
+NumPy 2's promotion rules, but mixing with a float64 *array* or ``np.float64``
+silently computes in float64. Every constant here is an ``np.float32``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = np.float32
+
+# Constants as exact float32 values, written in hexadecimal so that the C
+# header (gpu/kernels/exact_math.cuh) can spell the very same bits.
+LOG2E = F32(float.fromhex("0x1.715476p+0"))  # log2(e) rounded to float32
+# Cody-Waite split of ln(2): LN2_HI has 9 significant bits, so k * LN2_HI is
+# exact for every |k| <= 128 that we use; LN2_LO carries the remainder.
+LN2_HI = F32(float.fromhex("0x1.63p-1"))  # 0.693359375
+LN2_LO = F32(float.fromhex("-0x1.bd0106p-13"))  # -2.12194440e-4
+# Taylor coefficients 1/k! for k = 7 .. 0 (Horner order), rounded to float32.
+# On |r| <= ln(2)/2 the truncation error r^8/8! is below 6e-9, far under the
+# float32 rounding error of the evaluation itself.
+EXP_POLY = tuple(
+    F32(float.fromhex(h))
+    for h in (
+        "0x1.a01a02p-13",  # 1/5040
+        "0x1.6c16c2p-10",  # 1/720
+        "0x1.111112p-7",  # 1/120
+        "0x1.555556p-5",  # 1/24
+        "0x1.555556p-3",  # 1/6
+        "0x1.0p-1",  # 1/2
+        "0x1.0p+0",  # 1
+        "0x1.0p+0",  # 1
+    )
+)
+# exp(x) is flushed to 0 when rint(x * log2 e) < EXP_MIN_K (the result would be
+# at or near the subnormal range, where GPU and CPU products can differ), and
+# saturates to +inf when it is > EXP_MAX_K.
+EXP_MIN_K = -125
+EXP_MAX_K = 127
+
+
+def exp_f32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Deterministic float32 ``exp``, bit-identical to ``ts_exp`` in CUDA.
+
+    Algorithm (each step one correctly rounded float32 operation):
+
+    1. ``k = rint(x * LOG2E)``: the power of two to pull out.
+    2. If ``k < -125`` return 0 (flush: never produce a subnormal);
+       if ``k > 127`` return +inf.
+    3. ``r = (x - k * LN2_HI) - k * LN2_LO``: Cody-Waite reduction, so that
+       ``|r| <~ ln(2)/2``.
+    4. ``p = exp(r)`` by a degree-7 polynomial in Horner form.
+    5. ``2**k`` built exactly as the float with biased exponent ``k + 127``;
+       return ``p * 2**k`` (always a normal float, so no subnormal rounding).
+
+    NaN maps to NaN, ``-inf`` to 0 and ``+inf`` to ``+inf``.
+    Relative error against float64 ``exp``: a few ULP (see the tests).
+    Inputs above ~88.4 saturate to +inf slightly earlier than a libm would;
+    softmax only ever calls it on values <= 0.
+    """
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        kf = np.rint(x * LOG2E)
+        r = (x - kf * LN2_HI) - kf * LN2_LO
+        p = np.full_like(x, EXP_POLY[0])
+        for c in EXP_POLY[1:]:
+            p = p * r + c
+        # Build 2**k from the exponent bits; k is clipped only to keep the
+        # integer conversion defined for lanes that step 2 overrides anyway.
+        k_safe = np.where(np.isfinite(kf), np.clip(kf, EXP_MIN_K, EXP_MAX_K), 0)
+        two_k = ((k_safe.astype(np.int32) + 127) << 23).view(F32)
+        out = p * two_k
+    out = np.where(kf < EXP_MIN_K, F32(0.0), out)
+    out = np.where(kf > EXP_MAX_K, F32(np.inf), out)
+    out = np.where(np.isnan(x), x, out)
+    return out.astype(F32, copy=False)
+
+
+def pairwise_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.float32]:
+    """Sum along ``axis`` as a ``__shfl_xor_sync`` butterfly does.
+
+    The axis length must be a power of two. Level 1 adds elements ``(0,1)``,
+    ``(2,3)``, ...; level 2 adds the results pairwise again; and so on. A
+    butterfly over lanes with masks 1, 2, 4, ... computes exactly this tree
+    (each lane adds its partner's value; float addition is commutative, so
+    both partners get identical bits).
+    """
+    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
+    n = a.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"pairwise_sum needs a power-of-two length, got {n}")
+    while a.shape[-1] > 1:
+        a = a[..., 0::2] + a[..., 1::2]
+    return a[..., 0]
+
+
+def sequential_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.float32]:
+    """Sum along ``axis`` strictly left to right, starting from ``+0.0``.
+
+    This is what one GPU thread does with ``acc = 0; for (...) acc += x;``.
+    (``np.sum`` would use its own pairwise blocking, a different order.)
+    """
+    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
+    acc = np.zeros(a.shape[:-1], dtype=F32)
+    for i in range(a.shape[-1]):
+        acc = acc + a[..., i]
+    return acc
+
+
+def halving_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.float32]:
+    """Sum along ``axis`` as a butterfly with *descending* masks does.
+
+    The axis length must be a power of two ``n``. Level 1 adds element ``i``
+    to element ``i + n/2``; level 2 adds ``i`` and ``i + n/4`` of the result;
+    and so on. A ``__shfl_xor_sync`` butterfly (or reduce-scatter) over masks
+    ``n/2, n/4, ..., 1`` computes exactly this tree. It equals
+    :func:`pairwise_sum` over the bit-reversed order of the elements.
+    """
+    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
+    n = a.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"halving_sum needs a power-of-two length, got {n}")
+    while a.shape[-1] > 1:
+        half = a.shape[-1] // 2
+        a = a[..., :half] + a[..., half:]
+    return a[..., 0]

@@ -1,0 +1,272 @@
+"""MkDocs build hook: everything on the site that comes from the code is made here, at build time.
+
+Wired in ``mkdocs.yml`` (``hooks: [docs/hooks.py]``). On every build it adds to
+the site, without writing anything into the source tree:
+
+* the tutorials: each ``tutorials/NN_*.py`` (jupytext percent format) becomes
+  the page ``tutorials/NN_*/``; mkdocs-jupyter then executes and renders it;
+* every picture under ``assets/generated/``, drawn by the simulator itself
+  (:func:`tinyserve_sim.render.draw_state` and a few figures of its own below),
+  so a picture can never drift from the code;
+* ``reference/cli.md``, from the Typer app's own ``--help`` output;
+* ``reference/trace-format.md``, from the specification in ``trace.py``'s
+  docstring, checked by parsing its example, plus every built-in scenario;
+* and, when the workloads package provides them, the claim plots.
+
+The docstrings' reStructuredText habits are converted to Markdown by the Griffe
+extension in ``docs/docstring_markdown.py``, which this hook reuses for the
+trace-format page.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from mkdocs.plugins import event_priority  # noqa: E402
+from mkdocs.structure.files import File, Files  # noqa: E402
+
+from docstring_markdown import rst_to_markdown  # noqa: E402  (docs/ is on sys.path while MkDocs loads a hook)
+
+log = logging.getLogger("mkdocs.hooks.tinyserve")
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIALS = ROOT / "tutorials"
+GENERATED = "assets/generated"
+
+# Deterministic SVGs: no date, stable element ids.
+matplotlib.rcParams["svg.hashsalt"] = "tinyserve-sim"
+SVG_META = {"Date": None, "Creator": "tinyserve-sim docs build"}
+
+
+# ----------------------------------------------------------------------------- events
+@event_priority(100)  # before mkdocs-jupyter's on_files, which must see the tutorials
+def on_files(files: Files, config) -> Files:
+    for path in sorted(TUTORIALS.glob("[0-9][0-9]_*.py")):
+        # A plain File whose source folder is the repository root rather than docs/.
+        files.append(File(f"tutorials/{path.name}", str(ROOT), config.site_dir, config.use_directory_urls))
+    for name, content in _pictures().items():
+        files.append(File.generated(config, f"{GENERATED}/{name}", content=content))
+    files.append(File.generated(config, "reference/cli.md", content=_cli_page()))
+    files.append(File.generated(config, "reference/trace-format.md", content=_trace_format_page()))
+    return files
+
+
+def on_serve(server, config, builder):
+    """``mkdocs serve`` also rebuilds when a tutorial or the simulator changes."""
+    for folder in (TUTORIALS, ROOT / "tinyserve_sim"):
+        server.watch(str(folder))
+    return server
+
+
+# ---------------------------------------------------------------------------- pictures
+def _svg(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata=SVG_META)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pictures() -> dict[str, bytes]:
+    from tinyserve_sim import BlockManager
+    from tinyserve_sim.render import draw_state
+    from tinyserve_sim.scenarios import SCENARIOS
+
+    out: dict[str, bytes] = {}
+
+    # Every step of every built-in scenario: scenario-NAME-step-NNN.svg (000 = before any step).
+    for name, scenario in SCENARIOS.items():
+        replay = scenario.trace().replay()
+        out[f"scenario-{name}-step-000.svg"] = _svg(draw_state(replay.manager, "initial state"))
+        for step in replay:
+            title = f"{name}, after step {step.index}: {step.op}"
+            out[f"scenario-{name}-step-{replay.position:03d}.svg"] = _svg(draw_state(replay.manager, title))
+        if replay.error is not None:  # a built-in scenario must run to the end
+            raise RuntimeError(f"scenario {name!r} stopped: {replay.stop_message()}")
+
+    # Paging: three requests of different lengths in one pool.
+    m = BlockManager(num_blocks=16, block_size=4)
+    m.add("a", 7)
+    m.add("b", 13)
+    m.add("c", 2)
+    m.append("a", 2)
+    out["paging-three-sequences.svg"] = _svg(
+        draw_state(m, "a: 7 + 2 tokens, b: 13 tokens, c: 2 tokens (block size 4)")
+    )
+
+    out["free-queue-fifo-vs-lifo.svg"] = _svg(_free_queue_figure())
+
+    out.update(_claim_plots())
+    return out
+
+
+def _free_queue_figure():
+    """The hand-worked examples of pool.py's docstring, replayed on real BlockPools."""
+    from tinyserve_sim.pool import BlockPool
+
+    fig, axes = plt.subplots(2, 1, figsize=(9.5, 4.6))
+    for ax, policy in zip(axes, ("fifo", "lifo")):
+        pool = BlockPool(4, policy)
+        rows = [("start", pool.free_queue(), [])]
+        first = pool.allocate(2)
+        rows.append((f"allocate(2) -> {first}", pool.free_queue(), first))
+        release = list(reversed(first))  # the manager releases a sequence tail first
+        pool.release(release)
+        rows.append((f"release({release})", pool.free_queue(), []))
+        second = pool.allocate(3)
+        rows.append((f"allocate(3) -> {second}", pool.free_queue(), second))
+        for r, (label, queue, taken) in enumerate(rows):
+            y = len(rows) - 1 - r
+            ax.text(-0.2, y + 0.45, label, ha="right", va="center", fontsize=9, family="monospace")
+            for i, block in enumerate(queue):
+                ax.add_patch(Rectangle((i, y + 0.05), 0.9, 0.8, facecolor="#eeeeee", edgecolor="black", lw=0.5))
+                ax.text(i + 0.45, y + 0.45, str(block), ha="center", va="center", fontsize=9)
+            for i, block in enumerate(taken):
+                x = 5 + i
+                ax.add_patch(Rectangle((x, y + 0.05), 0.9, 0.8, facecolor="#1f77b4", edgecolor="black", lw=0.5))
+                ax.text(x + 0.45, y + 0.45, str(block), ha="center", va="center", fontsize=9, color="white")
+        ax.text(0, len(rows) + 0.1, "free queue, next block first", fontsize=8, color="#555555")
+        ax.text(5, len(rows) + 0.1, "handed out", fontsize=8, color="#555555")
+        ax.set_xlim(-5.2, 8.2)
+        ax.set_ylim(-0.1, len(rows) + 0.6)
+        ax.set_title(f'policy "{policy}"', fontsize=10, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# The experiments behind the claim plots, kept so that claims.md's tables come from the same run.
+_EXPERIMENTS = None
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Fill the claims page's table marker with the tables of this build's experiments."""
+    if page.file.src_uri == "claims.md" and _EXPERIMENTS is not None:
+        from tinyserve_sim.workloads.claims import CLAIMS_TABLE_MARKER, claims_markdown
+
+        if CLAIMS_TABLE_MARKER not in markdown:
+            raise ValueError("claims.md lost its table marker " + CLAIMS_TABLE_MARKER)
+        return markdown.replace(CLAIMS_TABLE_MARKER, claims_markdown(_EXPERIMENTS))
+    return markdown
+
+
+def _claim_plots() -> dict[str, bytes]:
+    """The claim plots (``tinyserve_sim.workloads.plots.write_claim_plots``), once ``docs/claims.md`` exists.
+
+    They are written under ``assets/generated/`` with the names ``write_claim_plots`` gives
+    them. ``TINYSERVE_DOCS_CLAIMS_SIZE`` picks the experiment size (default ``quick``).
+    """
+    if not (ROOT / "docs" / "claims.md").exists():
+        return {}
+    try:
+        from tinyserve_sim.workloads.experiments import run_experiments
+        from tinyserve_sim.workloads.plots import write_claim_plots
+    except ImportError:
+        return {}
+    import os
+    import tempfile
+
+    global _EXPERIMENTS
+    experiments = _EXPERIMENTS = run_experiments(os.environ.get("TINYSERVE_DOCS_CLAIMS_SIZE", "quick"))
+    with tempfile.TemporaryDirectory(prefix="tinyserve-claims-") as tmp:
+        return {path.name: path.read_bytes() for path in write_claim_plots(experiments, tmp)}
+
+
+# --------------------------------------------------------------------------- CLI page
+def _cli_page() -> str:
+    import typer
+    from typer.testing import CliRunner
+
+    from tinyserve_sim.cli import app
+
+    env = {"COLUMNS": "96", "TERM": "dumb", "NO_COLOR": "1"}
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args), env=env, prog_name="tinyserve-sim")
+        if result.exit_code != 0:
+            raise RuntimeError(f"tinyserve-sim {' '.join(args)} failed:\n{result.output}")
+        return "\n".join(line.rstrip() for line in result.output.splitlines()).strip("\n")
+
+    group = typer.main.get_command(app)
+    parts = [
+        "# Command line",
+        "",
+        "!!! note \"Generated\"",
+        "    This page is generated from the Typer application in `tinyserve_sim/cli.py` when the",
+        "    site is built: the help texts below are exactly what `--help` prints.",
+        "",
+        "The package installs one command, `tinyserve-sim` (also `python -m tinyserve_sim`).",
+        "Errors in its input (a malformed trace, an unknown scenario) print one line and exit with",
+        "status 2; a trace that stops early (for example out of blocks) exits with status 1.",
+        "",
+        "```text",
+        "$ tinyserve-sim --help",
+        run("--help"),
+        "```",
+        "",
+    ]
+    for name, command in group.commands.items():
+        doc = textwrap.dedent(command.callback.__doc__ or "").strip() if command.callback else ""
+        parts += [f"## `{name}`", "", doc, "", "```text", f"$ tinyserve-sim {name} --help", run(name, "--help"), "```", ""]
+        if name == "scenarios":
+            parts += ["Listing the built-in scenarios prints:", "", "```text", "$ tinyserve-sim scenarios",
+                      run("scenarios"), "```", ""]
+    parts += ["See also: [the trace file format](trace-format.md) and "
+              "[how to write a trace by hand](../how-to/write-a-trace.md).", ""]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ trace-format page
+def _trace_format_page() -> str:
+    from tinyserve_sim import trace
+    from tinyserve_sim.scenarios import SCENARIOS
+
+    doc = trace.__doc__ or ""
+    # The specification's own example must parse: a wrong example fails the build.
+    example = re.search(r"::\n\n((?:    .*\n)+)", doc)
+    if example is None:
+        raise RuntimeError("trace.py's docstring lost its example trace")
+    parsed = trace.loads(textwrap.dedent(example.group(1)))
+    replay = parsed.replay()
+    explained = [step.explain() for step in replay]
+    if replay.error is not None:  # shown on the page: the example should replay to its end
+        log.info("trace.py's example trace stops early: %s", replay.stop_message())
+        explained.append(replay.stop_message())
+
+    parts = [
+        "# Trace file format",
+        "",
+        "!!! note \"Generated\"",
+        "    The specification below is the docstring of `tinyserve_sim/trace.py`, rendered when the site",
+        "    is built; its example is parsed and replayed by the build, and the examples at the end are the",
+        "    built-in scenarios written out by `Trace.dumps()`. Version: "
+        f"`{trace.FORMAT}` version `{trace.VERSION}`.",
+        "",
+        rst_to_markdown(textwrap.dedent(doc)),
+        "",
+        "## What replaying the example prints",
+        "",
+        "```text",
+        *explained,
+        "```",
+        "",
+        "## The built-in scenarios as trace files",
+        "",
+        "Each is what `tinyserve-sim scenarios NAME` prints (`--write FILE` saves it).",
+        "",
+    ]
+    for name, scenario in SCENARIOS.items():
+        parts += [f'??? example "{name}: {scenario.title}"', "", "    ```json"]
+        parts += ["    " + line for line in scenario.trace().dumps().splitlines()]
+        parts += ["    ```", ""]
+    parts += ["See also: [how to write a trace by hand](../how-to/write-a-trace.md), "
+              "the [`trace` module's API](api/trace.md) and [the command line](cli.md).", ""]
+    return "\n".join(parts)

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Tutorial 7: where does the KV memory go?
+# # 7. Reproducing the memory-waste claim: where does the KV memory go?
 #
 # The seed README claims that paged allocation wastes **less than 4%** of the
 # KV memory, against 60-80% for traditional methods. The numbers come from the

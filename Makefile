@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test docs serve-docs bench clean
+.PHONY: demo test test-fast layers docs serve-docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the docs build and the tutorials (marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# The layering contract alone (also part of `make test`).
+layers: $(STAMP)
+	$(BIN)/python scripts/check_layers.py
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

@@ -17,14 +17,14 @@ import tracemalloc
 import numpy as np
 
 from tinyserve_sim import BlockManager
-from tinyserve_sim.trace import Op, Trace, TraceHeader
+from tinyserve_sim.control.trace import Op, Trace, TraceHeader
 
 
 def generate(num_ops: int, num_blocks: int, block_size: int, seed: int = 0) -> Trace:
     """A valid random trace: requests arrive, decode, fork (sampling) and finish, with prefix caching on."""
     rng = random.Random(seed)
     header = TraceHeader(block_size, num_blocks, "fifo", True, "bench", "generated control-plane benchmark")
-    manager = header.new_manager(record_steps=False)
+    manager = header.new_manager(record_ops=False)
     # 64 prompts built from 8 shared "system prompts": many prefix-cache hits.
     systems = [tuple(rng.randrange(50_000) for _ in range(rng.choice([32, 64, 128]))) for _ in range(8)]
     prompts = [systems[i % 8] + tuple(rng.randrange(50_000) for _ in range(rng.randrange(1, 200))) for i in range(64)]
@@ -55,9 +55,9 @@ def generate(num_ops: int, num_blocks: int, block_size: int, seed: int = 0) -> T
     return Trace(header, ops)
 
 
-def replay(trace: Trace, record_steps: bool) -> float:
+def replay(trace: Trace, record_ops: bool) -> float:
     """Seconds to replay every operation on a fresh manager."""
-    manager = trace.header.new_manager(record_steps)
+    manager = trace.header.new_manager(record_ops)
     start = time.perf_counter()
     for op in trace.ops:
         op.apply(manager)
@@ -88,8 +88,8 @@ def main() -> None:
     counts = {name: sum(1 for op in trace.ops if op.op == name) for name in ("add", "append", "fork", "free")}
     print(f"generated {len(trace.ops):,} operations over {args.blocks:,} blocks in {time.perf_counter() - t0:.1f} s: "
           + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    off = replay(trace, record_steps=False)
-    on = replay(trace, record_steps=True)
+    off = replay(trace, record_ops=False)
+    on = replay(trace, record_ops=True)
     print(f"replay, step records off: {len(trace.ops) / off:>10,.0f} ops/s ({off:.2f} s)")
     print(f"replay, step records on:  {len(trace.ops) / on:>10,.0f} ops/s ({on:.2f} s)")
     print(f"records on / off time ratio: {on / off:.2f}")

@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import cupy as cp
 import numpy as np
-
 from tinyserve_sim.gpu import launchers
 
 ROWS: list[tuple[str, float, float]] = []  # (name, seconds, fraction of copy)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from tinyserve_sim.manager import BlockManager
-from tinyserve_sim.workloads.compaction import plan_compaction
-from tinyserve_sim.workloads.experiments import KV_CAPACITY_TOKENS, make_memory
-from tinyserve_sim.workloads.generator import WorkloadSpec, generate
-from tinyserve_sim.workloads.scheduler import Scheduler, SchedulerConfig
+from tinyserve_sim.control.manager import BlockManager
+from tinyserve_sim.serving.catalog import KV_CAPACITY_TOKENS, make_memory
+from tinyserve_sim.serving.compaction import plan_compaction
+from tinyserve_sim.serving.generator import WorkloadSpec, generate
+from tinyserve_sim.serving.scheduler import Scheduler, SchedulerConfig
 
 
 def bench_managers(requests: int, rate: float) -> None:
@@ -39,7 +39,7 @@ def bench_managers(requests: int, rate: float) -> None:
 
 def bench_compaction() -> None:
     """Fragment a pool with shared (beam-like) and single sequences, then plan both ways."""
-    m = BlockManager(1200, 16, record_steps=False)
+    m = BlockManager(1200, 16, record_ops=False)
     next_id = 0
     for i in range(300):
         parent = next_id

@@ -30,11 +30,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from docstring_markdown import rst_to_markdown  # noqa: E402  (docs/ is on sys.path while MkDocs loads a hook)
 from matplotlib.patches import Rectangle  # noqa: E402
 from mkdocs.plugins import event_priority  # noqa: E402
 from mkdocs.structure.files import File, Files  # noqa: E402
-
-from docstring_markdown import rst_to_markdown  # noqa: E402  (docs/ is on sys.path while MkDocs loads a hook)
 
 log = logging.getLogger("mkdocs.hooks.tinyserve")
 
@@ -103,6 +102,7 @@ def _pictures() -> dict[str, bytes]:
     )
 
     out["free-queue-fifo-vs-lifo.svg"] = _svg(_free_queue_figure())
+    out["architecture-imports.svg"] = _svg(_architecture_figure())
 
     out.update(_claim_plots())
     return out
@@ -110,7 +110,7 @@ def _pictures() -> dict[str, bytes]:
 
 def _free_queue_figure():
     """The hand-worked examples of pool.py's docstring, replayed on real BlockPools."""
-    from tinyserve_sim.pool import BlockPool
+    from tinyserve_sim.control.pool import BlockPool
 
     fig, axes = plt.subplots(2, 1, figsize=(9.5, 4.6))
     for ax, policy in zip(axes, ("fifo", "lifo")):
@@ -143,6 +143,79 @@ def _free_queue_figure():
     return fig
 
 
+def package_imports() -> tuple[list[list[str]], set[tuple[str, str]]]:
+    """The layers of the contract in ``pyproject.toml`` and the package-level imports of the code.
+
+    Returns ``(layers, edges)``: each layer a list of package names (top layer
+    first, as the contract lists them), and every ``(importer, imported)`` pair
+    of packages that grimp finds in the package as it ships (``gpu/`` staged as
+    ``tinyserve_sim.gpu`` by ``scripts/check_layers.py``).
+    """
+    import importlib.util
+    import sys
+    import tempfile
+    import tomllib
+
+    import grimp
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contract = next(c for c in config["contracts"] if c["type"] == "layers")
+    layers = [[name.strip(" ()").removeprefix("tinyserve_sim.") for name in layer.split("|")]
+              for layer in contract["layers"]]
+    spec = importlib.util.spec_from_file_location("check_layers", ROOT / "scripts" / "check_layers.py")
+    check_layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_layers)
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    with tempfile.TemporaryDirectory(prefix="tinyserve-arch-") as tmp:
+        check_layers.stage(Path(tmp))
+        sys.path.insert(0, tmp)
+        try:
+            graph = grimp.build_graph("tinyserve_sim", cache_dir=None)  # reads the staged files
+        finally:
+            sys.path.remove(tmp)
+    edges = set()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            a, b = package(module), package(imported)
+            if a and b and a != b and a != "__main__":
+                edges.add((a, b))
+    return layers, edges
+
+
+def _architecture_figure():
+    """Boxes for the contract's layers, arrows for the imports the code really has."""
+    layers, edges = package_imports()
+    shown = [[p for p in layer if p != "errors"] for layer in layers if layer != ["errors"]]
+    fig, ax = plt.subplots(figsize=(9.5, 0.95 * len(shown) + 0.6))
+    where: dict[str, tuple[float, float]] = {}
+    colors = {"control": "#c8e6c9", "data": "#bbdefb", "gpu": "#d1c4e9"}
+    for row, layer in enumerate(shown):
+        y = len(shown) - 1 - row
+        for i, name in enumerate(layer):
+            x = (i + 0.5) * 9.0 / len(layer)
+            where[name] = (x, y)
+            ax.add_patch(Rectangle((x - 1.1, y - 0.28), 2.2, 0.56, facecolor=colors.get(name, "#eeeeee"),
+                                   edgecolor="black", lw=0.6))
+            ax.text(x, y, f"tinyserve_sim.{name}", ha="center", va="center", fontsize=8, family="monospace")
+    for a, b in sorted(edges):
+        if a in where and b in where:
+            (x0, y0), (x1, y1) = where[a], where[b]
+            ax.annotate("", xy=(x1, y1 + 0.3), xytext=(x0, y0 - 0.3),
+                        arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8,
+                                    "connectionstyle": "arc3,rad=0.08"})
+    ax.text(0, -0.75, "An arrow: the upper package imports the lower one (read from the code at build time). "
+            "Every package may import tinyserve_sim.errors.", fontsize=7.5, color="#555555")
+    ax.set_xlim(-1.3, 10.3)
+    ax.set_ylim(-1.0, len(shown) - 0.4)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
 # The experiments behind the claim plots, kept so that claims.md's tables come from the same run.
 _EXPERIMENTS = None
 
@@ -150,7 +223,7 @@ _EXPERIMENTS = None
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Fill the claims page's table marker with the tables of this build's experiments."""
     if page.file.src_uri == "claims.md" and _EXPERIMENTS is not None:
-        from tinyserve_sim.workloads.claims import CLAIMS_TABLE_MARKER, claims_markdown
+        from tinyserve_sim.claims.verdicts import CLAIMS_TABLE_MARKER, claims_markdown
 
         if CLAIMS_TABLE_MARKER not in markdown:
             raise ValueError("claims.md lost its table marker " + CLAIMS_TABLE_MARKER)
@@ -159,7 +232,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def _claim_plots() -> dict[str, bytes]:
-    """The claim plots (``tinyserve_sim.workloads.plots.write_claim_plots``), once ``docs/claims.md`` exists.
+    """The claim plots (``tinyserve_sim.claims.plots.write_claim_plots``), once ``docs/claims.md`` exists.
 
     They are written under ``assets/generated/`` with the names ``write_claim_plots`` gives
     them. ``TINYSERVE_DOCS_CLAIMS_SIZE`` picks the experiment size (default ``quick``).
@@ -167,8 +240,8 @@ def _claim_plots() -> dict[str, bytes]:
     if not (ROOT / "docs" / "claims.md").exists():
         return {}
     try:
-        from tinyserve_sim.workloads.experiments import run_experiments
-        from tinyserve_sim.workloads.plots import write_claim_plots
+        from tinyserve_sim.claims.experiments import run_experiments
+        from tinyserve_sim.claims.plots import write_claim_plots
     except ImportError:
         return {}
     import os
@@ -200,7 +273,7 @@ def _cli_page() -> str:
         "# Command line",
         "",
         "!!! note \"Generated\"",
-        "    This page is generated from the Typer application in `tinyserve_sim/cli.py` when the",
+        "    This page is generated from the Typer application in `tinyserve_sim/cli/app.py` when the",
         "    site is built: the help texts below are exactly what `--help` prints.",
         "",
         "The package installs one command, `tinyserve-sim` (also `python -m tinyserve_sim`).",
@@ -226,7 +299,7 @@ def _cli_page() -> str:
 
 # ------------------------------------------------------------------ trace-format page
 def _trace_format_page() -> str:
-    from tinyserve_sim import trace
+    from tinyserve_sim.control import trace
     from tinyserve_sim.scenarios import SCENARIOS
 
     doc = trace.__doc__ or ""
@@ -245,7 +318,7 @@ def _trace_format_page() -> str:
         "# Trace file format",
         "",
         "!!! note \"Generated\"",
-        "    The specification below is the docstring of `tinyserve_sim/trace.py`, rendered when the site",
+        "    The specification below is the docstring of `tinyserve_sim/control/trace.py`, rendered when the site",
         "    is built; its example is parsed and replayed by the build, and the examples at the end are the",
         "    built-in scenarios written out by `Trace.dumps()`. Version: "
         f"`{trace.FORMAT}` version `{trace.VERSION}`.",

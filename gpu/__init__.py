@@ -1,17 +1,9 @@
 """``tinyserve_sim.gpu``: the CUDA kernels, their build options and the CuPy backend.
 
-Importing this package needs nothing; the submodules ``launchers``,
-``allocators`` and ``backend`` import CuPy. ``build`` (the options and the CPU
-compile-check) works without a GPU.
+The folder sits at the top of the repository (``gpu/``) and ships as
+``tinyserve_sim.gpu`` (see ``pyproject.toml``). Only the backend factory,
+:func:`tinyserve_sim.data.backends.get_backend`, imports it. Importing this
+package needs nothing; the submodules ``launchers``, ``allocators`` and
+``backend`` import CuPy; ``build`` (the options and the CPU compile-check)
+works without a GPU.
 """
-
-from __future__ import annotations
-
-__all__ = ["get_cupy_backend"]
-
-
-def get_cupy_backend():
-    """The GPU backend (raises BackendUnavailableError without CuPy or a device)."""
-    from tinyserve_sim.gpu.backend import CupyBackend
-
-    return CupyBackend()

@@ -2,7 +2,7 @@
 
 :class:`GpuFifoAllocator` keeps the free queue on the device and serves a
 batch of requests in one launch (``kernels/block_allocation.cu``); its ids
-equal those of :class:`tinyserve_sim.kv.block_allocation.FifoBlockAllocator`
+equal those of :class:`tinyserve_sim.data.block_allocation.FifoBlockAllocator`
 and of ``BlockPool(policy="fifo")``. :func:`racing_allocate` is the seed-style
 allocator, valid but not deterministic.
 """
@@ -14,9 +14,15 @@ from collections.abc import Sequence
 import cupy as cp
 import numpy as np
 
-from tinyserve_sim.errors import BlockIdError, ConfigError, DoubleFreeError, KernelInputError
-from tinyserve_sim.gpu.build import get_module
-from tinyserve_sim.kv.block_allocation import BatchAllocation, check_requests
+from tinyserve_sim.data.block_allocation import BatchAllocation, check_requests
+from tinyserve_sim.errors import (
+    BlockIdError,
+    ConfigError,
+    DoubleFreeError,
+    KernelInputError,
+)
+
+from .build import get_module
 
 _THREADS = 1024  # one thread block; must match ALLOC_THREADS in the kernel
 

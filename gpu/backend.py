@@ -31,7 +31,7 @@ class CupyBackend:
 
     def __init__(self) -> None:
         self.cp = _require_gpu()
-        from tinyserve_sim.gpu import launchers
+        from . import launchers
 
         self._launchers = launchers
 

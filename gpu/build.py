@@ -106,7 +106,7 @@ def paged_attention_names(dtype: Any, lanes: int, vecs_per_lane: int) -> tuple[s
 
 def all_paged_attention_modules() -> list[tuple[str, ...]]:
     """Every (dtype, lanes, vecs) module a valid head_dim (8..256, step 8) can need."""
-    from tinyserve_sim.kv.paged_attention import make_plan
+    from tinyserve_sim.data.geometry import make_plan
 
     seen: dict[tuple[str, int, int], tuple[str, ...]] = {}
     for dtype in CTYPE:

@@ -1,7 +1,7 @@
 """Launchers: validate on the host, then launch the CUDA kernels through CuPy.
 
 Every public function here first runs the same checks as the NumPy twin
-(``tinyserve_sim.kv.validation``): dtypes, shapes, C-contiguity, block ids and
+(``tinyserve_sim.data.validation``): dtypes, shapes, C-contiguity, block ids and
 slots in range, sequence lengths within the tables' capacity, copy conflicts.
 Only then does it launch, so a bad input is a Python exception, never an
 out-of-bounds access on the device. Scalars are passed as ``np.int32`` /
@@ -19,8 +19,13 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from tinyserve_sim.kv.paged_attention import CHUNK_TOKENS, NUM_THREADS, make_plan, resolve_variant
-from tinyserve_sim.kv.validation import (
+from tinyserve_sim.data.geometry import (
+    CHUNK_TOKENS,
+    NUM_THREADS,
+    make_plan,
+    resolve_variant,
+)
+from tinyserve_sim.data.validation import (
     check_block_mapping,
     check_caches,
     check_paged_attention,
@@ -28,7 +33,9 @@ from tinyserve_sim.kv.validation import (
     check_scale,
 )
 from tinyserve_sim.errors import KernelInputError
-from tinyserve_sim.gpu.build import CTYPE as _CTYPE, get_module, paged_attention_names
+
+from .build import CTYPE as _CTYPE
+from .build import get_module, paged_attention_names
 
 
 def _device(a: Any, name: str) -> cp.ndarray:
@@ -175,7 +182,7 @@ def paged_attention(
     partition_size: int = 1024,
     out: Any = None,
 ) -> cp.ndarray:
-    """GPU paged attention (decode), bit-identical to ``tinyserve_sim.kv.paged_attention``."""
+    """GPU paged attention (decode), bit-identical to ``tinyserve_sim.data.paged_attention``."""
     return prepare_paged_attention(
         query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size, out
     )()

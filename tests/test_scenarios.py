@@ -2,9 +2,9 @@
 
 import pytest
 
+from tinyserve_sim.control.trace import loads
 from tinyserve_sim.errors import InvalidArgumentError
 from tinyserve_sim.scenarios import SCENARIOS, get_scenario
-from tinyserve_sim.trace import loads
 
 
 def run(name):

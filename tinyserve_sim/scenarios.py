@@ -1,6 +1,6 @@
 """Built-in scenarios: small, commented traces that each show one idea.
 
-Every scenario is a :class:`~tinyserve_sim.trace.Trace` whose operations carry
+Every scenario is a :class:`~tinyserve_sim.control.trace.Trace` whose operations carry
 a ``note`` explaining why the step matters. ``tinyserve-sim scenarios`` lists
 them and writes any of them to a file; ``tinyserve-sim demo`` walks one.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tinyserve_sim.control.trace import Op, Trace, TraceHeader
 from tinyserve_sim.errors import InvalidArgumentError
-from tinyserve_sim.trace import Op, Trace, TraceHeader
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from tinyserve_sim import BlockManager
-from tinyserve_sim.prefix_cache import hash_block, hash_blocks
+from tinyserve_sim.control.prefix_cache import hash_block, hash_blocks
 from tinyserve_sim.render import draw_state, save_state
 
 pictures = Path(tempfile.mkdtemp(prefix="tinyserve-tutorial-03-"))

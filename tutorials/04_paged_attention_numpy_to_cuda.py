@@ -25,15 +25,15 @@
 import numpy as np
 
 from tinyserve_sim import BlockManager
-from tinyserve_sim.backends import get_backend
-from tinyserve_sim.errors import BackendUnavailableError
-from tinyserve_sim.kv import (
+from tinyserve_sim.data import (
     KVCache,
     attention_error_bound,
     pack_block_tables,
     paged_attention,
     reference_paged_attention,
 )
+from tinyserve_sim.data.backends import get_backend
+from tinyserve_sim.errors import BackendUnavailableError
 from tinyserve_sim.render import draw_state
 
 rng = np.random.default_rng(0)
@@ -61,17 +61,17 @@ def new_kv(num_tokens):
 
 # Each step of the control plane is applied to the data plane: copies first, then the new tokens.
 for seq, tokens in [("a", 20), ("b", 30), ("c", 9)]:
-    cache.apply_step(m.add(seq, tokens), *new_kv(tokens))
-cache.apply_step(m.free("b"))
+    cache.apply(m.add(seq, tokens), *new_kv(tokens))
+cache.apply(m.free("b"))
 for seq, tokens in [("a", 15), ("c", 40)]:
-    cache.apply_step(m.append(seq, tokens), *new_kv(tokens))
+    cache.apply(m.append(seq, tokens), *new_kv(tokens))
 
 for seq in m.seq_ids():
     print(f"{seq}: {m.num_tokens(seq):3} tokens in blocks {m.block_table(seq)}")
 draw_state(m, "three requests, one finished: scattered block tables")
 
 # %% [markdown]
-# `apply_step` is where the two planes meet: each `Step` says which blocks to copy
+# `apply` is where the two planes meet: each `OpRecord` says which blocks to copy
 # (`step.copies`, none here) and which slots the new tokens go to
 # (`step.slot_mapping`); the data plane's `copy_blocks` and `reshape_and_cache` do it.
 #

@@ -27,9 +27,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyserve_sim.backends import get_backend
+from tinyserve_sim.data import (
+    attention_error_bound,
+    paged_attention,
+    reference_paged_attention,
+)
+from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
-from tinyserve_sim.kv import attention_error_bound, paged_attention, reference_paged_attention
 
 NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM = 1, 2, 32
 

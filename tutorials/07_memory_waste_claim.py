@@ -9,9 +9,9 @@
 # external fragmentation (defined in `docs/concepts/memory-waste.md`).
 
 # %%
-from tinyserve_sim.workloads.experiments import KV_CAPACITY_TOKENS, make_memory
-from tinyserve_sim.workloads.generator import WorkloadSpec, generate
-from tinyserve_sim.workloads.scheduler import Scheduler, SchedulerConfig
+from tinyserve_sim.serving.catalog import KV_CAPACITY_TOKENS, make_memory
+from tinyserve_sim.serving.generator import WorkloadSpec, generate
+from tinyserve_sim.serving.scheduler import Scheduler, SchedulerConfig
 
 # %% [markdown]
 # ## 1. A workload
@@ -77,7 +77,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-from tinyserve_sim.workloads.plots import plot_shares  # noqa: E402
+from tinyserve_sim.serving.plots import plot_shares  # noqa: E402
 
 folder = Path(tempfile.mkdtemp(prefix="tinyserve-tutorial-07-"))
 path = plot_shares(list(results.values()), folder / "memory_breakdown.png")

@@ -1,6 +1,6 @@
 // block_allocation.cu -- batched block allocation on the GPU.
 //
-// 1. Deterministic FIFO allocator (twin: tinyserve_sim/kv/block_allocation.py,
+// 1. Deterministic FIFO allocator (twin: tinyserve_sim/data/block_allocation.py,
 //    FifoBlockAllocator). Device state: ring[N] of free ids, state = {head, count},
 //    is_free[N]. A batch of R requests n_i >= 0 is served by ONE thread block:
 //    a block-wide inclusive scan gives c_i; request i is served iff c_i <= count

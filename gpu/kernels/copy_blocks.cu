@@ -1,6 +1,6 @@
 // copy_blocks.cu -- many whole-block copies (copy-on-write) in one launch.
 //
-// Twin: tinyserve_sim/kv/copy_blocks.py. A pure copy (bit-exact by nature).
+// Twin: tinyserve_sim/data/copy_blocks.py. A pure copy (bit-exact by nature).
 // block_mapping[p] = (src, dst): key_cache[dst] = key_cache[src], same for V.
 // The host has already rejected repeated destinations and blocks that are both
 // read and written, so the pairs are independent and may run in any order.

@@ -1,6 +1,6 @@
 // exact_math.cuh -- float32 helpers that the NumPy twins reproduce bit for bit.
 //
-// Mirror of tinyserve_sim/kv/exact_math.py. Every operation below is a single
+// Mirror of tinyserve_sim/data/exact_math.py. Every operation below is a single
 // correctly rounded IEEE-754 float32 operation, and the module is compiled
 // with --fmad=false (gpu/build.py), so `a * b + c` is a multiply and an add,
 // rounded twice, exactly like NumPy. Never call expf/__expf/ldexpf here:

@@ -1,5 +1,5 @@
 // paged_attention.cu -- decode attention over a paged KV cache, bit-identical
-// to its NumPy twin tinyserve_sim/kv/paged_attention.py (read its docstring
+// to its NumPy twin tinyserve_sim/data/paged_attention.py (read its docstring
 // first: it states the exact order of every float operation done here).
 //
 // Grid (one thread block per work item):

@@ -1,6 +1,6 @@
 // reshape_and_cache.cu -- scatter new tokens' keys/values into the paged cache.
 //
-// Twin: tinyserve_sim/kv/reshape_and_cache.py. A pure copy (bit-exact by nature).
+// Twin: tinyserve_sim/data/reshape_and_cache.py. A pure copy (bit-exact by nature).
 // Layout (NHD): cache[num_blocks * block_size][row], where one slot's row is
 // num_kv_heads * head_dim contiguous elements, exactly like key[t]. So token t
 // is one contiguous row copy from key[t] to key_cache[slot_mapping[t]].

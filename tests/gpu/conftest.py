@@ -7,6 +7,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def cupy_backend():
-    from tinyserve_sim.backends import get_backend
+    from tinyserve_sim.data.backends import get_backend
 
     return get_backend("cupy")

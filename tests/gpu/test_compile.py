@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from tinyserve_sim.gpu import build
 
 MODULES = build.all_paged_attention_modules()

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_helpers import GPU_SETTINGS, assert_bits_equal
 from hypothesis import given
 from hypothesis import strategies as st
-
-from gpu_helpers import GPU_SETTINGS, assert_bits_equal
-from tinyserve_sim.errors import DoubleFreeError, OutOfBlocksError
-from tinyserve_sim.kv import KVCache, check_racing_allocation
-from tinyserve_sim.manager import BlockManager
-from tinyserve_sim.pool import BlockPool
 from trace_driver import run_trace
+
+from tinyserve_sim.control.manager import BlockManager
+from tinyserve_sim.control.pool import BlockPool
+from tinyserve_sim.data import KVCache, check_racing_allocation
+from tinyserve_sim.errors import DoubleFreeError, OutOfBlocksError
 
 pytestmark = pytest.mark.gpu
 
@@ -97,7 +97,7 @@ def test_trace_replay_on_both_backends(seed, block_size, dtype, head_dim):
             assert_bits_equal(a, b)
         live = manager.seq_ids()
         if live:  # and attention over every live sequence, both variants
-            from tinyserve_sim.kv import pack_block_tables
+            from tinyserve_sim.data import pack_block_tables
 
             tables = pack_block_tables([manager.block_table(s) for s in live])
             lens = np.array([manager.num_tokens(s) for s in live], np.int32)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_helpers import GPU_SETTINGS, assert_bits_equal
 from hypothesis import given
 from hypothesis import strategies as st
-
-from gpu_helpers import GPU_SETTINGS, assert_bits_equal
 from kv_strategies import AttentionCase, attention_cases
+
+from tinyserve_sim.data import copy_blocks, paged_attention, reshape_and_cache
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
-from tinyserve_sim.kv import copy_blocks, paged_attention, reshape_and_cache
 
 pytestmark = pytest.mark.gpu
 

@@ -9,8 +9,13 @@ import pytest
 
 pytest.importorskip("cupy", reason="the launchers need CuPy importable (no GPU needed)")
 
-from tinyserve_sim.errors import BackendUnavailableError, CopyConflictError, KernelInputError  # noqa: E402
 from tinyserve_sim.gpu import launchers  # noqa: E402
+
+from tinyserve_sim.errors import (  # noqa: E402
+    BackendUnavailableError,
+    CopyConflictError,
+    KernelInputError,
+)
 
 
 def _cache(shape=(4, 16, 2, 32), dtype=np.float16):
@@ -53,7 +58,7 @@ def test_paged_attention_checks_tables_and_lengths_before_launch():
 def test_get_backend_reports_a_missing_gpu_clearly():
     import cupy
 
-    from tinyserve_sim.backends import get_backend
+    from tinyserve_sim.data.backends import get_backend
 
     try:
         if cupy.cuda.runtime.getDeviceCount() > 0:

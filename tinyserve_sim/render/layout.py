@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from tinyserve_sim.steps import SeqId, Snapshot
+from tinyserve_sim.control.records import SeqId, Snapshot
 
 
 class BlockKind(str, Enum):

@@ -14,9 +14,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from tinyserve_sim.manager import BlockManager
+from tinyserve_sim.control.manager import BlockManager
+from tinyserve_sim.control.records import Snapshot
 from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors
-from tinyserve_sim.steps import Snapshot
 
 SEQ_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#d62728", "#7f7f7f", "#bcbd22")
 SHARED_COLOR = "#e377c2"

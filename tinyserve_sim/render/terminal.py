@@ -13,9 +13,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tinyserve_sim.manager import BlockManager
+from tinyserve_sim.control.manager import BlockManager
+from tinyserve_sim.control.records import OpRecord, Snapshot
 from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors
-from tinyserve_sim.steps import Snapshot, Step
 
 #: Colours for sequences' own blocks, cycled.
 SEQ_STYLES = ("bold white on blue", "bold white on green", "bold white on dark_orange3", "bold white on purple4",
@@ -120,7 +120,7 @@ def render_state(state: BlockManager | Snapshot) -> RenderableType:
     return Group(render_tables(snap), render_memory_map(snap), render_free_queue(snap))
 
 
-def render_step(step: Step) -> Text:
+def render_record(step: OpRecord) -> Text:
     """A step record as one coloured line: its index, its operation and what it did."""
     text = Text(f"[{step.index:>3}] ", style="dim")
     explanation = step.explain()

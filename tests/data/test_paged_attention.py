@@ -1,0 +1,230 @@
+"""paged_attention twin: the documented operation order, the float64 bound, properties, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kv_strategies import AttentionCase, attention_cases
+
+from tinyserve_sim.data import (
+    attention_error_bound,
+    make_plan,
+    paged_attention,
+    reference_paged_attention,
+)
+from tinyserve_sim.data.exact_math import exp_f32
+from tinyserve_sim.data.geometry import CHUNK_TOKENS
+from tinyserve_sim.errors import KernelInputError
+
+F32 = np.float32
+#: The twin is vectorised but still heavy: a quarter of the profile's examples.
+HEAVY = settings(max_examples=max(8, settings.default.max_examples // 4), deadline=None)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint16 if a.dtype == np.float16 else np.uint32)
+
+
+def _halving(vals: list[np.float32]) -> np.float32:
+    while len(vals) > 1:
+        h = len(vals) // 2
+        vals = [F32(vals[i] + vals[i + h]) for i in range(h)]
+    return vals[0]
+
+
+def _pairwise(vals: list[np.float32]) -> np.float32:
+    while len(vals) > 1:
+        vals = [F32(vals[i] + vals[i + 1]) for i in range(0, len(vals), 2)]
+    return vals[0]
+
+
+def spec_partition(q, keys, values, scale, plan):
+    """One partition of one (sequence, head), written literally from the
+    module docstring with scalar float32 operations (slow, independent of the
+    twin's vectorisation). Returns (o, m, l)."""
+    D = q.size
+    rows = plan.rows
+    m = F32(-np.inf)
+    l_r = [F32(0)] * rows
+    acc = [[F32(0)] * D for _ in range(rows)]
+    for c0 in range(0, len(keys), CHUNK_TOKENS):
+        ks, vs = keys[c0 : c0 + CHUNK_TOKENS], values[c0 : c0 + CHUNK_TOKENS]
+        xs = []
+        for k in ks:
+            parts = []
+            for lane in range(plan.lanes):
+                p = F32(0)
+                for i in range(plan.vecs_per_lane):
+                    vec = lane + i * plan.lanes
+                    if vec < plan.num_vecs:
+                        for d in range(vec * plan.vec, (vec + 1) * plan.vec):
+                            p = F32(p + F32(q[d]) * F32(k[d]))
+                parts.append(p)
+            xs.append(F32(_halving(parts) * scale))
+        m_new = F32(max(m, max(xs)))
+        alpha = exp_f32(F32(m - m_new))
+        ps = [exp_f32(F32(x - m_new)) for x in xs]
+        for r in range(rows):
+            l_r[r] = F32(l_r[r] * alpha)
+            acc[r] = [F32(a * alpha) for a in acc[r]]
+            for j in range(r, len(ks), rows):
+                l_r[r] = F32(l_r[r] + ps[j])
+                acc[r] = [F32(a + F32(ps[j] * F32(vs[j][d]))) for d, a in enumerate(acc[r])]
+        m = m_new
+    l_tot = _pairwise(l_r)
+    o = [F32(_pairwise([acc[r][d] for r in range(rows)]) / l_tot) for d in range(D)]
+    return o, m, l_tot
+
+
+def spec_attention(case: AttentionCase, variant: str) -> np.ndarray:
+    S, Hq, D = case.query.shape
+    _, bs, Hkv, _ = case.key_cache.shape
+    G = Hq // Hkv
+    plan = make_plan(D, case.key_cache.dtype, G)
+    scale = F32(case.scale)
+    out = np.empty_like(case.query)
+    for s in range(S):
+        L = int(case.seq_lens[s])
+        t = np.arange(L)
+        blocks, offs = case.block_tables[s, t // bs], t % bs
+        for h in range(Hq):
+            keys = case.key_cache[blocks, offs, h // G]
+            vals = case.value_cache[blocks, offs, h // G]
+            q = case.query[s, h]
+            if variant == "one_pass":
+                o, _, _ = spec_partition(q, keys, vals, scale, plan)
+            else:
+                P = case.partition_size
+                parts = [spec_partition(q, keys[a : a + P], vals[a : a + P], scale, plan) for a in range(0, L, P)]
+                gmax = F32(max(p[1] for p in parts))
+                num, den = [F32(0)] * D, F32(0)
+                for o_i, m_i, l_i in parts:
+                    w = F32(l_i * exp_f32(F32(m_i - gmax)))
+                    num = [F32(n + F32(w * o_i[d])) for d, n in enumerate(num)]
+                    den = F32(den + w)
+                o = [F32(n / den) for n in num]
+            out[s, h] = np.array(o, dtype=F32).astype(case.query.dtype)
+    return out
+
+
+@settings(max_examples=max(4, settings.default.max_examples // 10), deadline=None)
+@given(case=attention_cases(max_len=260, max_seqs=2), variant=st.sampled_from(["one_pass", "split_k"]))
+def test_twin_follows_the_documented_operation_order(case, variant):
+    # At most 4 query heads per KV head: the scalar spec is slow.
+    case.query = np.ascontiguousarray(case.query[:, : min(case.query.shape[1], 4 * case.key_cache.shape[2])])
+    twin = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    spec = spec_attention(case, variant)
+    assert (_bits(twin) == _bits(spec)).all()
+
+
+@HEAVY
+@given(case=attention_cases(), variant=st.sampled_from(["one_pass", "split_k"]))
+def test_twin_is_within_the_derived_float64_bound(case, variant):
+    out = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size).astype(np.float64)
+    ref = reference_paged_attention(*case.args())
+    bound = attention_error_bound(*case.args(), partition_size=case.partition_size)
+    assert np.isfinite(out).all()
+    excess = np.abs(out - ref) - bound
+    assert (excess <= 0).all(), f"bound exceeded by {excess.max()} at {np.unravel_index(excess.argmax(), excess.shape)}"
+
+
+def test_bound_is_tight_enough_to_catch_a_wrong_result():
+    """The bound must be able to fail: scaling the output by 1.01 breaks it."""
+    rng = np.random.default_rng(5)
+    case = AttentionCase(
+        rng.standard_normal((2, 4, 64)).astype(np.float32),
+        rng.standard_normal((20, 16, 2, 64)).astype(np.float32),
+        rng.standard_normal((20, 16, 2, 64)).astype(np.float32),
+        rng.permutation(20)[:16].reshape(2, 8).astype(np.int32), np.array([128, 77], np.int32), 0.125, 128,
+    )
+    out = paged_attention(*case.args()).astype(np.float64)
+    ref = reference_paged_attention(*case.args())
+    bound = attention_error_bound(*case.args())
+    assert (np.abs(out - ref) <= bound).all()
+    assert (np.abs(out * 1.01 - ref) > bound).any()
+
+
+@HEAVY
+@given(case=attention_cases(max_len=400), seed=st.integers(0, 2**32 - 1))
+def test_output_depends_only_on_logical_content_not_on_physical_placement(case, seed):
+    """Relabel the physical blocks (a permutation of the cache and the tables):
+    the output must be bit-identical."""
+    perm = np.random.default_rng(seed).permutation(case.key_cache.shape[0])
+    moved = AttentionCase(
+        case.query, np.ascontiguousarray(case.key_cache[np.argsort(perm)]),
+        np.ascontiguousarray(case.value_cache[np.argsort(perm)]),
+        perm[case.block_tables].astype(np.int32), case.seq_lens, case.scale, case.partition_size,
+    )
+    for variant in ("one_pass", "split_k"):
+        a = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+        b = paged_attention(*moved.args(), variant=variant, partition_size=case.partition_size)
+        assert (_bits(a) == _bits(b)).all()
+
+
+@HEAVY
+@given(case=attention_cases(max_len=300, max_seqs=2))
+def test_gqa_equals_attention_over_replicated_kv_heads(case):
+    """Grouped-query attention is ordinary attention with each KV head repeated
+    for its group: same bits (the per-head arithmetic does not depend on tiling)."""
+    G = case.query.shape[1] // case.key_cache.shape[2]
+    rep = AttentionCase(
+        case.query, np.ascontiguousarray(np.repeat(case.key_cache, G, axis=2)),
+        np.ascontiguousarray(np.repeat(case.value_cache, G, axis=2)),
+        case.block_tables, case.seq_lens, case.scale, case.partition_size,
+    )
+    a = paged_attention(*case.args(), variant="split_k", partition_size=case.partition_size)
+    b = paged_attention(*rep.args(), variant="split_k", partition_size=case.partition_size)
+    assert (_bits(a) == _bits(b)).all()
+
+
+def test_one_dominant_token_wins_the_softmax():
+    rng = np.random.default_rng(7)
+    L, D = 300, 64
+    kc = rng.standard_normal((L, 1, 1, D)).astype(np.float16)
+    vc = rng.standard_normal((L, 1, 1, D)).astype(np.float16)
+    q = np.zeros((1, 1, D), np.float16)
+    q[0, 0, :] = 40.0
+    kc[137, 0, 0, :] = 40.0  # logit 40*40*64/8 = 12800 above a typical one
+    tables = np.arange(L, dtype=np.int32)[None, :]
+    for variant in ("one_pass", "split_k"):
+        out = paged_attention(q, kc, vc, tables, np.array([L], np.int32), D**-0.5, variant, 128)
+        np.testing.assert_array_equal(out[0, 0], vc[137, 0, 0])
+
+
+def test_length_one_and_exact_block_multiples():
+    rng = np.random.default_rng(3)
+    kc = rng.standard_normal((8, 16, 1, 32)).astype(np.float16)
+    vc = rng.standard_normal((8, 16, 1, 32)).astype(np.float16)
+    q = rng.standard_normal((2, 1, 32)).astype(np.float16)
+    tables = np.array([[3, 1, 4, 0], [5, 2, 6, 7]], np.int32)
+    out = paged_attention(q, kc, vc, tables, np.array([1, 64], np.int32), 1.0)
+    np.testing.assert_array_equal(out[0, 0], vc[3, 0, 0])  # one token: softmax weight exactly 1
+    ref = reference_paged_attention(q, kc, vc, tables, np.array([1, 64], np.int32), 1.0)
+    assert np.abs(out.astype(np.float64) - ref).max() < 2e-3
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a.update(seq_lens=np.array([65], np.int32)), "does not fit"),
+        (lambda a: a.update(seq_lens=np.array([0], np.int32)), "at least 1"),
+        (lambda a: a.update(block_tables=np.array([[0, 9, 1, 2]], np.int32)), "outside"),
+        (lambda a: a.update(block_tables=np.array([[0, 1, 2, 3]], np.int64)), "dtype"),
+        (lambda a: a.update(query=np.zeros((1, 3, 32), np.float16)), "multiple"),
+        (lambda a: a.update(query=np.zeros((1, 2, 32), np.float32)), "dtype"),
+        (lambda a: a.update(scale=float("nan")), "finite"),
+        (lambda a: a.update(partition_size=100), "multiple of 128"),
+        (lambda a: a.update(variant="v3"), "variant"),
+    ],
+)
+def test_bad_inputs_raise_before_any_work(change, match):
+    args = dict(
+        query=np.zeros((1, 2, 32), np.float16), key_cache=np.zeros((4, 16, 2, 32), np.float16),
+        value_cache=np.zeros((4, 16, 2, 32), np.float16), block_tables=np.array([[0, 1, 2, 3]], np.int32),
+        seq_lens=np.array([60], np.int32), scale=1.0, variant="auto", partition_size=128,
+    )
+    change(args)
+    with pytest.raises(KernelInputError, match=match):
+        paged_attention(**args)

@@ -1,0 +1,68 @@
+"""The data plane: the bytes in the blocks.
+
+The control plane (:mod:`tinyserve_sim.control`) decides which block holds
+which token; this package holds the keys and values themselves and runs the
+kernels on them:
+
+* :mod:`~tinyserve_sim.data.cache` - :class:`KVCache`, the two cache arrays
+  of one layer, and how a control-plane record is applied to them;
+* :mod:`~tinyserve_sim.data.backends` - where the kernels run: NumPy here,
+  or the CUDA kernels of :mod:`tinyserve_sim.gpu` (found lazily, only when asked for);
+* the NumPy twin of every GPU kernel, one module each
+  (:mod:`~tinyserve_sim.data.reshape_and_cache`, :mod:`~tinyserve_sim.data.copy_blocks`,
+  :mod:`~tinyserve_sim.data.paged_attention`, :mod:`~tinyserve_sim.data.block_allocation`),
+  with the kernels' shared :mod:`~tinyserve_sim.data.geometry` and
+  :mod:`~tinyserve_sim.data.exact_math`, their host-side
+  :mod:`~tinyserve_sim.data.validation`, and a float64
+  :mod:`~tinyserve_sim.data.reference` with its error bound.
+
+Each twin has its kernel's name, arguments and layout, and does the same
+float32 operations in the same order, so its output is bit-identical to the
+GPU's (``docs/concepts/gpu-validation.md`` explains how).
+"""
+
+from tinyserve_sim.data.backends import Backend, NumpyBackend, get_backend
+from tinyserve_sim.data.block_allocation import (
+    BatchAllocation,
+    FifoBlockAllocator,
+    check_racing_allocation,
+)
+from tinyserve_sim.data.block_tables import pack_block_tables
+from tinyserve_sim.data.cache import KVCache
+from tinyserve_sim.data.copy_blocks import copy_blocks
+from tinyserve_sim.data.exact_math import (
+    exp_f32,
+    halving_sum,
+    pairwise_sum,
+    sequential_sum,
+)
+from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
+from tinyserve_sim.data.paged_attention import paged_attention
+from tinyserve_sim.data.reference import (
+    attention_error_bound,
+    reference_paged_attention,
+)
+from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
+
+__all__ = [
+    "Backend",
+    "NumpyBackend",
+    "get_backend",
+    "AttentionPlan",
+    "BatchAllocation",
+    "FifoBlockAllocator",
+    "KVCache",
+    "attention_error_bound",
+    "check_racing_allocation",
+    "choose_variant",
+    "copy_blocks",
+    "exp_f32",
+    "halving_sum",
+    "make_plan",
+    "pack_block_tables",
+    "paged_attention",
+    "pairwise_sum",
+    "reference_paged_attention",
+    "reshape_and_cache",
+    "sequential_sum",
+]

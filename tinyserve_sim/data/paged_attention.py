@@ -1,0 +1,197 @@
+"""Paged attention for decode: the NumPy twin of ``gpu/kernels/paged_attention.cu``.
+
+What it computes
+----------------
+One decode step: each sequence ``s`` has one new query token, ``query[s]`` of
+shape ``[Hq, D]``. Query head ``g`` attends to all ``seq_lens[s]`` cached
+tokens of KV head ``g // (Hq // Hkv)`` (grouped-query attention)::
+
+    x_t   = scale * (q . k_t)                  one logit per cached token t
+    out   = sum_t softmax(x)_t * v_t           shape [D], in the query's dtype
+
+Token ``t`` of sequence ``s`` lives in physical block
+``block_tables[s, t // block_size]`` at offset ``t % block_size``.
+
+The exact order of operations (the bit-exactness contract)
+----------------------------------------------------------
+The kernel runs 128 threads per thread block. A token's ``D`` elements are
+read by ``lanes`` threads (a *row*), each owning whole 16-byte *vectors* of
+``vec`` elements: lane ``i`` owns vectors ``i, i + lanes, ...``. The block has
+``rows = 128 // lanes`` rows. Tokens are processed in *chunks* of 128; in a
+chunk, token ``j`` belongs to row ``j % rows``. For one (sequence, query head)
+and one *partition* of tokens ``[a, b)``:
+
+1. **Logits.** Each lane sums ``q[d] * k[d]`` over its own elements, in
+   increasing ``d``, from ``+0``. The ``lanes`` partial sums are added by a
+   reduce-scatter butterfly with masks ``lanes/2, lanes/4, ..., 1``
+   (:func:`~tinyserve_sim.data.exact_math.halving_sum`: lane ``i`` plus lane
+   ``i + lanes/2`` first). Then ``x = dot * scale``. (For float16 inputs the
+   kernel uses a fused multiply-add here: a float16 x float16 product is exact
+   in float32, so one rounding of ``part + q*k`` equals the twin's two.)
+2. **Chunk max** ``m_new = fmax(m, max_j x_j)`` (max is exact in any order;
+   only the sign of a zero could differ, and no later result can observe it).
+3. ``alpha = exp(m - m_new)``, ``p_j = exp(x_j - m_new)`` with the shared exp.
+4. **Accumulate per row.** Row ``r`` keeps ``l_r`` and ``acc_r[D]``: first
+   ``l_r *= alpha; acc_r *= alpha``, then for its tokens in increasing ``j``:
+   ``l_r += p_j; acc_r += p_j * v_j``.
+5. After the last chunk: ``l`` and ``acc`` are pairwise trees over the rows,
+   and the partition's output is ``o = acc / l`` (IEEE division).
+
+*One pass* uses a single partition ``[0, L)`` and writes ``o`` rounded to the
+query's dtype. *Split-K* cuts ``[0, L)`` into partitions of
+``partition_size`` tokens (one thread block each), stores ``(o_i, m_i, l_i)``
+in float32, and a reduce kernel combines them in increasing ``i``::
+
+    gmax = max_i m_i;  w_i = l_i * exp(m_i - gmax)
+    num = 0; den = 0;  for i: num += w_i * o_i; den += w_i
+    out = num / den
+
+That last formula is the one of vLLM's v2 kernel and FlashDecoding
+(Dao et al., 2023). The twin below is vectorised over sequences, heads, rows
+and head-dim; it loops only where the kernel's sums are sequential.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinyserve_sim.data.exact_math import exp_f32, halving_sum, pairwise_sum
+from tinyserve_sim.data.geometry import (
+    CHUNK_TOKENS,
+    DEFAULT_PARTITION_SIZE,
+    AttentionPlan,
+    Variant,
+    make_plan,
+    resolve_variant,
+)
+from tinyserve_sim.data.validation import check_paged_attention, check_scale
+
+F32 = np.float32
+
+
+def _partition(
+    q: np.ndarray,  # [S, Hkv, G, D] float32
+    kc: np.ndarray,  # [num_blocks * block_size, Hkv, D] cache dtype
+    vc: np.ndarray,
+    tables: np.ndarray,  # [S, max_blocks] int32
+    block_size: int,
+    start: np.ndarray,  # [S] first token of the partition
+    end: np.ndarray,  # [S] one past its last token (end <= start: empty)
+    scale: np.float32,
+    plan: AttentionPlan,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One partition per sequence: returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
+    S, Hkv, G, D = q.shape
+    rows, lanes, vec = plan.rows, plan.lanes, plan.vec
+    m = np.full((S, Hkv, G), -np.inf, dtype=F32)
+    l_rows = np.zeros((S, Hkv, G, rows), dtype=F32)
+    acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
+    # Which elements each lane owns, vector by vector: d = (lane + i*lanes)*vec + e.
+    lane_ids = np.arange(lanes)
+    n_chunks = int(max(0, (end - start).max(initial=0)) + CHUNK_TOKENS - 1) // CHUNK_TOKENS
+    j = np.arange(CHUNK_TOKENS)
+    for c in range(n_chunks):
+        t = start[:, None] + c * CHUNK_TOKENS + j[None, :]  # [S, CH]
+        valid = t < end[:, None]
+        active = valid.any(axis=1)  # the kernel runs this chunk at all
+        t_safe = np.where(valid, t, 0)  # token 0 always has a real block
+        slots = tables[np.arange(S)[:, None], t_safe // block_size] * block_size + t_safe % block_size
+        k = kc[slots].astype(F32).transpose(0, 2, 1, 3)  # [S, Hkv, CH, D]
+        v = vc[slots].astype(F32).transpose(0, 2, 1, 3)
+        # 1. logits: per-lane sequential partial sums, then a butterfly.
+        part = np.zeros((S, Hkv, G, CHUNK_TOKENS, lanes), dtype=F32)
+        for i in range(plan.vecs_per_lane):
+            vec_id = lane_ids + i * lanes
+            owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
+            for e in range(vec):
+                d = np.minimum(vec_id * vec + e, D - 1)
+                prod = q[:, :, :, None, d] * k[:, :, None, :, d]  # [S,Hkv,G,CH,lanes]
+                part = np.where(owned, part + prod, part)
+        x = halving_sum(part, axis=-1) * scale  # reduce-scatter butterfly: [S, Hkv, G, CH]
+        x = np.where(valid[:, None, None, :], x, F32(-np.inf))
+        # 2.-3. running max, rescale factor, probabilities.
+        with np.errstate(invalid="ignore"):
+            m_new = np.fmax(m, np.fmax.reduce(x, axis=-1))
+            alpha = exp_f32(m - m_new)
+            p = np.where(valid[:, None, None, :], exp_f32(x - m_new[..., None]), F32(0))
+        # 4. per-row sequential accumulation, rows vectorised.
+        act = active[:, None, None]
+        l_new = l_rows * alpha[..., None]
+        acc_new = acc * alpha[..., None, None]
+        for kk in range(CHUNK_TOKENS // rows):
+            jj = kk * rows + np.arange(rows)  # this step's token of every row
+            ok = valid[:, None, None, jj]  # [S,1,1,rows]
+            pj = p[:, :, :, jj]  # [S,Hkv,G,rows]
+            l_new = np.where(ok, l_new + pj, l_new)
+            pv = pj[..., None] * v[:, :, None, jj, :]  # [S,Hkv,G,rows,D]
+            acc_new = np.where(ok[..., None], acc_new + pv, acc_new)
+        l_rows = np.where(act[..., None], l_new, l_rows)
+        acc = np.where(act[..., None, None], acc_new, acc)
+        m = np.where(act, m_new, m)
+    # 5. combine the rows with a butterfly, then divide.
+    l_tot = pairwise_sum(l_rows, axis=-1)
+    acc_tot = pairwise_sum(acc, axis=3)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        o = acc_tot / l_tot[..., None]
+    return o, m, l_tot
+
+
+def paged_attention(
+    query: np.ndarray,
+    key_cache: np.ndarray,
+    value_cache: np.ndarray,
+    block_tables: np.ndarray,
+    seq_lens: np.ndarray,
+    scale: float,
+    variant: Variant = "auto",
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+) -> np.ndarray:
+    """Decode attention over a paged KV cache, bit-identical to the CUDA kernels.
+
+    Args:
+        query: ``[S, Hq, D]``, float16 or float32 (the caches' dtype).
+        key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``.
+        block_tables: int32 ``[S, max_blocks]``; entries past a sequence's
+            last block are ignored (pad them with anything, e.g. -1).
+        seq_lens: int32 ``[S]``, each in ``1 .. max_blocks * block_size``.
+        scale: softmax scale (usually ``1 / sqrt(D)``), used as float32.
+        variant: ``"one_pass"``, ``"split_k"`` or ``"auto"`` (:func:`choose_variant`).
+        partition_size: split-K partition length, a positive multiple of 128.
+
+    Returns:
+        ``[S, Hq, D]`` in the query's dtype.
+    """
+    tables, lens = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
+    scale32 = check_scale(scale)
+    variant = resolve_variant(variant, partition_size, query.shape[0], key_cache.shape[2], lens)
+    S, Hq, D = query.shape
+    _, block_size, Hkv, _ = key_cache.shape
+    G = Hq // Hkv
+    plan = make_plan(D, key_cache.dtype, G)
+    q = query.astype(F32).reshape(S, Hkv, G, D)
+    kc = key_cache.reshape(-1, Hkv, D)
+    vc = value_cache.reshape(-1, Hkv, D)
+    lens64 = lens.astype(np.int64)
+    if S == 0:
+        return np.empty_like(query)
+    if variant == "one_pass":
+        o, _, _ = _partition(q, kc, vc, tables, block_size, np.zeros(S, np.int64), lens64, scale32, plan)
+        return o.reshape(S, Hq, D).astype(query.dtype)
+    n_parts = -(-int(lens64.max()) // partition_size)
+    num = np.zeros((S, Hkv, G, D), dtype=F32)
+    den = np.zeros((S, Hkv, G), dtype=F32)
+    parts = []
+    for i in range(n_parts):
+        start = np.full(S, i * partition_size, dtype=np.int64)
+        end = np.minimum(start + partition_size, lens64)
+        parts.append((start < lens64, *_partition(q, kc, vc, tables, block_size, start, end, scale32, plan)))
+    gmax = np.full((S, Hkv, G), -np.inf, dtype=F32)
+    for live, _, m_i, _ in parts:
+        gmax = np.where(live[:, None, None], np.fmax(gmax, m_i), gmax)
+    for live, o_i, m_i, l_i in parts:
+        with np.errstate(invalid="ignore"):
+            w = l_i * exp_f32(m_i - gmax)
+        ok = live[:, None, None]
+        num = np.where(ok[..., None], num + w[..., None] * o_i, num)
+        den = np.where(ok, den + w, den)
+    return (num / den[..., None]).reshape(S, Hq, D).astype(query.dtype)

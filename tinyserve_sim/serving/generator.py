@@ -1,0 +1,257 @@
+"""Serving workloads, reproducible from a seed.
+
+A *workload* is a list of requests, each with an arrival time, a prompt length
+and one output length per sequence it will generate. The same ``WorkloadSpec``
+and seed always give the same requests, on every machine, so a claim measured
+on a workload can be re-measured by anyone.
+
+Arrivals
+    Poisson: the gaps between arrivals are exponential with mean ``1 / rate``
+    seconds. ``rate=inf`` puts every request at time 0, which keeps the server
+    saturated (a request is always waiting); that is the setting in which the
+    vLLM paper measures memory waste.
+
+Lengths
+    The vLLM paper (Kwon et al., SOSP 2023, Fig. 11) gives only the *means* of
+    its two datasets: ShareGPT 161.31 input / 337.99 output tokens, Alpaca
+    19.31 / 58.45. We draw each length from a **log-normal** distribution:
+    lengths are positive and right-skewed (most answers are short, a few are
+    very long), which is what the paper's histograms show, and a log-normal is
+    the simplest two-parameter family with that shape. The spread ``sigma`` is
+    our assumption (the paper gives none); the location ``mu`` is *calibrated*
+    so that the mean after clipping still equals the paper's mean. Prompts are
+    clipped to ``[1, max_len // 2]`` and outputs to ``[1, max_len - prompt]``,
+    as vLLM's benchmark filters long requests, so that no request exceeds the
+    model's maximum length (2,048 tokens for the paper's OPT models).
+
+Parallel sampling and beam search
+    ``n > 1`` asks for ``n`` samples of one prompt, each with its own output
+    length. ``beam_width > 1`` runs beam search: ``beam_width`` beams that all
+    stop at the same length. Both let a paged manager share the prompt's
+    blocks (paper §4.4); the scheduler measures how much that saves.
+
+Shared system prompt
+    ``system_prompt_len > 0`` starts every prompt with the same tokens. With
+    prefix caching on, a paged manager stores them once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tinyserve_sim.errors import InvalidArgumentError
+
+#: Token id used for the shared system prompt's tokens (any fixed ids would do).
+SYSTEM_TOKEN_BASE = 1_000_000
+
+
+@dataclass(frozen=True)
+class LengthPreset:
+    """Length distributions that approximate one dataset of the vLLM paper.
+
+    Attributes:
+        name: the preset's name.
+        mean_prompt, mean_output: target means in tokens (paper, Fig. 11).
+        sigma_prompt, sigma_output: log-normal spreads (our assumption).
+        source: where the means come from.
+    """
+
+    name: str
+    mean_prompt: float
+    mean_output: float
+    sigma_prompt: float
+    sigma_output: float
+    source: str
+
+
+#: The two datasets of the vLLM paper. Sigmas are assumptions (see the module doc).
+PRESETS: dict[str, LengthPreset] = {
+    "sharegpt": LengthPreset("sharegpt", 161.31, 337.99, 1.0, 0.9, "vLLM paper, Fig. 11a"),
+    "alpaca": LengthPreset("alpaca", 19.31, 58.45, 0.6, 0.8, "vLLM paper, Fig. 11b"),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a workload.
+
+    Attributes:
+        req_id: 0-based index in the workload.
+        arrival: arrival time in seconds.
+        prompt_len: prompt tokens (including the shared system prompt, if any).
+        output_lens: tokens each sequence of the request will generate (one
+            entry per sample or beam).
+        beam_width: 1 for sampling, the number of beams for beam search.
+        system_prompt_len: leading prompt tokens shared by every request.
+    """
+
+    req_id: int
+    arrival: float
+    prompt_len: int
+    output_lens: tuple[int, ...]
+    beam_width: int = 1
+    system_prompt_len: int = 0
+
+    @property
+    def num_seqs(self) -> int:
+        """How many sequences the request runs (samples or beams)."""
+        return len(self.output_lens)
+
+    def final_len(self, i: int = 0) -> int:
+        """Tokens sequence ``i`` holds when it finishes: prompt + its output."""
+        return self.prompt_len + self.output_lens[i]
+
+    def prompt_ids(self) -> list[int]:
+        """Token ids of the prompt: the shared system prompt, then tokens unique to this request.
+
+        Only needed for prefix caching, where equal ids mean equal content.
+        """
+        shared = [SYSTEM_TOKEN_BASE + i for i in range(self.system_prompt_len)]
+        own_start = (self.req_id + 1) * 10_000_000  # disjoint from every other request's ids
+        return shared + [own_start + i for i in range(self.prompt_len - self.system_prompt_len)]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything that defines a workload; with the seed it fixes every request.
+
+    Attributes:
+        dataset: a key of :data:`PRESETS`.
+        num_requests: how many requests.
+        rate: mean arrivals per second (``math.inf``: all at time 0).
+        n: samples per request (parallel sampling).
+        beam_width: beams per request (beam search); ``n`` and ``beam_width``
+            cannot both exceed 1.
+        system_prompt_len: tokens of a system prompt every request starts with.
+        max_len: the model's maximum sequence length (prompt + output).
+        seed: the random seed.
+    """
+
+    dataset: str = "sharegpt"
+    num_requests: int = 1000
+    rate: float = math.inf
+    n: int = 1
+    beam_width: int = 1
+    system_prompt_len: int = 0
+    max_len: int = 2048
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`InvalidArgumentError` for an impossible spec."""
+        if self.dataset not in PRESETS:
+            raise InvalidArgumentError(f"unknown dataset {self.dataset!r}; choose one of {sorted(PRESETS)}")
+        if self.num_requests < 1:
+            raise InvalidArgumentError(f"num_requests must be at least 1, got {self.num_requests}")
+        if not self.rate > 0:
+            raise InvalidArgumentError(f"rate must be positive (or inf), got {self.rate}")
+        if self.n < 1 or self.beam_width < 1 or (self.n > 1 and self.beam_width > 1):
+            raise InvalidArgumentError("n and beam_width must be >= 1, and at most one of them > 1")
+        if self.max_len < 4:
+            raise InvalidArgumentError(f"max_len must be at least 4, got {self.max_len}")
+        if not 0 <= self.system_prompt_len < self.max_len // 2:
+            raise InvalidArgumentError(f"system_prompt_len must be in [0, max_len // 2), got {self.system_prompt_len}")
+
+
+@dataclass
+class Workload:
+    """A spec and the requests it generated."""
+
+    spec: WorkloadSpec
+    requests: list[Request] = field(default_factory=list)
+
+    def mean_prompt(self) -> float:
+        return float(np.mean([r.prompt_len for r in self.requests]))
+
+    def mean_output(self) -> float:
+        return float(np.mean([o for r in self.requests for o in r.output_lens]))
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict (spec and requests); :func:`workload_from_json` reads it back."""
+        spec = asdict(self.spec)
+        spec["rate"] = "inf" if math.isinf(self.spec.rate) else self.spec.rate
+        return {"spec": spec, "requests": [asdict(r) for r in self.requests]}
+
+
+def workload_from_json(obj: dict) -> Workload:
+    """Rebuild a workload written by :meth:`Workload.to_json`."""
+    spec = dict(obj["spec"])
+    spec["rate"] = float(spec["rate"])
+    requests = [Request(**{**r, "output_lens": tuple(r["output_lens"])}) for r in obj["requests"]]
+    return Workload(WorkloadSpec(**spec), requests)
+
+
+# ------------------------------------------------------------------ lengths
+def _draw_lengths(rng: np.random.Generator, mu: float, sigma: float, size: int, cap: np.ndarray | int) -> np.ndarray:
+    """Log-normal draws, rounded to whole tokens and clipped to ``[1, cap]``."""
+    raw = rng.lognormal(mu, sigma, size)
+    return np.clip(np.rint(raw), 1, cap).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def calibrate_mu(target_mean: float, sigma: float, cap: int, prompt_mu: float = math.nan,
+                 prompt_sigma: float = 0.0, prompt_cap: int = 0) -> float:
+    """The log-normal ``mu`` whose rounded, clipped draws have mean ``target_mean``.
+
+    Without clipping, ``mu = ln(mean) - sigma**2 / 2``. Clipping lowers the mean,
+    so we search ``mu`` by bisection on a fixed sample (seed 12345, 100,000 draws).
+    For outputs the cap depends on each prompt (``max_len - prompt``): pass the
+    prompt distribution and ``cap`` is then the total maximum length.
+    """
+    rng = np.random.default_rng(12345)
+    size = 100_000
+    unit = rng.standard_normal(size)
+    caps: np.ndarray | int = cap
+    if not math.isnan(prompt_mu):
+        prompts = np.clip(np.rint(np.exp(prompt_mu + prompt_sigma * rng.standard_normal(size))), 1, prompt_cap)
+        caps = cap - prompts
+
+    def mean_for(mu: float) -> float:
+        return float(np.mean(np.clip(np.rint(np.exp(mu + sigma * unit)), 1, caps)))
+
+    low, high = math.log(target_mean) - sigma**2 / 2 - 2.0, math.log(target_mean) + 3.0
+    for _ in range(60):  # bisection: mean_for is increasing in mu
+        mid = (low + high) / 2
+        if mean_for(mid) < target_mean:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def generate(spec: WorkloadSpec) -> Workload:
+    """Generate the workload ``spec`` describes (same spec and seed, same requests)."""
+    spec.check()
+    preset = PRESETS[spec.dataset]
+    rng = np.random.default_rng(spec.seed)
+    count = spec.num_requests
+    prompt_cap = spec.max_len // 2
+    mu_p = calibrate_mu(preset.mean_prompt, preset.sigma_prompt, prompt_cap)
+    mu_o = calibrate_mu(preset.mean_output, preset.sigma_output, spec.max_len, mu_p, preset.sigma_prompt, prompt_cap)
+
+    # Arrival times: cumulative sums of exponential gaps (a Poisson process).
+    if math.isinf(spec.rate):
+        arrivals = np.zeros(count)
+    else:
+        arrivals = np.cumsum(rng.exponential(1.0 / spec.rate, count))
+
+    prompts = _draw_lengths(rng, mu_p, preset.sigma_prompt, count, prompt_cap)
+    # The system prompt is part of the prompt: make room for at least one own token.
+    prompts = np.maximum(prompts, spec.system_prompt_len + 1)
+    width = max(spec.n, spec.beam_width)
+    outputs = _draw_lengths(rng, mu_o, preset.sigma_output, count * width, np.repeat(spec.max_len - prompts, width))
+    outputs = outputs.reshape(count, width)
+
+    requests = []
+    for i in range(count):
+        if spec.beam_width > 1:
+            lens = (int(outputs[i, 0]),) * spec.beam_width  # beams finish together
+        else:
+            lens = tuple(int(x) for x in outputs[i])
+        requests.append(
+            Request(i, float(arrivals[i]), int(prompts[i]), lens, spec.beam_width, spec.system_prompt_len)
+        )
+    return Workload(spec, requests)

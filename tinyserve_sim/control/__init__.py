@@ -19,9 +19,10 @@ standard library, NumPy and :mod:`tinyserve_sim.errors` (a contract checked in
 CI by import-linter; see ``pyproject.toml``).
 """
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.pool import POLICIES, BlockPool
 from tinyserve_sim.control.prefix_cache import PrefixCache
 from tinyserve_sim.control.records import OpRecord, Snapshot
 
-__all__ = ["POLICIES", "BlockManager", "BlockPool", "OpRecord", "PrefixCache", "Snapshot"]
+__all__ = ["POLICIES", "BlockManager", "DecodeBatch", "BlockPool", "OpRecord", "PrefixCache", "Snapshot"]

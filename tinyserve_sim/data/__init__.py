@@ -27,7 +27,7 @@ from tinyserve_sim.data.block_allocation import (
     FifoBlockAllocator,
     check_racing_allocation,
 )
-from tinyserve_sim.data.block_tables import pack_block_tables
+from tinyserve_sim.control.batch import DecodeBatch, pack_block_tables
 from tinyserve_sim.data.cache import KVCache
 from tinyserve_sim.data.copy_blocks import copy_blocks
 from tinyserve_sim.data.exact_math import (
@@ -46,6 +46,7 @@ from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
 
 __all__ = [
     "Backend",
+    "DecodeBatch",
     "NumpyBackend",
     "get_backend",
     "AttentionPlan",

@@ -1,0 +1,201 @@
+"""The batch description: what the control plane hands the data plane for one decode step.
+
+After the scheduler has run a step's operations, the attention kernels need to
+know, for each sequence of the batch, where its tokens live. That is all a
+:class:`DecodeBatch` holds, as the int arrays a kernel reads:
+
+``block_tables``
+    int32 ``[S, W]``: row ``s`` lists the physical blocks of sequence ``s`` in
+    logical order; entries past ``ceil(seq_lens[s] / block_size)`` are
+    :data:`PAD_BLOCK` and are never read. With query-aware selection each KV
+    head of a sequence attends to its own pages, and the tables get a head
+    axis: int32 ``[S, Hkv, W]``.
+``seq_lens``
+    int32 ``[S]`` (or ``[S, Hkv]`` with a head axis): the tokens each row attends to.
+``slot_mapping``
+    int64 ``[T]``: the cache slot of every token written in this step,
+    ``table[t // block_size] * block_size + t % block_size``; ``-1`` is padding
+    and is skipped.
+
+For example, two sequences in a pool of 4-token blocks::
+
+    >>> from tinyserve_sim import BlockManager
+    >>> m = BlockManager(num_blocks=8, block_size=4)
+    >>> _ = m.add("a", 6); _ = m.add("b", 3)
+    >>> batch = DecodeBatch.from_manager(m)
+    >>> batch.block_tables
+    array([[ 0,  1],
+           [ 2, -1]], dtype=int32)
+    >>> batch.seq_lens, batch.slot_mapping      # each sequence's newest token
+    (array([6, 3], dtype=int32), array([ 5, 10]))
+
+A batch is immutable (its arrays are read-only), so it can be handed to the
+NumPy twins and the GPU launchers alike and compared afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tinyserve_sim.control.records import SeqId
+from tinyserve_sim.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from tinyserve_sim.control.manager import BlockManager
+
+#: Value of the unused entries of a block table (never read by a kernel).
+PAD_BLOCK = -1
+
+
+def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = None) -> np.ndarray:
+    """Stack ragged block tables into a C-contiguous int32 ``[S, max_blocks]`` array, padded with -1.
+
+    >>> pack_block_tables([(4, 2), (7,)])
+    array([[ 4,  2],
+           [ 7, -1]], dtype=int32)
+    """
+    width = max((len(t) for t in tables), default=0)
+    if max_blocks is None:
+        max_blocks = max(width, 1)
+    if width > max_blocks:
+        raise InvalidArgumentError(f"a block table has {width} entries, more than max_blocks={max_blocks}")
+    out = np.full((len(tables), max_blocks), PAD_BLOCK, dtype=np.int32)
+    for i, table in enumerate(tables):
+        out[i, : len(table)] = table
+    return out
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        a = a.copy()
+        a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeBatch:
+    """One decode step's block tables, sequence lengths and slot mapping (see the module doc).
+
+    Build it with :meth:`from_manager` (the usual way) or :meth:`from_tables`;
+    the constructor checks shapes and dtypes and freezes the arrays.
+
+    Attributes:
+        block_size: tokens per block.
+        block_tables: int32 ``[S, W]``, or ``[S, Hkv, W]`` with a head axis.
+        seq_lens: int32 ``[S]``, or ``[S, Hkv]`` with a head axis.
+        slot_mapping: int64 ``[T]``, the slots written in this step (``-1``: padding).
+        seq_ids: the sequences, in row order (empty when unknown).
+    """
+
+    block_size: int
+    block_tables: np.ndarray
+    seq_lens: np.ndarray
+    slot_mapping: np.ndarray
+    seq_ids: tuple[SeqId, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
+            raise InvalidArgumentError(f"block_size must be a positive integer, got {self.block_size!r}")
+        tables, lens, slots = (np.asarray(a) for a in (self.block_tables, self.seq_lens, self.slot_mapping))
+        if tables.dtype != np.int32 or tables.ndim not in (2, 3):
+            raise InvalidArgumentError(
+                f"block_tables must be int32 [S, W] or [S, Hkv, W], got {tables.dtype} {tables.shape}"
+            )
+        if lens.dtype != np.int32 or lens.shape != tables.shape[:-1]:
+            raise InvalidArgumentError(
+                f"seq_lens must be int32 of shape {tables.shape[:-1]}, got {lens.dtype} {lens.shape}"
+            )
+        if slots.dtype != np.int64 or slots.ndim != 1:
+            raise InvalidArgumentError(f"slot_mapping must be int64 [T], got {slots.dtype} {slots.shape}")
+        if self.seq_ids and len(self.seq_ids) != tables.shape[0]:
+            raise InvalidArgumentError(f"{len(self.seq_ids)} seq_ids for {tables.shape[0]} table rows")
+        object.__setattr__(self, "block_tables", _frozen(tables))
+        object.__setattr__(self, "seq_lens", _frozen(lens))
+        object.__setattr__(self, "slot_mapping", _frozen(slots))
+        object.__setattr__(self, "seq_ids", tuple(self.seq_ids))
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_manager(
+        cls,
+        manager: BlockManager,
+        seq_ids: Sequence[SeqId] | None = None,
+        slot_mapping: np.ndarray | Sequence[int] | None = None,
+    ) -> DecodeBatch:
+        """The batch of ``seq_ids`` (default: every live sequence) in ``manager``'s current state.
+
+        ``slot_mapping`` defaults to the slot of each sequence's newest token,
+        the one a decode step has just written.
+        """
+        ids = manager.seq_ids() if seq_ids is None else list(seq_ids)
+        tables = [manager.block_table(seq) for seq in ids]  # raises UnknownSequenceError first
+        lens = [manager.num_tokens(seq) for seq in ids]
+        if slot_mapping is None:
+            bs = manager.block_size
+            slot_mapping = [table[(n - 1) // bs] * bs + (n - 1) % bs for table, n in zip(tables, lens)]
+        return cls(
+            manager.block_size,
+            pack_block_tables(tables),
+            np.asarray(lens, dtype=np.int32),
+            np.asarray(slot_mapping, dtype=np.int64),
+            tuple(ids),
+        )
+
+    @classmethod
+    def from_tables(
+        cls,
+        tables: Sequence[Sequence[int]],
+        seq_lens: Sequence[int],
+        block_size: int,
+        slot_mapping: Sequence[int] = (),
+    ) -> DecodeBatch:
+        """A batch from ragged block tables and lengths (no manager needed)."""
+        return cls(
+            block_size,
+            pack_block_tables(tables),
+            np.asarray(seq_lens, dtype=np.int32).reshape(len(tables)),
+            np.asarray(slot_mapping, dtype=np.int64).reshape(-1),
+        )
+
+    def with_head_tables(self, block_tables: np.ndarray, seq_lens: np.ndarray) -> DecodeBatch:
+        """The same batch with one table per (sequence, KV head): ``[S, Hkv, W]`` and ``[S, Hkv]``.
+
+        Query-aware selection returns its choice this way: each row lists the
+        selected pages of one head, compacted, the newest (partly filled) page last.
+        """
+        return DecodeBatch(self.block_size, block_tables, seq_lens, self.slot_mapping, self.seq_ids)
+
+    # ------------------------------------------------------------- queries
+    @property
+    def num_seqs(self) -> int:
+        return int(self.block_tables.shape[0])
+
+    @property
+    def per_head(self) -> bool:
+        """True when every KV head of a sequence has its own table."""
+        return self.block_tables.ndim == 3
+
+    @property
+    def max_blocks(self) -> int:
+        """``W``, the width of a table row."""
+        return int(self.block_tables.shape[-1])
+
+    def head_tables(self, num_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tables ``[S, Hkv, W]`` and lengths ``[S, Hkv]`` for every KV head (a read-only broadcast
+        when the batch has no head axis: every head reads its sequence's table)."""
+        if self.per_head:
+            if self.block_tables.shape[1] != num_kv_heads:
+                raise InvalidArgumentError(
+                    f"the batch has tables for {self.block_tables.shape[1]} KV heads, not {num_kv_heads}"
+                )
+            return self.block_tables, self.seq_lens
+        S, W = self.block_tables.shape
+        return (
+            np.broadcast_to(self.block_tables[:, None, :], (S, num_kv_heads, W)),
+            np.broadcast_to(self.seq_lens[:, None], (S, num_kv_heads)),
+        )

@@ -90,30 +90,60 @@ import numpy as np  # noqa: E402
 CTYPE = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 
 
-def paged_attention_names(dtype: Any, lanes: int, vecs_per_lane: int) -> tuple[str, ...]:
+#: Stage V through shared memory (cp.async) when its buffer is at most this big: 32 KiB keeps a
+#: block under the default 48 KiB of dynamic shared memory at head_dim 128 (float16) and leaves
+#: four blocks per SM, as many as the registers allow.
+STAGE_V_MAX_BYTES = 32 * 1024
+
+
+def stage_v_bytes(plan: Any) -> int:
+    """Shared memory of the V stage: one 16-byte vector per (token of a chunk, lane, owned vector)."""
+    from tinyserve_sim.data.geometry import CHUNK_TOKENS
+
+    return CHUNK_TOKENS * plan.lanes * plan.vecs_per_lane * 16
+
+
+def default_stage_v(plan: Any) -> bool:
+    """The launcher's default: stage V when the stage fits :data:`STAGE_V_MAX_BYTES`."""
+    return stage_v_bytes(plan) <= STAGE_V_MAX_BYTES
+
+
+def paged_attention_kernel_name(plan: Any, dtype: Any, head_tile: int, split: bool, stage_v: bool) -> str:
+    """The template instantiation of ``paged_attention_kernel`` for one launch.
+
+    ``EVEN`` (the last argument) says that every lane owns all its vectors
+    (``head_dim == lanes * vecs_per_lane * vec``), which drops a check per element."""
+    even = plan.num_vecs == plan.lanes * plan.vecs_per_lane
+    flags = ", ".join("true" if f else "false" for f in (split, stage_v, even))
+    return (f"paged_attention_kernel<{CTYPE[np.dtype(dtype)]}, {plan.vec}, {plan.lanes}, "
+            f"{plan.vecs_per_lane}, {head_tile}, {flags}>")
+
+
+def paged_attention_names(plan: Any, dtype: Any, stage_v: bool = False) -> tuple[str, ...]:
     """The kernels of one compiled module of paged_attention.cu: both variants
-    for every head tile, and the split-K reduce, for one (dtype, lanes, vecs)."""
-    dtype = np.dtype(dtype)
-    t = CTYPE[dtype]
-    vec = 16 // dtype.itemsize
+    for every head tile, and the split-K reduce, for one plan's (dtype, lanes,
+    vecs, evenness) and one way of loading V (``stage_v``: through shared
+    memory with cp.async)."""
+    t = CTYPE[np.dtype(dtype)]
     names = [
-        f"paged_attention_kernel<{t}, {vec}, {lanes}, {vecs_per_lane}, {gt}, {split}>"
+        paged_attention_kernel_name(plan, dtype, gt, split, stage_v)
         for gt in (1, 2, 4, 8)
-        for split in ("false", "true")
+        for split in (False, True)
     ]
     return (*names, f"paged_attention_reduce_kernel<{t}>")
 
 
 def all_paged_attention_modules() -> list[tuple[str, ...]]:
-    """Every (dtype, lanes, vecs) module a valid head_dim (8..256, step 8) can need."""
+    """Every module (dtype, lanes, vecs, evenness, V staging by default) a valid head_dim (8..256,
+    step 8) can need."""
     from tinyserve_sim.data.geometry import make_plan
 
-    seen: dict[tuple[str, int, int], tuple[str, ...]] = {}
+    seen: dict[tuple[str, ...], tuple[str, ...]] = {}
     for dtype in CTYPE:
         for head_dim in range(8, 257, 8):
             plan = make_plan(head_dim, dtype, 1)
-            key = (str(dtype), plan.lanes, plan.vecs_per_lane)
-            seen.setdefault(key, paged_attention_names(dtype, plan.lanes, plan.vecs_per_lane))
+            names = paged_attention_names(plan, dtype, default_stage_v(plan))
+            seen.setdefault(names, names)
     return list(seen.values())
 
 

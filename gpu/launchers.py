@@ -35,7 +35,7 @@ from tinyserve_sim.data.validation import (
 from tinyserve_sim.errors import KernelInputError
 
 from .build import CTYPE as _CTYPE
-from .build import get_module, paged_attention_names
+from .build import default_stage_v, get_module, paged_attention_kernel_name, paged_attention_names, stage_v_bytes
 
 
 def _device(a: Any, name: str) -> cp.ndarray:
@@ -116,8 +116,13 @@ def prepare_paged_attention(
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
+    stage_v: bool | None = None,
 ) -> Callable[[], cp.ndarray]:
-    """Validate everything now; return a function that launches and returns ``out``."""
+    """Validate everything now; return a function that launches and returns ``out``.
+
+    ``stage_v`` picks how V reaches the registers (through shared memory with
+    cp.async, or straight from global memory); the arithmetic, and so the bits,
+    are the same either way. ``None`` chooses by ``build.default_stage_v``."""
     tables_h, lens_h = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
@@ -133,15 +138,18 @@ def prepare_paged_attention(
     plan = make_plan(D, dtype, G)
     GT = plan.head_tile
     n_tiles = -(-G // GT)
-    names = paged_attention_names(dtype, plan.lanes, plan.vecs_per_lane)
-    module = get_module("paged_attention.cu", names)
+    staged = stage_v_bytes(plan)
+    if stage_v is None:
+        stage_v = default_stage_v(plan)
+    module = get_module("paged_attention.cu", paged_attention_names(plan, dtype, stage_v))
     t = _CTYPE[dtype]
     split = variant == "split_k"
-    main = module.get_function(
-        f"paged_attention_kernel<{t}, {plan.vec}, {plan.lanes}, {plan.vecs_per_lane}, {GT}, {'true' if split else 'false'}>"
-    )
+    main = module.get_function(paged_attention_kernel_name(plan, dtype, GT, split, stage_v))
     tables_d, lens_d = _index(tables_h), _index(lens_h)
-    smem = 4 * (GT * D + GT * CHUNK_TOKENS + 4 * GT * D) + 16 * CHUNK_TOKENS  # + token row offsets, x2 buffers
+    # q_s, x_s, red_s (floats) + token row offsets (two buffers of int64) + the V stage.
+    smem = 4 * (GT * D + GT * CHUNK_TOKENS + 4 * GT * D) + 16 * CHUNK_TOKENS + (staged if stage_v else 0)
+    if smem > 48 * 1024:  # above the default: the kernel must be allowed more, once
+        main.max_dynamic_shared_size_bytes = smem
     max_parts = -(-int(lens_h.max()) // partition_size) if split else 1
     if split:
         part_out = cp.empty((S, Hq, max_parts, D), dtype=np.float32)

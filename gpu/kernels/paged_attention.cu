@@ -16,8 +16,15 @@
 //      butterfly), into shared memory.
 //   B. chunk max -> m_new, alpha = exp(m_old - m_new)      (one warp per head)
 //   C. p = exp(x - m_new), in place in shared memory
-//   D. each row: l_r, acc_r *= alpha; then += p_j, p_j * v_j for its tokens.
+//   D. each row: l_r, acc_r *= alpha; then l_r += p_j, acc_r = fma(p_j, v_j, acc_r)
+//      for its tokens.
 // Finally rows are combined by a butterfly / pairwise tree and divided by l.
+//
+// STAGE_V (a launch choice; the arithmetic, hence the bits, are the same): each
+// thread copies the V vectors it will need in phase D into shared memory with
+// cp.async at the start of the chunk, so they travel while phases A-C run,
+// instead of being loaded (and waited for) in phase D. Each thread reads back
+// only what it copied itself, so no barrier is needed for them.
 // split-K writes (o, m, l) per partition; paged_attention_reduce combines.
 #include <cuda_fp16.h>
 #include "exact_math.cuh"
@@ -28,6 +35,8 @@ constexpr int NT = 128;       // threads per block
 constexpr int NWARPS = NT / 32;
 constexpr int CHUNK = 128;    // tokens per online-softmax step (twin: CHUNK_TOKENS)
 constexpr int UNROLL = 4;     // tokens whose loads are issued together
+
+template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
 
 // 16 bytes of the cache, converted exactly to float.
 __device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
@@ -45,6 +54,14 @@ __device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
     out[2] = __uint_as_float(raw.z);
     out[3] = __uint_as_float(raw.w);
 }
+// cp.async (sm_80+): a 16-byte global -> shared copy that does not go through
+// registers; the thread goes on, and waits for its copies with wait_all.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 __device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float load_float(const float* p) { return *p; }
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
@@ -52,7 +69,7 @@ __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int GT, bool SPLIT>
+template <typename T, int VEC, int LANES, int VPL, int GT, bool SPLIT, bool STAGE_V, bool EVEN>
 __global__ void __launch_bounds__(NT) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
@@ -75,11 +92,15 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
     static_assert(TPR % UNROLL == 0 || TPR < UNROLL, "chunk must split evenly");
     constexpr int UN = TPR < UNROLL ? TPR : UNROLL;
 
-    extern __shared__ float smem[];
+    extern __shared__ uint4 smem_v[];
+    // STAGE_V: [TPR * VPL][NT] 16-byte vectors of V; thread tid owns column tid, so a
+    // warp's 32 consecutive 16-byte accesses never share a bank group.
+    uint4* v_s = smem_v;
+    float* smem = reinterpret_cast<float*>(smem_v + (STAGE_V ? TPR * VPL * NT : 0));
     float* q_s = smem;                          // [GT][D]   query, as float
     float* x_s = q_s + GT * head_dim;           // [GT][CHUNK] logits, then p
     float* red_s = x_s + GT * CHUNK;            // [NWARPS][GT][D] row-combine scratch
-    long long* base_s = reinterpret_cast<long long*>(red_s + NWARPS * GT * head_dim);  // [2][CHUNK]
+    long long* base_s = reinterpret_cast<long long*>(red_s + NWARPS * GT * head_dim);  // [2][CHUNK] row byte offsets
     __shared__ float m_s[GT], alpha_s[GT], lred_s[NWARPS][GT];
 
     const int tid = threadIdx.x;
@@ -104,7 +125,11 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
         const int g = i / head_dim;
         q_s[i] = g < gcount ? load_float(query + (static_cast<long long>(seq) * num_heads + g0 + g) * head_dim + i % head_dim) : 0.0f;
     }
-    if (tid < GT) m_s[tid] = TS_NEG_INF;
+    if (tid < GT) {
+        m_s[tid] = TS_NEG_INF;
+        alpha_s[tid] = 1.0f;   // stays 1 for heads past the group (never updated)
+    }
+    for (int i = gcount * CHUNK + tid; i < GT * CHUNK; i += NT) x_s[i] = 0.0f;  // their p: 0
 
     // Keep this lane's query elements in registers when they are few (small
     // GQA tiles): reading them from shared memory for every key costs more
@@ -122,7 +147,11 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
     __syncthreads();
 
     // Element offset of this lane's i-th owned vector, or -1 if it owns none.
-    auto vec_off = [&](int i) { const int c = lane + i * LANES; return c < num_vecs ? c * VEC : -1; };
+    // EVEN (head_dim == LANES * VPL * VEC): every lane owns all VPL vectors, no check.
+    auto vec_off = [&](int i) {
+        const int c = lane + i * LANES;
+        return (EVEN || c < num_vecs) ? c * VEC : -1;
+    };
     if constexpr (QREG) {
 #pragma unroll
         for (int g = 0; g < (QREG ? GT : 1); ++g)
@@ -134,11 +163,22 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
                     qr[g][i * VEC + e] = off >= 0 ? q_s[g * head_dim + off + e] : 0.0f;
                 }
     }
-    // Element offset of token t's row for this KV head.
+    // Byte offset of token t's row for this KV head, from the start of a cache.
     auto token_base = [&](int t) {
         const long long blk = table[t / block_size];
-        return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * head_dim;
+        return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * head_dim
+               * static_cast<long long>(sizeof(T));
     };
+    // This lane's vectors in token 0's row, as bytes: a token's vector i is then
+    // k_lane[i] + (byte offset of its row), one 64-bit add per load.
+    const char* k_lane[VPL];
+    const char* v_lane[VPL];
+#pragma unroll
+    for (int i = 0; i < VPL; ++i) {
+        const int off = vec_off(i) < 0 ? 0 : vec_off(i);
+        k_lane[i] = reinterpret_cast<const char*>(key_cache + off);
+        v_lane[i] = reinterpret_cast<const char*>(value_cache + off);
+    }
 
     // Where each token lives: one integer division per token, done once and
     // shared by the K and the V phase. Double-buffered: chunk c+1's offsets
@@ -147,23 +187,38 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
     if (a + tid < b) base_s[tid] = token_base(a + tid);
     __syncthreads();
 
-    for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {
-        const long long* bases = base_s + buf * CHUNK;
-        // next chunk's offsets, into the other buffer (last read two barriers ago)
-        if (c0 + CHUNK + tid < b) base_s[(buf ^ 1) * CHUNK + tid] = token_base(c0 + CHUNK + tid);
+    // One chunk of the online softmax. FULL: every token of the chunk is real
+    // (c0 + CHUNK <= b), so no token needs a bounds check or a padding select;
+    // the same body is compiled a second time, with the checks, for the last,
+    // partial chunk. The arithmetic is the same in both.
+    auto run_chunk = [&](const int c0, const long long* bases, auto full) {
+        constexpr bool FULL = decltype(full)::value;
+        auto real = [&](int j) { return FULL || c0 + j < b; };  // token c0 + j exists
+        if constexpr (STAGE_V) {  // this chunk's V, for this thread's tokens: in flight from now on
+#pragma unroll
+            for (int kk = 0; kk < TPR; ++kk) {
+                const int j = kk * ROWS + row;
+                if (!real(j)) continue;
+#pragma unroll
+                for (int i = 0; i < VPL; ++i) {
+                    const int off = vec_off(i);
+                    if (EVEN || off >= 0) cp_async16(v_s + (kk * VPL + i) * NT + tid, v_lane[i] + bases[j]);
+                }
+            }
+        }
         // ---- A. logits -------------------------------------------------
 #pragma unroll
         for (int k0 = 0; k0 < TPR; k0 += UN) {
             uint4 kr[UN][VPL];
 #pragma unroll
             for (int u = 0; u < UN; ++u) {     // issue all loads first
-                const int t = c0 + (k0 + u) * ROWS + row;
-                const long long base = t < b ? bases[(k0 + u) * ROWS + row] : 0;
+                const int j = (k0 + u) * ROWS + row;
+                const long long base = real(j) ? bases[j] : 0;
 #pragma unroll
                 for (int i = 0; i < VPL; ++i) {
                     const int off = vec_off(i);
-                    kr[u][i] = (t < b && off >= 0)
-                        ? *reinterpret_cast<const uint4*>(key_cache + base + off)
+                    kr[u][i] = (real(j) && (EVEN || off >= 0))
+                        ? *reinterpret_cast<const uint4*>(k_lane[i] + base)
                         : make_uint4(0u, 0u, 0u, 0u);
                 }
             }
@@ -173,25 +228,24 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
                 float kf[VPL][VEC];
 #pragma unroll
                 for (int i = 0; i < VPL; ++i) to_float(kr[u][i], kf[i], T());
-                float part[GT];                // one partial dot product per head
+                // One partial dot product per head of the tile; heads past the group
+                // (a partial tile) read a zero query and are never stored.
+                float part[GT];
 #pragma unroll
                 for (int g = 0; g < GT; ++g) {
                     part[g] = 0.0f;            // sequential over this lane's elements
-                    if (g >= gcount) continue; // heads past the group stay 0
 #pragma unroll
                     for (int i = 0; i < VPL; ++i) {
                         const int off = vec_off(i);
-                        if (off < 0) continue;
+                        if (!EVEN && off < 0) continue;
                         const float* qv = q_s + g * head_dim + off;
 #pragma unroll
                         for (int e = 0; e < VEC; ++e) {
                             const float qe = QREG ? qr[QREG ? g : 0][QREG ? i * VEC + e : 0] : qv[e];
-                            // float16 x float16 is exact in float32 (22 significant
-                            // bits, no under/overflow), so one fused multiply-add
-                            // rounds exactly like the twin's multiply then add.
-                            // Not so for float32 inputs: there, two roundings.
-                            if constexpr (sizeof(T) == 2) part[g] = __fmaf_rn(qe, kf[i][e], part[g]);
-                            else part[g] = part[g] + qe * kf[i][e];
+                            // One fused multiply-add, one rounding (twin: fma_f32).
+                            // Written explicitly: --fmad=false forbids the
+                            // compiler from fusing anything on its own.
+                            part[g] = __fmaf_rn(qe, kf[i][e], part[g]);
                         }
                     }
                 }
@@ -204,7 +258,7 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
 #pragma unroll
                     for (int c = 0; c < ts_max(1, GT / LANES); ++c)
                         if (head + c < gcount)
-                            x_s[(head + c) * CHUNK + j] = (c0 + j < b) ? tot[c] * scale : TS_NEG_INF;
+                            x_s[(head + c) * CHUNK + j] = real(j) ? tot[c] * scale : TS_NEG_INF;
                 }
             }
         }
@@ -230,53 +284,63 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
 #pragma unroll
             for (int i = 0; i < CHUNK / 32; ++i) {
                 const int jj = i * 32 + tid % 32;
-                x_s[g * CHUNK + jj] = (c0 + jj < b) ? ts_exp(x[i] - m_new) : 0.0f;
+                x_s[g * CHUNK + jj] = real(jj) ? ts_exp(x[i] - m_new) : 0.0f;
             }
         }
         __syncthreads();
         // ---- D. rescale, then accumulate p * v, row by row ---------------
+        // (heads past the group: alpha 1 and p 0, set once at the start)
 #pragma unroll
         for (int g = 0; g < GT; ++g) {
-            const float al = g < gcount ? alpha_s[g] : 1.0f;
+            const float al = alpha_s[g];
             lrow[g] = lrow[g] * al;
 #pragma unroll
             for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * al;
         }
+        if constexpr (STAGE_V) cp_async_wait_all();  // this thread's V copies have landed
 #pragma unroll
         for (int k0 = 0; k0 < TPR; k0 += UN) {
             uint4 vr[UN][VPL];
 #pragma unroll
             for (int u = 0; u < UN; ++u) {
-                const int t = c0 + (k0 + u) * ROWS + row;
-                const long long base = t < b ? bases[(k0 + u) * ROWS + row] : 0;
+                const int j = (k0 + u) * ROWS + row;
+                const long long base = real(j) ? bases[j] : 0;
 #pragma unroll
                 for (int i = 0; i < VPL; ++i) {
                     const int off = vec_off(i);
-                    vr[u][i] = (t < b && off >= 0)
-                        ? *reinterpret_cast<const uint4*>(value_cache + base + off)
-                        : make_uint4(0u, 0u, 0u, 0u);
+                    if (!real(j) || (!EVEN && off < 0)) vr[u][i] = make_uint4(0u, 0u, 0u, 0u);
+                    else if constexpr (STAGE_V) vr[u][i] = v_s[((k0 + u) * VPL + i) * NT + tid];
+                    else vr[u][i] = *reinterpret_cast<const uint4*>(v_lane[i] + base);
                 }
             }
 #pragma unroll
             for (int u = 0; u < UN; ++u) {     // tokens in increasing j: the twin's order
                 const int j = (k0 + u) * ROWS + row;
-                if (c0 + j >= b) continue;     // padding token: no add at all
+                if (!real(j)) continue;        // padding token: no add at all
                 float vf[VPL][VEC];
 #pragma unroll
                 for (int i = 0; i < VPL; ++i) to_float(vr[u][i], vf[i], T());
 #pragma unroll
                 for (int g = 0; g < GT; ++g) {
-                    if (g >= gcount) break;
                     const float p = x_s[g * CHUNK + j];
                     lrow[g] = lrow[g] + p;
 #pragma unroll
                     for (int i = 0; i < VPL; ++i)
 #pragma unroll
-                        for (int e = 0; e < VEC; ++e) acc[g][i * VEC + e] = acc[g][i * VEC + e] + p * vf[i][e];
+                        for (int e = 0; e < VEC; ++e)  // acc = fma(p, v, acc): one instruction, one rounding
+                            acc[g][i * VEC + e] = __fmaf_rn(p, vf[i][e], acc[g][i * VEC + e]);
                 }
             }
         }
         __syncthreads();  // x_s is rewritten by the next chunk
+    };
+
+    for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {
+        const long long* bases = base_s + buf * CHUNK;
+        // next chunk's offsets, into the other buffer (last read two barriers ago)
+        if (c0 + CHUNK + tid < b) base_s[(buf ^ 1) * CHUNK + tid] = token_base(c0 + CHUNK + tid);
+        if (c0 + CHUNK <= b) run_chunk(c0, bases, ts_bool<true>());
+        else run_chunk(c0, bases, ts_bool<false>());
     }
 
     // ---- combine rows: butterfly inside the warp, pairwise across warps ---
@@ -347,7 +411,7 @@ __global__ void __launch_bounds__(NT) paged_attention_reduce_kernel(
     for (int i = 0; i < n; ++i) den = den + w_s[i];
     for (int d = threadIdx.x; d < head_dim; d += NT) {
         float num = 0.0f;
-        for (int i = 0; i < n; ++i) num = num + w_s[i] * part_out[(head * max_parts + i) * head_dim + d];
+        for (int i = 0; i < n; ++i) num = __fmaf_rn(w_s[i], part_out[(head * max_parts + i) * head_dim + d], num);
         store_out(out + head * head_dim + d, num / den);
     }
 }

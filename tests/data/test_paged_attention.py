@@ -14,7 +14,7 @@ from tinyserve_sim.data import (
     paged_attention,
     reference_paged_attention,
 )
-from tinyserve_sim.data.exact_math import exp_f32
+from tinyserve_sim.data.exact_math import exp_f32, fma_f32  # fma_f32 is checked against exact rationals
 from tinyserve_sim.data.geometry import CHUNK_TOKENS
 from tinyserve_sim.errors import KernelInputError
 
@@ -43,7 +43,9 @@ def _pairwise(vals: list[np.float32]) -> np.float32:
 def spec_partition(q, keys, values, scale, plan):
     """One partition of one (sequence, head), written literally from the
     module docstring with scalar float32 operations (slow, independent of the
-    twin's vectorisation). Returns (o, m, l)."""
+    twin's vectorisation; its fused multiply-adds are scalar ``fma_f32`` calls,
+    which tests/data/test_exact_math.py checks against exact rational arithmetic).
+    Returns (o, m, l)."""
     D = q.size
     rows = plan.rows
     m = F32(-np.inf)
@@ -60,7 +62,7 @@ def spec_partition(q, keys, values, scale, plan):
                     vec = lane + i * plan.lanes
                     if vec < plan.num_vecs:
                         for d in range(vec * plan.vec, (vec + 1) * plan.vec):
-                            p = F32(p + F32(q[d]) * F32(k[d]))
+                            p = fma_f32(q[d], k[d], p)  # one rounding, as __fmaf_rn
                 parts.append(p)
             xs.append(F32(_halving(parts) * scale))
         m_new = F32(max(m, max(xs)))
@@ -71,7 +73,7 @@ def spec_partition(q, keys, values, scale, plan):
             acc[r] = [F32(a * alpha) for a in acc[r]]
             for j in range(r, len(ks), rows):
                 l_r[r] = F32(l_r[r] + ps[j])
-                acc[r] = [F32(a + F32(ps[j] * F32(vs[j][d]))) for d, a in enumerate(acc[r])]
+                acc[r] = [fma_f32(ps[j], vs[j][d], a) for d, a in enumerate(acc[r])]
         m = m_new
     l_tot = _pairwise(l_r)
     o = [F32(_pairwise([acc[r][d] for r in range(rows)]) / l_tot) for d in range(D)]
@@ -102,7 +104,7 @@ def spec_attention(case: AttentionCase, variant: str) -> np.ndarray:
                 num, den = [F32(0)] * D, F32(0)
                 for o_i, m_i, l_i in parts:
                     w = F32(l_i * exp_f32(F32(m_i - gmax)))
-                    num = [F32(n + F32(w * o_i[d])) for d, n in enumerate(num)]
+                    num = [fma_f32(w, o_i[d], n) for d, n in enumerate(num)]
                     den = F32(den + w)
                 o = [F32(n / den) for n in num]
             out[s, h] = np.array(o, dtype=F32).astype(case.query.dtype)

@@ -17,7 +17,8 @@ def _representative_names() -> tuple[str, ...]:
     """All kernels of every module would take minutes to compile on 2 cores; by
     default take one instantiation per module (head tiles rotating through
     1, 2, 4, 8, variants alternating) plus every reduce kernel, so that every
-    (dtype, lanes, vecs_per_lane), every head tile and both variants compile.
+    (dtype, lanes, vecs_per_lane, evenness, V staging), every head tile and both
+    variants compile.
     ``TS_COMPILE_ALL=1`` compiles everything."""
     names: list[str] = []
     for i, module in enumerate(MODULES):
@@ -26,7 +27,9 @@ def _representative_names() -> tuple[str, ...]:
             continue
         gt = (1, 2, 4, 8)[i % 4]
         split = ("false", "true")[(i // 4) % 2]
-        names += [n for n in module if n.endswith(f", {gt}, {split}>")]
+        picked = [n for n in module if f", {gt}, {split}, " in n]
+        assert len(picked) == 1, (module, gt, split)  # the name format changed: update this filter
+        names += picked
         names += [n for n in module if "reduce" in n]
     return tuple(dict.fromkeys(names))  # the reduce kernels repeat across modules
 

@@ -21,19 +21,21 @@ read by ``lanes`` threads (a *row*), each owning whole 16-byte *vectors* of
 chunk, token ``j`` belongs to row ``j % rows``. For one (sequence, query head)
 and one *partition* of tokens ``[a, b)``:
 
-1. **Logits.** Each lane sums ``q[d] * k[d]`` over its own elements, in
-   increasing ``d``, from ``+0``. The ``lanes`` partial sums are added by a
+1. **Logits.** Each lane accumulates ``part = fma(q[d], k[d], part)`` over
+   its own elements, in increasing ``d``, from ``+0``
+   (:func:`~tinyserve_sim.data.exact_math.fma_f32`: one rounding per element;
+   for float16 inputs the product is exact in float32, so this equals a
+   multiply then an add). The ``lanes`` partial sums are added by a
    reduce-scatter butterfly with masks ``lanes/2, lanes/4, ..., 1``
    (:func:`~tinyserve_sim.data.exact_math.halving_sum`: lane ``i`` plus lane
-   ``i + lanes/2`` first). Then ``x = dot * scale``. (For float16 inputs the
-   kernel uses a fused multiply-add here: a float16 x float16 product is exact
-   in float32, so one rounding of ``part + q*k`` equals the twin's two.)
+   ``i + lanes/2`` first). Then ``x = dot * scale``.
 2. **Chunk max** ``m_new = fmax(m, max_j x_j)`` (max is exact in any order;
    only the sign of a zero could differ, and no later result can observe it).
 3. ``alpha = exp(m - m_new)``, ``p_j = exp(x_j - m_new)`` with the shared exp.
 4. **Accumulate per row.** Row ``r`` keeps ``l_r`` and ``acc_r[D]``: first
    ``l_r *= alpha; acc_r *= alpha``, then for its tokens in increasing ``j``:
-   ``l_r += p_j; acc_r += p_j * v_j``.
+   ``l_r += p_j; acc_r = fma(p_j, v_j, acc_r)`` (a fused multiply-add: one
+   rounding, as the kernel's ``__fmaf_rn``).
 5. After the last chunk: ``l`` and ``acc`` are pairwise trees over the rows,
    and the partition's output is ``o = acc / l`` (IEEE division).
 
@@ -43,7 +45,7 @@ query's dtype. *Split-K* cuts ``[0, L)`` into partitions of
 in float32, and a reduce kernel combines them in increasing ``i``::
 
     gmax = max_i m_i;  w_i = l_i * exp(m_i - gmax)
-    num = 0; den = 0;  for i: num += w_i * o_i; den += w_i
+    num = 0; den = 0;  for i: num = fma(w_i, o_i, num); den += w_i
     out = num / den
 
 That last formula is the one of vLLM's v2 kernel and FlashDecoding
@@ -55,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyserve_sim.data.exact_math import exp_f32, halving_sum, pairwise_sum
+from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, halving_sum, pairwise_sum
 from tinyserve_sim.data.geometry import (
     CHUNK_TOKENS,
     DEFAULT_PARTITION_SIZE,
@@ -83,6 +85,10 @@ def _partition(
     """One partition per sequence: returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
     S, Hkv, G, D = q.shape
     rows, lanes, vec = plan.rows, plan.lanes, plan.vec
+    # A float16 x float16 product is exact in float32 (22 significant bits), so for float16 caches
+    # the kernel's fused multiply-add in the logits rounds exactly like a multiply then an add, and
+    # the twin may use the cheaper form. For float32 it must emulate the single rounding.
+    exact_products = kc.dtype == np.float16
     m = np.full((S, Hkv, G), -np.inf, dtype=F32)
     l_rows = np.zeros((S, Hkv, G, rows), dtype=F32)
     acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
@@ -105,8 +111,11 @@ def _partition(
             owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
             for e in range(vec):
                 d = np.minimum(vec_id * vec + e, D - 1)
-                prod = q[:, :, :, None, d] * k[:, :, None, :, d]  # [S,Hkv,G,CH,lanes]
-                part = np.where(owned, part + prod, part)
+                qd, kd = q[:, :, :, None, d], k[:, :, None, :, d]  # [S,Hkv,G,1,lanes], [S,Hkv,1,CH,lanes]
+                if exact_products:  # float16 x float16 is exact in float32: fma == multiply, then add
+                    part = np.where(owned, part + qd * kd, part)
+                else:
+                    part = np.where(owned, fma_f32(qd, kd, part), part)
         x = halving_sum(part, axis=-1) * scale  # reduce-scatter butterfly: [S, Hkv, G, CH]
         x = np.where(valid[:, None, None, :], x, F32(-np.inf))
         # 2.-3. running max, rescale factor, probabilities.
@@ -118,13 +127,15 @@ def _partition(
         act = active[:, None, None]
         l_new = l_rows * alpha[..., None]
         acc_new = acc * alpha[..., None, None]
+        # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
+        # and round each sum once (add_exact_product, the second half of fma_f32).
+        p64, v64 = p.astype(np.float64), v.astype(np.float64)
         for kk in range(CHUNK_TOKENS // rows):
-            jj = kk * rows + np.arange(rows)  # this step's token of every row
+            jj = slice(kk * rows, (kk + 1) * rows)  # this step's token of every row
             ok = valid[:, None, None, jj]  # [S,1,1,rows]
-            pj = p[:, :, :, jj]  # [S,Hkv,G,rows]
-            l_new = np.where(ok, l_new + pj, l_new)
-            pv = pj[..., None] * v[:, :, None, jj, :]  # [S,Hkv,G,rows,D]
-            acc_new = np.where(ok[..., None], acc_new + pv, acc_new)
+            l_new = np.where(ok, l_new + p[:, :, :, jj], l_new)
+            acc_fma = add_exact_product(p64[:, :, :, jj, None] * v64[:, :, None, jj, :], acc_new)
+            acc_new = np.where(ok[..., None], acc_fma, acc_new)  # [S,Hkv,G,rows,D]
         l_rows = np.where(act[..., None], l_new, l_rows)
         acc = np.where(act[..., None, None], acc_new, acc)
         m = np.where(act, m_new, m)
@@ -192,6 +203,6 @@ def paged_attention(
         with np.errstate(invalid="ignore"):
             w = l_i * exp_f32(m_i - gmax)
         ok = live[:, None, None]
-        num = np.where(ok[..., None], num + w[..., None] * o_i, num)
+        num = np.where(ok[..., None], fma_f32(w[..., None], o_i, num), num)
         den = np.where(ok, den + w, den)
     return (num / den[..., None]).reshape(S, Hq, D).astype(query.dtype)

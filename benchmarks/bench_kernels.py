@@ -144,9 +144,9 @@ def bench_copy_blocks(copy_bw: float, reps: int) -> None:
     report(f"copy_blocks        P={P} blocks of {block_bytes // 1024} KiB x 2 caches", 4 * P * block_bytes, time_cupy(launch, reps), copy_bw)
 
 
-def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024, stage_v=None) -> Callable[[], object]:
+def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) -> Callable[[], object]:
     """Our launcher, validated once, launched many times (the one place that knows its signature)."""
-    return launchers.prepare_paged_attention(q, kc, vc, tables, lens, scale, variant, partition_size, stage_v=stage_v)
+    return launchers.prepare_paged_attention(q, kc, vc, tables, lens, scale, variant, partition_size)
 
 
 def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:
@@ -168,10 +168,9 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
 
     measure("ours (auto)", time_cupy(ours(q, kc, vc, tables, lens, D**-0.5), reps))
     if opts.variants:
-        for variant, part in (("one_pass", 1024), ("split_k", 512), ("split_k", 1024), ("split_k", 2048)):
-            for stage_v in (False, True):
-                label = f"ours {variant}" + (f"/{part}" if variant == "split_k" else "") + (" stageV" if stage_v else "")
-                measure(label, time_cupy(ours(q, kc, vc, tables, lens, D**-0.5, variant, part, stage_v), reps))
+        for variant, part in (("one_pass", 1024), ("split_k", 256), ("split_k", 512), ("split_k", 1024), ("split_k", 2048)):
+            label = f"ours {variant}" + (f"/{part}" if variant == "split_k" else "")
+            measure(label, time_cupy(ours(q, kc, vc, tables, lens, D**-0.5, variant, part), reps))
     if opts.no_torch:
         return result
     import torch
@@ -306,7 +305,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 repeats instead of 20; no FlexAttention")
     ap.add_argument("--cases", default="all", help=f"comma-separated groups: {', '.join(CASES)} or all")
-    ap.add_argument("--variants", action="store_true", help="also time each variant and V-staging choice of ours")
+    ap.add_argument("--variants", action="store_true", help="also time each variant and partition size of ours")
     ap.add_argument("--no-torch", action="store_true", help="ours only")
     ap.add_argument("--no-flashinfer", action="store_true")
     ap.add_argument("--no-flex", dest="flex", action="store_false", help="skip FlexAttention (compiles for minutes)")

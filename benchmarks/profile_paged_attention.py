@@ -5,8 +5,8 @@
         -k regex:paged_attention_kernel --launch-skip 3 --launch-count 1 \\
         python benchmarks/profile_paged_attention.py --B 64 --L 4096 --Hq 32 --Hkv 8
 
-Prints nothing useful by itself: ncu does the measuring. ``--stage-v 0/1``
-and ``--variant`` pick the launch (the bits are the same; the speed is not).
+Prints nothing useful by itself: ncu does the measuring. ``--variant`` and ``--partition``
+pick the variant and the split-K partition.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ def main() -> None:
     for name, default in (("B", 64), ("L", 4096), ("Hq", 32), ("Hkv", 8), ("D", 128), ("bs", 16), ("partition", 1024)):
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--variant", default="auto")
-    ap.add_argument("--stage-v", type=int, choices=(0, 1), default=None)
     ap.add_argument("--launches", type=int, default=5)
     a = ap.parse_args()
     nblk = a.L // a.bs
@@ -34,8 +33,7 @@ def main() -> None:
     q = cp.random.standard_normal((a.B, a.Hq, a.D), dtype=cp.float32).astype(cp.float16)
     tables = np.random.default_rng(0).permutation(nb).reshape(a.B, nblk).astype(np.int32)
     lens = np.full(a.B, a.L, np.int32)
-    stage = None if a.stage_v is None else bool(a.stage_v)
-    launch = launchers.prepare_paged_attention(q, kc, vc, tables, lens, a.D**-0.5, a.variant, a.partition, stage_v=stage)
+    launch = launchers.prepare_paged_attention(q, kc, vc, tables, lens, a.D**-0.5, a.variant, a.partition)
     for _ in range(a.launches):
         launch()
     cp.cuda.get_current_stream().synchronize()

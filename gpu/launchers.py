@@ -20,7 +20,6 @@ import cupy as cp
 import numpy as np
 
 from tinyserve_sim.data.geometry import (
-    CHUNK_TOKENS,
     NUM_THREADS,
     make_plan,
     resolve_variant,
@@ -35,7 +34,7 @@ from tinyserve_sim.data.validation import (
 from tinyserve_sim.errors import KernelInputError
 
 from .build import CTYPE as _CTYPE
-from .build import default_stage_v, get_module, paged_attention_kernel_name, paged_attention_names, stage_v_bytes
+from .build import get_module, paged_attention_kernel_name, paged_attention_names
 
 
 def _device(a: Any, name: str) -> cp.ndarray:
@@ -116,13 +115,8 @@ def prepare_paged_attention(
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
-    stage_v: bool | None = None,
 ) -> Callable[[], cp.ndarray]:
-    """Validate everything now; return a function that launches and returns ``out``.
-
-    ``stage_v`` picks how V reaches the registers (through shared memory with
-    cp.async, or straight from global memory); the arithmetic, and so the bits,
-    are the same either way. ``None`` chooses by ``build.default_stage_v``."""
+    """Validate everything now; return a function that launches and returns ``out``."""
     tables_h, lens_h = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
@@ -136,19 +130,18 @@ def prepare_paged_attention(
         return lambda: out
     G = Hq // Hkv
     plan = make_plan(D, dtype, G)
-    GT = plan.head_tile
-    n_tiles = -(-G // GT)
-    staged = stage_v_bytes(plan)
-    if stage_v is None:
-        stage_v = default_stage_v(plan)
-    module = get_module("paged_attention.cu", paged_attention_names(plan, dtype, stage_v))
+    HB = plan.heads_per_block
+    n_tiles = -(-G // HB)
+    module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"
-    main = module.get_function(paged_attention_kernel_name(plan, dtype, GT, split, stage_v))
+    main = module.get_function(paged_attention_kernel_name(plan, dtype, split))
     tables_d, lens_d = _index(tables_h), _index(lens_h)
-    # q_s, x_s, red_s (floats) + token row offsets (two buffers of int64) + the V stage.
-    smem = 4 * (GT * D + GT * CHUNK_TOKENS + 4 * GT * D) + 16 * CHUNK_TOKENS + (staged if stage_v else 0)
-    if smem > 48 * 1024:  # above the default: the kernel must be allowed more, once
+    # The kernel's shared memory, in its order: staged K and V tiles (16-byte vectors), the
+    # token row offsets (two buffers of int64), the query, the logits and the row-combine scratch.
+    num_vecs = D // plan.vec
+    smem = 2 * plan.chunk * num_vecs * 16 + 2 * plan.chunk * 8 + 4 * (HB * D + HB * plan.chunk + 4 * plan.head_tile * D)
+    if smem > 48 * 1024:  # above the default: the kernel must be allowed more (once per kernel)
         main.max_dynamic_shared_size_bytes = smem
     max_parts = -(-int(lens_h.max()) // partition_size) if split else 1
     if split:

@@ -14,12 +14,15 @@ Token ``t`` of sequence ``s`` lives in physical block
 
 The exact order of operations (the bit-exactness contract)
 ----------------------------------------------------------
-The kernel runs 128 threads per thread block. A token's ``D`` elements are
-read by ``lanes`` threads (a *row*), each owning whole 16-byte *vectors* of
-``vec`` elements: lane ``i`` owns vectors ``i, i + lanes, ...``. The block has
-``rows = 128 // lanes`` rows. Tokens are processed in *chunks* of 128; in a
-chunk, token ``j`` belongs to row ``j % rows``. For one (sequence, query head)
-and one *partition* of tokens ``[a, b)``:
+The kernel runs 128 threads per thread block, and the
+:class:`~tinyserve_sim.data.geometry.AttentionPlan` fixes how they split the
+work. A token's ``D`` elements are read by ``lanes`` threads (a *row*), each
+owning whole 16-byte *vectors* of ``vec`` elements: lane ``i`` owns vectors
+``i, i + lanes, ...``. The query heads of a GQA group are split into
+``head_slices`` slices of ``head_tile`` heads; each slice has ``plan.rows``
+rows. Tokens are processed in *chunks* of ``plan.chunk`` (64 or 32); in a
+chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
+(sequence, query head) and one *partition* of tokens ``[a, b)``:
 
 1. **Logits.** Each lane accumulates ``part = fma(q[d], k[d], part)`` over
    its own elements, in increasing ``d``, from ``+0``
@@ -59,7 +62,6 @@ import numpy as np
 
 from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, halving_sum, pairwise_sum
 from tinyserve_sim.data.geometry import (
-    CHUNK_TOKENS,
     DEFAULT_PARTITION_SIZE,
     AttentionPlan,
     Variant,
@@ -94,10 +96,11 @@ def _partition(
     acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
     # Which elements each lane owns, vector by vector: d = (lane + i*lanes)*vec + e.
     lane_ids = np.arange(lanes)
-    n_chunks = int(max(0, (end - start).max(initial=0)) + CHUNK_TOKENS - 1) // CHUNK_TOKENS
-    j = np.arange(CHUNK_TOKENS)
+    chunk = plan.chunk
+    n_chunks = int(max(0, (end - start).max(initial=0)) + chunk - 1) // chunk
+    j = np.arange(chunk)
     for c in range(n_chunks):
-        t = start[:, None] + c * CHUNK_TOKENS + j[None, :]  # [S, CH]
+        t = start[:, None] + c * chunk + j[None, :]  # [S, CH]
         valid = t < end[:, None]
         active = valid.any(axis=1)  # the kernel runs this chunk at all
         t_safe = np.where(valid, t, 0)  # token 0 always has a real block
@@ -105,7 +108,7 @@ def _partition(
         k = kc[slots].astype(F32).transpose(0, 2, 1, 3)  # [S, Hkv, CH, D]
         v = vc[slots].astype(F32).transpose(0, 2, 1, 3)
         # 1. logits: per-lane sequential partial sums, then a butterfly.
-        part = np.zeros((S, Hkv, G, CHUNK_TOKENS, lanes), dtype=F32)
+        part = np.zeros((S, Hkv, G, chunk, lanes), dtype=F32)
         for i in range(plan.vecs_per_lane):
             vec_id = lane_ids + i * lanes
             owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
@@ -130,7 +133,7 @@ def _partition(
         # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
         # and round each sum once (add_exact_product, the second half of fma_f32).
         p64, v64 = p.astype(np.float64), v.astype(np.float64)
-        for kk in range(CHUNK_TOKENS // rows):
+        for kk in range(chunk // rows):
             jj = slice(kk * rows, (kk + 1) * rows)  # this step's token of every row
             ok = valid[:, None, None, jj]  # [S,1,1,rows]
             l_new = np.where(ok, l_new + p[:, :, :, jj], l_new)
@@ -167,7 +170,7 @@ def paged_attention(
         seq_lens: int32 ``[S]``, each in ``1 .. max_blocks * block_size``.
         scale: softmax scale (usually ``1 / sqrt(D)``), used as float32.
         variant: ``"one_pass"``, ``"split_k"`` or ``"auto"`` (:func:`choose_variant`).
-        partition_size: split-K partition length, a positive multiple of 128.
+        partition_size: split-K partition length, a positive multiple of 64.
 
     Returns:
         ``[S, Hq, D]`` in the query's dtype.

@@ -30,7 +30,10 @@ import math
 
 import numpy as np
 
-from tinyserve_sim.data.geometry import CHUNK_TOKENS
+
+
+#: The smallest chunk any plan uses: the most rescalings a partition can see.
+MIN_CHUNK = 32
 
 U32 = 2.0**-24
 #: Bound on the relative error of exp_f32 (measured maximum over 4 million
@@ -87,7 +90,7 @@ def attention_error_bound(
     """Per-element bound on ``|kernel output - reference|``, float64 ``[S, Hq, D]``.
 
     Valid for both variants (the split-K reduce is counted in ``n_resc`` and
-    ``n_acc``) and any partition size >= 128."""
+    ``n_acc``), any chunk size >= 32 and any partition size >= 64 (a multiple of 64)."""
     scale64 = float(np.float32(scale))
     S, Hq, D = query.shape
     Hkv = key_cache.shape[2]
@@ -98,7 +101,7 @@ def attention_error_bound(
     for s in range(S):
         length = int(seq_lens[s])
         k, v = _sequence_kv(key_cache, value_cache, block_tables[s], length)
-        n_chunks = math.ceil(length / CHUNK_TOKENS)
+        n_chunks = math.ceil(length / MIN_CHUNK)
         n_parts = math.ceil(length / partition_size)
         n_resc = n_chunks + 2
         n_acc = 2 * length + 2 * n_resc + n_parts + 16

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import cupy as cp
 import numpy as np
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
 ROWS: list[tuple[str, float, float]] = []  # (name, seconds, fraction of copy)
@@ -112,7 +113,7 @@ def bench_attention(B: int, L: int, Hq: int, Hkv: int, copy_bw: float, reps: int
     nbytes = kc.nbytes + vc.nbytes + 2 * q.nbytes + tables.nbytes
     tag = f"B={B} L={L} Hq={Hq} Hkv={Hkv}"
     for variant, part in (("one_pass", 1024), ("split_k", 512), ("split_k", 1024), ("auto", 1024)):
-        launch = launchers.prepare_paged_attention(q, kc, vc, tables, lens, D**-0.5, variant, part)
+        launch = launchers.prepare_paged_attention(q, kc, vc, DecodeBatch(bs, tables, lens), D**-0.5, variant, part)
         name = f"paged_attention {variant}" + (f"/{part}" if variant == "split_k" else "")
         report(f"{name:<26s} {tag}", nbytes, time_cupy(launch, reps), copy_bw)
     if not torch_ok:

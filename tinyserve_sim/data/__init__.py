@@ -40,6 +40,7 @@ from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.data.reference import (
     attention_error_bound,
+    external_kernel_error_bound,
     reference_paged_attention,
 )
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
@@ -58,6 +59,7 @@ __all__ = [
     "choose_variant",
     "copy_blocks",
     "exp_f32",
+    "external_kernel_error_bound",
     "halving_sum",
     "make_plan",
     "pack_block_tables",

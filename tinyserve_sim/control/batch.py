@@ -54,6 +54,7 @@ from tinyserve_sim.control.records import SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from tinyserve_sim.control.formats import FlashInferBatch, VllmBatch
     from tinyserve_sim.control.manager import BlockManager
 
 #: Value of the unused entries of a block table (never read by a kernel).
@@ -224,6 +225,19 @@ class DecodeBatch:
         """
         tables, lens = self.head_tables(num_kv_heads)
         return self.with_head_tables(np.ascontiguousarray(tables), np.ascontiguousarray(lens))
+
+    # ------------------------------------------------------------- exports
+    def to_vllm(self, **options: Any) -> VllmBatch:
+        """vLLM's ``block_tables``/``seq_lens``/``slot_mapping``: :func:`~tinyserve_sim.control.formats.to_vllm`."""
+        from tinyserve_sim.control.formats import to_vllm
+
+        return to_vllm(self, **options)
+
+    def to_flashinfer(self) -> FlashInferBatch:
+        """FlashInfer's CSR page table: :func:`~tinyserve_sim.control.formats.to_flashinfer`."""
+        from tinyserve_sim.control.formats import to_flashinfer
+
+        return to_flashinfer(self)
 
     # ------------------------------------------------------------- queries
     @property

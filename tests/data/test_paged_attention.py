@@ -11,6 +11,7 @@ from kv_strategies import BAD_ATTENTION_INPUTS, AttentionCase, attention_cases, 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data import (
     attention_error_bound,
+    external_kernel_error_bound,
     make_plan,
     paged_attention,
     reference_paged_attention,
@@ -285,3 +286,45 @@ def test_per_head_lengths_change_the_split_k_partition_count_per_row():
         assert (_bits(out[:, h]) == _bits(alone[:, h])).all()
     ref = reference_paged_attention(q, kc, vc, batch, 0.2)
     assert (np.abs(out - ref) <= attention_error_bound(q, kc, vc, batch, 0.2, 128)).all()
+
+
+# ---------------------------------------- the bound for kernels outside the project
+@HEAVY
+@given(case=attention_cases(max_len=500, dtypes=(np.float16,)))
+def test_the_twin_also_meets_the_external_kernel_bound(case):
+    """The external bound only assumes what any decent kernel does; this project's twin
+    does all of it (and better), so it must be inside that bound too."""
+    out = paged_attention(*case.args(), partition_size=case.partition_size).astype(np.float64)
+    ref = reference_paged_attention(*case.args())
+    assert (np.abs(out - ref) <= external_kernel_error_bound(*case.args())).all()
+
+
+def test_the_agreement_bound_still_catches_a_wrong_page():
+    """The GPU agreement tests allow |theirs - ours| <= external bound + our bound. That
+    must stay small enough to see a kernel that reads one page in the wrong place."""
+    rng = np.random.default_rng(2)
+    S, Hkv, G, D, bs, L = 2, 2, 4, 128, 16, 1000
+    nb = S * (-(-L // bs))
+    kc = (rng.standard_normal((nb, bs, Hkv, D)) * 4).astype(np.float16)
+    vc = rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16)
+    q = (rng.standard_normal((S, Hkv * G, D)) * 4).astype(np.float16)
+    tables = rng.permutation(nb).reshape(S, -1).astype(np.int32)
+    good = DecodeBatch(bs, tables, np.full(S, L, np.int32))
+    wrong = tables.copy()
+    wrong[0, [3, 40]] = wrong[0, [40, 3]]  # two pages of sequence 0 swapped: tokens in the wrong places
+    scale = D**-0.5
+    ours = paged_attention(q, kc, vc, good, scale).astype(np.float64)
+    allowed = external_kernel_error_bound(q, kc, vc, good, scale) + attention_error_bound(q, kc, vc, good, scale)
+    assert (np.abs(ours - reference_paged_attention(q, kc, vc, good, scale)) <= allowed).all()
+    # same tokens, same set of pages: only positions differ, and attention has no positions...
+    swapped = paged_attention(q, kc, vc, DecodeBatch(bs, wrong, good.seq_lens), scale).astype(np.float64)
+    assert (np.abs(swapped - ours) <= allowed).all()
+    # ...but a page read from the wrong block is caught: take the page holding the
+    # token that dominates query head 0 of sequence 0, and read sequence 1's instead.
+    t = np.arange(L)
+    keys = kc[tables[0, t // bs], t % bs, 0].astype(np.float64)
+    page = int(np.argmax(keys @ q[0, 0].astype(np.float64))) // bs
+    foreign = tables.copy()
+    foreign[0, page] = tables[1, page]
+    bad = paged_attention(q, kc, vc, DecodeBatch(bs, foreign, good.seq_lens), scale).astype(np.float64)
+    assert (np.abs(bad - ours) > allowed).any()

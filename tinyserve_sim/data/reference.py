@@ -96,21 +96,22 @@ def reference_paged_attention(
 
 
 def _weight_and_sum_bound(
-    x: np.ndarray,  # [L] float64 logits (exact)
-    delta: np.ndarray,  # [L] bound on each computed logit's absolute error
-    eps: np.ndarray,  # [L] bound on each unnormalised weight's relative error
+    x: np.ndarray,  # [G, L] float64 logits (exact), one row per query head
+    delta: np.ndarray,  # [G, L] bound on each computed logit's absolute error
+    eps: np.ndarray,  # [G, L] bound on each unnormalised weight's relative error
     vh: np.ndarray,  # [L, D] float64 values
     gamma_acc: float,  # gamma(n) of the output's sums
     u_div: float,  # the final division's unit roundoff
     out_rel: float,
     out_abs: float,
 ) -> np.ndarray:
-    """The bound on ``|out - ref|`` (``[D]``) from per-token logit and weight errors (module doc)."""
-    w = np.exp(x - x.max())
-    w /= w.sum()
+    """The bound on ``|out - ref|`` (``[G, D]``) from per-token logit and weight errors (module doc)."""
+    w = np.exp(x - x.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
     hi = np.exp(delta) * (1 + eps)
     lo = np.exp(-delta) * np.maximum(1 - eps, 0.0)
-    z_hi, z_lo = w @ hi, w @ lo
+    z_hi = (w * hi).sum(axis=1, keepdims=True)
+    z_lo = (w * lo).sum(axis=1, keepdims=True)
     r = np.maximum(hi / z_lo - 1.0, 1.0 - lo / z_hi)
     abs_v = np.abs(vh)
     ref = w @ vh
@@ -123,6 +124,19 @@ def _weight_and_sum_bound(
 def _output_rounding(dtype: np.dtype) -> tuple[float, float]:
     """Relative and absolute error of rounding a float32 result to ``dtype`` (half an ULP)."""
     return (2.0**-11, 2.0**-25) if dtype == np.float16 else (U32, 2.0**-149)
+
+
+def _rows(query, key_cache, value_cache, tables, lens, scale64):
+    """For every (sequence, KV head): its query heads' slice, exact logits ``[G, L]``,
+    ``sum_d |q_d k_td|`` ``[G, L]`` and values ``[L, D]`` (one gather per row)."""
+    S, Hq, _ = query.shape
+    Hkv = key_cache.shape[2]
+    group = Hq // Hkv
+    for s, h in np.ndindex(S, Hkv):
+        length = int(lens[s, h])
+        kh, vh = _head_kv(key_cache, value_cache, tables[s, h], length, h)
+        q = query[s, h * group : (h + 1) * group].astype(np.float64)  # [G, D]
+        yield s, slice(h * group, (h + 1) * group), length, (q @ kh.T) * scale64, np.abs(q) @ np.abs(kh).T, vh
 
 
 def attention_error_bound(
@@ -141,21 +155,15 @@ def attention_error_bound(
     tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
     partition_size = check_partition_size(partition_size, CHUNK_TOKENS)
     S, Hq, D = query.shape
-    group = Hq // key_cache.shape[2]
     out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32
     bound = np.empty((S, Hq, D), dtype=np.float64)
-    for s, g in np.ndindex(S, Hq):
-        h = g // group
-        length = int(lens[s, h])
-        kh, vh = _head_kv(key_cache, value_cache, tables[s, h], length, h)
+    for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = math.ceil(length / CHUNK_TOKENS) + 2
         n_acc = 2 * length + 2 * n_resc + math.ceil(length / partition_size) + 16
-        q = query[s, g].astype(np.float64)
-        x = (kh @ q) * scale64
-        delta = abs(scale64) * _gamma(D + 1 + prod_err) * (np.abs(kh) @ np.abs(q)) + U32 * np.abs(x)
-        eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max() - x)) + 2 * U32
-        bound[s, g] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs)
+        delta = abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(x)
+        eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max(axis=1, keepdims=True) - x)) + 2 * U32
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs)
     return bound
 
 
@@ -206,25 +214,19 @@ def external_kernel_error_bound(
         raise KernelInputError(f"probability_rounding must be in [0, 0.5), got {probability_rounding!r}")
     tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
     S, Hq, D = query.shape
-    group = Hq // key_cache.shape[2]
     u = U_EXTERNAL
     out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1
     eta = float(probability_rounding)
+    n_dot = D + prod_err
     bound = np.empty((S, Hq, D), dtype=np.float64)
-    for s, g in np.ndindex(S, Hq):
-        h = g // group
-        length = int(lens[s, h])
-        kh, vh = _head_kv(key_cache, value_cache, tables[s, h], length, h)
+    for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = 2 * math.ceil(length / tokens_per_rescale) + 2
         n_acc = 2 * length + 2 * n_resc + 16
-        q = query[s, g].astype(np.float64)
-        x = (kh @ q) * scale64
-        n_dot = D + prod_err
-        delta = abs(scale64) * (n_dot * u / (1 - n_dot * u)) * (np.abs(kh) @ np.abs(q)) + 3 * u * np.abs(x)
-        eps = (n_resc + 1) * (EPS_EXP_EXTERNAL + u * (x.max() - x)) + 2 * u
+        delta = abs(scale64) * (n_dot * u / (1 - n_dot * u)) * abs_qk + 3 * u * np.abs(x)
+        eps = (n_resc + 1) * (EPS_EXP_EXTERNAL + u * (x.max(axis=1, keepdims=True) - x)) + 2 * u
         # The probability's rounding before P.V is one more relative error on each weight.
         eps = eps + eta + eps * eta
         gamma_acc = n_acc * u / (1 - n_acc * u)
-        bound[s, g] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, u, out_rel, out_abs)
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, u, out_rel, out_abs)
     return bound

@@ -12,8 +12,15 @@ from kv_strategies import BAD_COPY_INPUTS, BAD_RESHAPE_INPUTS, good_copy_args, g
 
 from tinyserve_sim import BlockManager
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data import KVCache, copy_blocks, reshape_and_cache
-from tinyserve_sim.errors import BackendUnavailableError, KernelInputError, SimError
+from tinyserve_sim.data import FifoBlockAllocator, KVCache, copy_blocks, reshape_and_cache
+from tinyserve_sim.errors import (
+    BackendUnavailableError,
+    BlockIdError,
+    ConfigError,
+    DoubleFreeError,
+    KernelInputError,
+    SimError,
+)
 
 
 def _snapshot(args: dict) -> dict:
@@ -137,3 +144,35 @@ def test_kv_cache_apply_checks_the_writes_before_it_copies():
 
 def test_every_data_plane_error_is_a_sim_error():
     assert issubclass(KernelInputError, SimError)
+
+
+# ------------------------------------------------------- the allocator twin
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda a: a.allocate_batch([[1, 2], [3]]), KernelInputError, "requests"),
+        (lambda a: a.allocate_batch([1.5]), KernelInputError, "integers"),
+        (lambda a: a.allocate_batch(None), KernelInputError, "integers"),
+        (lambda a: a.allocate_batch([2**62, 2**62]), KernelInputError, "at most"),
+        (lambda a: a.allocate_batch([-1]), KernelInputError, "negative"),
+        (lambda a: a.free([1.5]), KernelInputError, "integers"),
+        (lambda a: a.free(["a"]), KernelInputError, "integers"),
+        (lambda a: a.free([[0], [1, 2]]), KernelInputError, "integers"),
+        (lambda a: a.free([9]), BlockIdError, "outside"),
+        (lambda a: a.free([0, 0]), DoubleFreeError, "twice"),
+        (lambda a: a.free([7]), DoubleFreeError, "already free"),
+    ],
+)
+def test_the_fifo_allocator_refuses_bad_input_and_changes_nothing(call, error, match):
+    alloc = FifoBlockAllocator(8)
+    alloc.allocate_batch([3])
+    before = alloc.free_queue().tolist()
+    with pytest.raises(error, match=match):
+        call(alloc)
+    assert alloc.free_queue().tolist() == before
+
+
+@pytest.mark.parametrize("num_blocks", [0, -1, 2**31, 10**30, 4.0, "8", True, None])
+def test_the_fifo_allocator_refuses_impossible_sizes(num_blocks):
+    with pytest.raises(ConfigError, match="num_blocks"):
+        FifoBlockAllocator(num_blocks)

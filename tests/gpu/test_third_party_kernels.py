@@ -189,7 +189,7 @@ def run_flex_attention(state: ReplayedState) -> np.ndarray:
         try:
             out = compiled(q, k, v, block_mask=mask, scale=state.scale, enable_gqa=Hq != Hkv, kernel_options=options)
             torch.cuda.synchronize()
-            return out.view(S, Hq, D).float().cpu().numpy()
+            return out.reshape(S, Hq, D).float().cpu().numpy()
         except Exception as exc:  # noqa: BLE001 - report every attempt if none works
             errors.append(f"{options}: {type(exc).__name__}: {str(exc)[:200]}")
     raise AssertionError("FlexAttention did not run: " + "; ".join(errors))

@@ -192,9 +192,9 @@ def external_kernel_error_bound(
     kernels do (see ``docs/how-to/export-to-a-server.md``):
 
     * logits ``q . k`` summed in float32 in any order, with unit roundoff
-      :data:`U_EXTERNAL` (products of float16 inputs are exact; float32
-      products round once), then up to three roundings of ``x``
-      (the scale, ``log2 e``, a folded constant);
+      :data:`U_EXTERNAL`, each product rounded once and the query possibly
+      pre-scaled by a constant (``gamma(D + 2)``), then up to three roundings of
+      ``x`` (the scale, ``log2 e``, a folded constant);
     * an exponential with relative error at most :data:`EPS_EXP_EXTERNAL`;
     * an online softmax that rescales at most once per ``tokens_per_rescale``
       tokens, plus at most one merge of partial states per such tile
@@ -202,8 +202,8 @@ def external_kernel_error_bound(
     * probabilities rounded by a relative ``probability_rounding`` before the
       ``P . V`` product (``2**-11``: float16, as FlexAttention and tensor-core
       paths do; ``0`` where they stay in float32);
-    * ``P . V`` and the normaliser summed in float32 in any order, one division,
-      and the output rounded to the query's dtype.
+    * ``P . V`` and the normaliser summed in float32 in any order, one division
+      (possibly approximate, within 2 ULP), and the output rounded to the query's dtype.
 
     The bound then follows as for :func:`attention_error_bound` (module doc).
     Two kernels that each meet their bound agree within the sum of the two.
@@ -216,9 +216,8 @@ def external_kernel_error_bound(
     S, Hq, D = query.shape
     u = U_EXTERNAL
     out_rel, out_abs = _output_rounding(query.dtype)
-    prod_err = 0 if query.dtype == np.float16 else 1
     eta = float(probability_rounding)
-    n_dot = D + prod_err
+    n_dot = D + 2  # D terms, each product rounded once, plus a query pre-scaled by a constant
     bound = np.empty((S, Hq, D), dtype=np.float64)
     for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = 2 * math.ceil(length / tokens_per_rescale) + 2
@@ -228,5 +227,6 @@ def external_kernel_error_bound(
         # The probability's rounding before P.V is one more relative error on each weight.
         eps = eps + eta + eps * eta
         gamma_acc = n_acc * u / (1 - n_acc * u)
-        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, u, out_rel, out_abs)
+        # The final division may be an approximate one (2 ULP, e.g. __fdividef): 2u.
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, 2 * u, out_rel, out_abs)
     return bound

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import cupy as cp
 import numpy as np
-
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
 ROWS: list[tuple[str, float, float]] = []  # (name, seconds, fraction of copy)
@@ -146,7 +146,8 @@ def bench_copy_blocks(copy_bw: float, reps: int) -> None:
 
 def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) -> Callable[[], object]:
     """Our launcher, validated once, launched many times (the one place that knows its signature)."""
-    return launchers.prepare_paged_attention(q, kc, vc, tables, lens, scale, variant, partition_size)
+    batch = DecodeBatch(kc.shape[1], tables, lens)
+    return launchers.prepare_paged_attention(q, kc, vc, batch, scale, variant, partition_size)
 
 
 def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:

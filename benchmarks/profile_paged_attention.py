@@ -16,6 +16,7 @@ import argparse
 import cupy as cp
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
 
@@ -33,7 +34,8 @@ def main() -> None:
     q = cp.random.standard_normal((a.B, a.Hq, a.D), dtype=cp.float32).astype(cp.float16)
     tables = np.random.default_rng(0).permutation(nb).reshape(a.B, nblk).astype(np.int32)
     lens = np.full(a.B, a.L, np.int32)
-    launch = launchers.prepare_paged_attention(q, kc, vc, tables, lens, a.D**-0.5, a.variant, a.partition)
+    batch = DecodeBatch(a.bs, tables, lens)
+    launch = launchers.prepare_paged_attention(q, kc, vc, batch, a.D**-0.5, a.variant, a.partition)
     for _ in range(a.launches):
         launch()
     cp.cuda.get_current_stream().synchronize()

@@ -51,11 +51,9 @@ class CupyBackend:
         self._launchers.copy_blocks(key_cache, value_cache, block_mapping)
 
     def paged_attention(
-        self, query, key_cache, value_cache, block_tables, seq_lens, scale, variant="auto", partition_size=1024
+        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
     ) -> Any:
-        return self._launchers.paged_attention(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size
-        )
+        return self._launchers.paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 
     def synchronize(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()

@@ -19,8 +19,11 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.geometry import (
+    MAX_GRID_YZ,
     NUM_THREADS,
+    check_launch_limits,
     make_plan,
     resolve_variant,
 )
@@ -95,8 +98,19 @@ def prepare_copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) ->
     # Enough pieces per pair that even a few copies fill 132 SMs (>= 4 blocks each).
     pieces = max(1, min(-(-block_vecs // 1024), -(-528 // pairs)))
     kernel = get_module("copy_blocks.cu").get_function("copy_blocks_kernel")
-    args = (key_cache, value_cache, _index(mapping), np.int64(block_vecs))
-    return lambda: kernel((pieces, pairs), (256,), args)
+    mapping_d = _index(mapping)
+    # One launch per 65,535 pairs (CUDA's gridDim.y limit); the pairs are
+    # independent, so cutting the list changes nothing.
+    launches = [
+        ((pieces, min(MAX_GRID_YZ, pairs - first)), (key_cache, value_cache, mapping_d[first:], np.int64(block_vecs)))
+        for first in range(0, pairs, MAX_GRID_YZ)
+    ]
+
+    def launch() -> None:
+        for grid, args in launches:
+            kernel(grid, (256,), args)
+
+    return launch
 
 
 def copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) -> None:
@@ -109,19 +123,20 @@ def prepare_paged_attention(
     query: Any,
     key_cache: Any,
     value_cache: Any,
-    block_tables: Any,
-    seq_lens: Any,
+    batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
 ) -> Callable[[], cp.ndarray]:
-    """Validate everything now; return a function that launches and returns ``out``."""
-    tables_h, lens_h = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
+    """Validate everything now (and upload the batch's tables once); return a function
+    that launches and returns ``out``."""
+    _, lens_h = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
     variant = resolve_variant(variant, partition_size, S, Hkv, lens_h)
+    check_launch_limits(S, lens_h, partition_size if variant == "split_k" else None)
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
     dtype = np.dtype(query.dtype)
@@ -136,7 +151,11 @@ def prepare_paged_attention(
     t = _CTYPE[dtype]
     split = variant == "split_k"
     main = module.get_function(paged_attention_kernel_name(plan, dtype, split))
-    tables_d, lens_d = _index(tables_h), _index(lens_h)
+    # The batch's own arrays: [S, W] and [S] (shared tables) or [S, Hkv, W] and
+    # [S, Hkv] (one per KV head); the kernel finds a (sequence, KV head)'s row
+    # through the two strides.
+    tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
+    seq_stride, head_stride = (np.int32(x) for x in batch.row_strides(Hkv))
     # The kernel's shared memory, in its order: staged K and V tiles (16-byte vectors), the
     # token row offsets (two buffers of int64), the query, the logits and the row-combine scratch.
     num_vecs = D // plan.vec
@@ -153,8 +172,8 @@ def prepare_paged_attention(
         part_out = part_m = part_l = cp.empty((1,), dtype=np.float32)  # unused
     args = (
         out, part_out, part_m, part_l, query, key_cache, value_cache, tables_d, lens_d, scale32,
-        np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(tables_h.shape[1]),
-        np.int32(partition_size), np.int32(max_parts),
+        np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(batch.max_blocks),
+        seq_stride, head_stride, np.int32(partition_size), np.int32(max_parts),
     )
     grid = (Hkv * n_tiles, S, max_parts)
 
@@ -163,8 +182,8 @@ def prepare_paged_attention(
         if split:
             reduce(
                 (Hq, S), (NUM_THREADS,),
-                (out, part_out, part_m, part_l, lens_d, np.int32(Hq), np.int32(D),
-                 np.int32(partition_size), np.int32(max_parts)),
+                (out, part_out, part_m, part_l, lens_d, np.int32(Hq), np.int32(Hkv), np.int32(D),
+                 seq_stride, head_stride, np.int32(partition_size), np.int32(max_parts)),
                 shared_mem=4 * (max_parts + 4),  # + 4: slack for vectorised reads of w_s
             )
         return out
@@ -176,14 +195,11 @@ def paged_attention(
     query: Any,
     key_cache: Any,
     value_cache: Any,
-    block_tables: Any,
-    seq_lens: Any,
+    batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
 ) -> cp.ndarray:
     """GPU paged attention (decode), bit-identical to ``tinyserve_sim.data.paged_attention``."""
-    return prepare_paged_attention(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size, out
-    )()
+    return prepare_paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size, out)()

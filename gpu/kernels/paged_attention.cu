@@ -100,11 +100,12 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     const T* __restrict__ query,         // [S, Hq, D]
     const T* __restrict__ key_cache,     // [num_blocks, block_size, Hkv, D]
     const T* __restrict__ value_cache,
-    const int* __restrict__ block_tables,  // [S, max_blocks]
-    const int* __restrict__ seq_lens,      // [S]
+    const int* __restrict__ block_tables,  // [rows, max_blocks]: [S] or [S, Hkv] rows
+    const int* __restrict__ seq_lens,      // [rows]
     const float scale,
     const int num_heads, const int num_kv_heads, const int head_dim,
     const int block_size, const int max_blocks,
+    const int row_seq_stride, const int row_head_stride,  // (1, 0) shared tables, (Hkv, 1) per head
     const int partition_size, const int max_parts)
 {
     constexpr int SLICE = NT / HS;             // threads of one head slice
@@ -142,11 +143,14 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     const int g0 = kv_head * group + (blockIdx.x % n_tiles) * HB;  // first query head of the block
     const int hcount = min(HB, kv_head * group + group - g0);       // real heads of the block
     const int seq = blockIdx.y;
-    const int len = seq_lens[seq];
+    // The table and length of this (sequence, KV head): one row per sequence
+    // (head stride 0) or one per KV head (query-aware selection).
+    const long long table_row = static_cast<long long>(seq) * row_seq_stride + static_cast<long long>(kv_head) * row_head_stride;
+    const int len = seq_lens[table_row];
     const int a = SPLIT ? blockIdx.z * partition_size : 0;
-    if (a >= len) return;  // split-K: this sequence has fewer partitions (uniform exit)
+    if (a >= len) return;  // split-K: this row has fewer partitions (uniform exit)
     const int b = SPLIT ? min(a + partition_size, len) : len;
-    const int* table = block_tables + static_cast<long long>(seq) * max_blocks;
+    const int* table = block_tables + table_row * max_blocks;
 
     // Element offset of this lane's i-th owned vector, or -1 if it owns none.
     // EVEN (head_dim == LANES * VPL * VEC): every lane owns all VPL vectors, no check.
@@ -391,13 +395,17 @@ __global__ void __launch_bounds__(NT) paged_attention_reduce_kernel(
     const float* __restrict__ part_out,    // [S, Hq, max_parts, D]
     const float* __restrict__ part_m,      // [S, Hq, max_parts]
     const float* __restrict__ part_l,
-    const int* __restrict__ seq_lens,
-    const int num_heads, const int head_dim,
+    const int* __restrict__ seq_lens,      // [rows], as in the main kernel
+    const int num_heads, const int num_kv_heads, const int head_dim,
+    const int row_seq_stride, const int row_head_stride,
     const int partition_size, const int max_parts)
 {
     extern __shared__ float w_s[];         // [max_parts] weights w_i
     const long long head = static_cast<long long>(blockIdx.y) * num_heads + blockIdx.x;
-    const int n = (seq_lens[blockIdx.y] + partition_size - 1) / partition_size;
+    const int kv_head = blockIdx.x / (num_heads / num_kv_heads);
+    const long long table_row = static_cast<long long>(blockIdx.y) * row_seq_stride + static_cast<long long>(kv_head) * row_head_stride;
+    // This row's partition count (its own length, with per-head tables).
+    const int n = static_cast<int>((static_cast<long long>(seq_lens[table_row]) + partition_size - 1) / partition_size);
     const float* m = part_m + head * max_parts;
     const float* l = part_l + head * max_parts;
     float gmax = TS_NEG_INF;                // max is exact in any order

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tinyserve_sim.cli.common import console, fail
+from tinyserve_sim.cli.export import export_target, write_export
 from tinyserve_sim.control.trace import Replay, Trace, load
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.render import print_state, render_record, save_state
@@ -82,15 +83,19 @@ def trace_command(
     until: Annotated[Optional[int], typer.Option(help="Stop after this many operations.", min=0)] = None,
     render: Annotated[Optional[Path], typer.Option(help="Write one picture per step into this folder.")] = None,
     picture_format: Annotated[str, typer.Option("--format", help="Picture format: svg or png.")] = "svg",
+    export: Annotated[Optional[tuple[str, Path]], typer.Option(metavar="FORMAT OUT", help="Then write the live sequences' batch tensors, FORMAT vllm or flashinfer, to OUT.npz with an OUT.json sidecar.")] = None,
 ) -> None:
     """Step through a trace: all at once, one step per key press, or up to a step."""
     if picture_format not in ("svg", "png"):
         raise fail(f"--format must be svg or png, got {picture_format!r}")
+    target = export_target(*export) if export is not None else None
     try:
         trace = load(file)
     except SimError as exc:
         raise fail(f"{file}: {exc}") from None
     replay = _walk(trace, step, until, render, picture_format)
+    if target is not None:
+        write_export(trace, replay.position, target, file)
     if replay.error is not None:
         raise typer.Exit(code=1)
 

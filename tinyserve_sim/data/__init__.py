@@ -8,6 +8,8 @@ kernels on them:
   of one layer, and how a control-plane record is applied to them;
 * :mod:`~tinyserve_sim.data.backends` - where the kernels run: NumPy here,
   or the CUDA kernels of :mod:`tinyserve_sim.gpu` (found lazily, only when asked for);
+* :mod:`~tinyserve_sim.data.layouts` - the caches in the layouts of other
+  kernels (FlashInfer's NHD/HND paged tensor, FlexAttention's paged cache);
 * the NumPy twin of every GPU kernel, one module each
   (:mod:`~tinyserve_sim.data.reshape_and_cache`, :mod:`~tinyserve_sim.data.copy_blocks`,
   :mod:`~tinyserve_sim.data.paged_attention`, :mod:`~tinyserve_sim.data.block_allocation`),
@@ -37,9 +39,11 @@ from tinyserve_sim.data.exact_math import (
     sequential_sum,
 )
 from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
+from tinyserve_sim.data.layouts import from_flashinfer_cache, to_flashinfer_cache, to_flex_attention_cache
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.data.reference import (
     attention_error_bound,
+    external_kernel_error_bound,
     reference_paged_attention,
 )
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
@@ -58,6 +62,8 @@ __all__ = [
     "choose_variant",
     "copy_blocks",
     "exp_f32",
+    "from_flashinfer_cache",
+    "external_kernel_error_bound",
     "halving_sum",
     "make_plan",
     "pack_block_tables",
@@ -66,4 +72,6 @@ __all__ = [
     "reference_paged_attention",
     "reshape_and_cache",
     "sequential_sum",
+    "to_flashinfer_cache",
+    "to_flex_attention_cache",
 ]

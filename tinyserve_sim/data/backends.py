@@ -6,9 +6,10 @@ asked for) launches the CUDA kernels on device arrays. Both take the same
 arguments and produce bit-identical results, so a trace can be replayed on
 either and the caches compared after every step.
 
-Index arrays (slot mappings, block tables, sequence lengths, copy lists) are
-passed as NumPy arrays to both backends: they are small, and the GPU backend
-validates them on the host before it uploads them.
+Index arrays (slot mappings, copy lists, and the block tables and lengths of a
+:class:`~tinyserve_sim.control.batch.DecodeBatch`) are NumPy arrays on both
+backends: they are small, and the GPU backend validates them on the host
+before it uploads them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.copy_blocks import copy_blocks
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
@@ -54,8 +56,7 @@ class Backend(Protocol):
         query: Any,
         key_cache: Any,
         value_cache: Any,
-        block_tables: np.ndarray,
-        seq_lens: np.ndarray,
+        batch: DecodeBatch,
         scale: float,
         variant: str = "auto",
         partition_size: int = 1024,
@@ -90,11 +91,9 @@ class NumpyBackend:
         copy_blocks(key_cache, value_cache, block_mapping)
 
     def paged_attention(
-        self, query, key_cache, value_cache, block_tables, seq_lens, scale, variant="auto", partition_size=1024
+        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
     ) -> np.ndarray:
-        return paged_attention(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size
-        )
+        return paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 
     def synchronize(self) -> None:
         return None

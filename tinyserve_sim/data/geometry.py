@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from tinyserve_sim.data.validation import check_partition_size
 from tinyserve_sim.errors import KernelInputError
 
 NUM_THREADS = 128  #: threads per thread block (4 warps)
@@ -115,13 +116,42 @@ def choose_variant(num_seqs: int, num_kv_heads: int, max_seq_len: int, partition
 def resolve_variant(
     variant: str, partition_size: int, num_seqs: int, num_kv_heads: int, lens: np.ndarray
 ) -> str:
-    """Validate ``variant`` and ``partition_size``; turn ``"auto"`` into a concrete variant."""
-    if not isinstance(partition_size, (int, np.integer)) or partition_size < MIN_PARTITION_SIZE \
-            or partition_size % MIN_PARTITION_SIZE:
-        raise KernelInputError(f"partition_size must be a positive multiple of {MIN_PARTITION_SIZE}, got {partition_size!r}")
+    """Validate ``variant`` and ``partition_size``; turn ``"auto"`` into a concrete variant.
+
+    ``lens`` holds every row's length (``[S]`` or ``[S, Hkv]``): with per-head
+    tables the longest head decides, as it decides the kernel's partition count."""
+    check_partition_size(partition_size, MIN_PARTITION_SIZE)
+    if not isinstance(variant, str) or variant not in ("one_pass", "split_k", "auto"):
+        raise KernelInputError(f"unknown paged_attention variant {variant!r} (one_pass, split_k or auto)")
     if variant == "auto":
         max_len = int(lens.max()) if lens.size else 0
         return choose_variant(num_seqs, num_kv_heads, max_len, partition_size)
-    if variant not in ("one_pass", "split_k"):
-        raise KernelInputError(f"unknown paged_attention variant {variant!r}")
     return variant
+
+
+#: CUDA's limit on ``gridDim.y`` and ``gridDim.z`` (sequences and split-K partitions).
+MAX_GRID_YZ = 65535
+#: Split-K partitions of one row at most: the reduce kernel keeps one float weight
+#: per partition in shared memory (48 KiB without an opt-in).
+MAX_PARTITIONS = 12_000
+
+
+def check_launch_limits(num_seqs: int, lens: np.ndarray, partition_size: int | None) -> None:
+    """Refuse shapes the kernels' grid or int32 token arithmetic cannot hold.
+
+    The twin refuses them too, so both backends accept exactly the same inputs.
+    ``partition_size`` is ``None`` for the one-pass variant."""
+    if num_seqs > MAX_GRID_YZ:
+        raise KernelInputError(f"query has {num_seqs} sequences; one launch takes at most {MAX_GRID_YZ}")
+    if not lens.size or partition_size is None:
+        return
+    longest = int(lens.max())
+    if longest + partition_size > 2**31 - 1:
+        raise KernelInputError(
+            f"batch.seq_lens: {longest} tokens plus a partition of {partition_size} overflow the kernels' int32 positions"
+        )
+    if -(-longest // partition_size) > MAX_PARTITIONS:
+        raise KernelInputError(
+            f"{longest} tokens make {-(-longest // partition_size)} split-K partitions of {partition_size}; "
+            f"at most {MAX_PARTITIONS} (use a larger partition_size)"
+        )

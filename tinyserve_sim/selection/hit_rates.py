@@ -50,6 +50,7 @@ class HitRateRow:
         hit_rates: policy name -> hits / requests over the run.
         belady: the offline optimum (no policy can do better).
         requests: pages requested over the run.
+        steps: decode steps of the run.
     """
 
     topic_stay: float
@@ -59,6 +60,7 @@ class HitRateRow:
     hit_rates: dict[str, float]
     belady: float
     requests: int
+    steps: int
 
     @property
     def improvement(self) -> float:
@@ -105,6 +107,7 @@ def hit_rate_study(
                     hit_rates={name: tier.hit_rate for name, tier in tiers.items()},
                     belady=belady_hit_rate(requests, capacity),
                     requests=total,
+                    steps=len(run.steps),
                 ))
     return rows
 

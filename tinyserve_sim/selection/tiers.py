@@ -2,7 +2,7 @@
 
 When the KV cache of long contexts does not fit in GPU memory, a server can
 keep all of it in host memory and only a working set on the GPU (systems such
-as InfiniGen, Lee et al., OSDI 2024, and ShadowKV, Sun et al., 2024, do this
+as InfiniGen, Lee et al., OSDI 2024, and ShadowKV, Sun et al., ICML 2025, do this
 with query-aware selection). Selection then decides the traffic: at every
 decode step the pages it selected must be in the fast tier, and a page that
 is not (a *miss*) is copied in over PCIe, evicting another page if the fast

@@ -4,12 +4,11 @@ the documented operation order (a scalar spec, bit for bit), the GQA rule, -inf 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from hypothesis import example, given
-from hypothesis import strategies as st
+from selection_strategies import ScoreCase, score_cases
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data import (
@@ -27,58 +26,6 @@ U32 = 2.0**-24
 
 def _gamma(n: int) -> float:
     return n * U32 / (1 - n * U32)
-
-
-@dataclass
-class ScoreCase:
-    query: np.ndarray  # [S, Hq, D]
-    key_cache: np.ndarray  # [nb, bs, Hkv, D]
-    key_min: np.ndarray
-    key_max: np.ndarray
-    batch: DecodeBatch
-
-    @property
-    def group(self) -> int:
-        return self.query.shape[1] // self.key_cache.shape[2]
-
-
-@st.composite
-def score_cases(draw, max_pages: int = 12) -> ScoreCase:
-    """Keys and queries of every kind the bound must survive: mixed signs, all-negative (or
-    all-positive) queries, one huge key channel, exact zeros; GQA groups 1..8; tables with
-    or without a head axis; pages past a row's end."""
-    dtype = np.dtype(draw(st.sampled_from([np.float16, np.float32])))
-    head_dim = draw(st.sampled_from([8, 16, 24, 40, 64, 128]))
-    Hkv = draw(st.integers(1, 3))
-    G = draw(st.sampled_from([1, 2, 3, 4, 8]))
-    bs = draw(st.sampled_from([1, 2, 5, 16]))
-    S = draw(st.integers(1, 3))
-    per_head = draw(st.booleans())
-    W = draw(st.integers(1, max_pages))
-    nb = draw(st.integers(1, 3 * W))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    keys = rng.standard_normal((nb, bs, Hkv, head_dim))
-    kind = draw(st.sampled_from(["plain", "huge_channel", "zeros", "positive"]))
-    if kind == "huge_channel":
-        keys[..., int(rng.integers(head_dim))] *= 1e4 if dtype == np.float16 else 1e6
-        keys = np.clip(keys, -6e4, 6e4)  # finite in float16 (max 65504)
-    elif kind == "zeros":
-        keys[rng.random(keys.shape) < 0.5] = 0.0
-    elif kind == "positive":
-        keys = np.abs(keys)
-    key_cache = keys.astype(dtype)
-    q = rng.standard_normal((S, Hkv * G, head_dim)) * draw(st.sampled_from([1.0, 30.0]))
-    sign = draw(st.sampled_from(["mixed", "negative", "positive"]))
-    if sign == "negative":
-        q = -np.abs(q)
-    elif sign == "positive":
-        q = np.abs(q)
-    shape = (S, Hkv, W) if per_head else (S, W)
-    tables = rng.integers(0, nb, size=shape).astype(np.int32)
-    lens = rng.integers(1, W * bs + 1, size=shape[:-1]).astype(np.int32)
-    batch = DecodeBatch(bs, tables, lens, np.zeros(0, np.int64))
-    key_min, key_max = page_metadata_from_cache(key_cache, np.full(nb, bs))
-    return ScoreCase(q.astype(dtype), key_cache, key_min, key_max, batch)
 
 
 def true_max_dot(case: ScoreCase) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +105,7 @@ def spec_score(q_group: np.ndarray, lo: np.ndarray, hi: np.ndarray, plan) -> np.
 def test_twin_follows_the_documented_order_bit_for_bit(case: ScoreCase):
     score = page_scores(case.query, case.key_min, case.key_max, case.batch)
     tables, lens = case.batch.head_tables(case.key_cache.shape[2])
-    S, Hkv, W = tables.shape
+    S, Hkv, _ = tables.shape
     G, D = case.group, case.query.shape[-1]
     plan = make_plan(D, case.query.dtype, G)
     bs = case.batch.block_size

@@ -11,7 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyserve_sim.data import adaptive_cache_management, cache_selection, query_analysis
+from tinyserve_sim.data import (
+    adaptive_cache_management,
+    cache_selection,
+    query_analysis,
+)
 from tinyserve_sim.data.seed_heuristics import ANALYSIS_THREADS, MAX_ALLOCATION
 from tinyserve_sim.errors import KernelInputError
 

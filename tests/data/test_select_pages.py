@@ -6,38 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import example, given
-from hypothesis import strategies as st
+from selection_strategies import selection_cases
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data import compact_tables, select_page_indices, select_pages
 from tinyserve_sim.data.select_pages import score_order_keys
 from tinyserve_sim.errors import KernelInputError
-
-
-@st.composite
-def selection_cases(draw):
-    """Scores with many ties (drawn from a few values), NaN and -0 sometimes; tables with or
-    without a head axis; budgets from 2 pages to more than the widest row."""
-    bs = draw(st.sampled_from([1, 3, 16]))
-    S = draw(st.integers(1, 3))
-    Hkv = draw(st.integers(1, 3))
-    W = draw(st.integers(1, 40))
-    per_head = draw(st.booleans())
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    shape = (S, Hkv, W) if per_head else (S, W)
-    tables = rng.permutation(S * Hkv * W).reshape(S, Hkv, W)[:, 0 if not per_head else slice(None)]
-    tables = np.ascontiguousarray(tables).astype(np.int32).reshape(shape)
-    lens = rng.integers(1, W * bs + 1, size=shape[:-1]).astype(np.int32)
-    batch = DecodeBatch(bs, tables, lens, np.zeros(0, np.int64))
-    values = draw(st.sampled_from(["continuous", "ties", "special"]))
-    if values == "continuous":
-        scores = rng.standard_normal((S, Hkv, W))
-    elif values == "ties":
-        scores = rng.integers(0, 3, size=(S, Hkv, W)).astype(np.float64)
-    else:
-        scores = rng.choice([np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0], size=(S, Hkv, W))
-    budget = draw(st.integers(2 * bs, (W + 2) * bs))
-    return scores.astype(np.float32), batch, budget
 
 
 def _pages(n_tokens: int, bs: int) -> int:

@@ -171,7 +171,7 @@ def page_metadata_from_cache(key_cache: np.ndarray, block_fill: Any) -> tuple[np
     >>> page_metadata_from_cache(kc, [2])
     (array([[[ 1., -2.]]], dtype=float32), array([[[3. , 0.5]]], dtype=float32))
     """
-    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
+    num_blocks, _, num_kv_heads, head_dim = key_cache.shape
     fill = np.asarray(block_fill, dtype=np.int64).reshape(num_blocks)
     key_min, key_max = empty_page_metadata(num_blocks, num_kv_heads, head_dim, key_cache.dtype)
     for b in range(num_blocks):

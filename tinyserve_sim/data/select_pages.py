@@ -65,7 +65,7 @@ def select_page_indices(scores: np.ndarray, batch: DecodeBatch, budget_tokens: i
         KernelInputError: scores not float32 ``[S, Hkv, W]`` matching the batch,
             a budget under two pages, lengths out of range.
     """
-    tables, lens, K = check_select_pages(scores, batch, budget_tokens)
+    _, lens, K = check_select_pages(scores, batch, budget_tokens)
     S, Hkv, W = scores.shape
     width = min(K, W)
     out = np.full((S, Hkv, width), PAD_BLOCK, dtype=np.int32)

@@ -30,6 +30,9 @@ from tinyserve_sim.errors import KernelInputError
 
 #: Scores are float32, whatever the cache dtype.
 SCORE_DTYPE = np.dtype(np.float32)
+#: page_scores stages one GQA group's queries (as float32) in shared memory: at most
+#: this many elements (128 KiB), e.g. 128 query heads per KV head of 256 elements.
+MAX_GROUP_ELEMENTS = 32768
 
 
 def _contiguous(name: str, a: Any) -> None:
@@ -154,6 +157,11 @@ def check_page_scores(query: Any, key_min: Any, key_max: Any, batch: Any) -> tup
     if num_heads < 1 or num_heads % num_kv_heads:
         raise KernelInputError(
             f"num query heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
+        )
+    if (num_heads // num_kv_heads) * head_dim > MAX_GROUP_ELEMENTS:
+        raise KernelInputError(
+            f"a GQA group of {num_heads // num_kv_heads} heads of {head_dim} elements is more than "
+            f"{MAX_GROUP_ELEMENTS} elements (the GPU kernel stages it in shared memory)"
         )
     tables, lens = check_batch_tables(batch, num_kv_heads, num_blocks)
     if tables.shape[0] != query.shape[0]:

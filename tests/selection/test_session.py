@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.backends import NumpyBackend
 from tinyserve_sim.data.cache import KVCache
 from tinyserve_sim.data.reference import reference_paged_attention
 from tinyserve_sim.errors import ConfigError, InvalidArgumentError, WorkloadError
@@ -123,6 +124,29 @@ def test_the_fast_tier_holds_the_pages_it_says(workload) -> None:
                 assert np.array_equal(keys, session.host.key_cache[block, :, head])
                 assert np.array_equal(values, session.host.value_cache[block, :, head])
             assert report.tiers[name].bytes_moved == len(report.tiers[name].loads) * fast.page_bytes
+
+
+class ElsewhereBackend(NumpyBackend):
+    """The NumPy twins under another name: the session treats its cache as device memory,
+    keeps a host copy as the slow tier and copies pages between them (the cupy path, on the CPU)."""
+
+    name = "elsewhere"
+
+
+def test_a_device_backend_keeps_a_host_slow_tier(workload) -> None:
+    plain = run_selection(workload, SelectionConfig(budget=1 / 8, capacity=1.25, move_data=True))
+    session = SelectionSession(workload, SelectionConfig(budget=1 / 8, capacity=1.25, move_data=True,
+                                                         backend=ElsewhereBackend()))
+    assert session.host is not session.cache
+    steps = list(session)
+    for a, b in zip(plain.steps, steps):
+        assert np.array_equal(a.selection.scores, b.selection.scores)
+        assert a.tiers == b.tiers and np.array_equal(a.quality.recall, b.quality.recall)
+    assert np.array_equal(session.cache.key_cache, session.host.key_cache)
+    for name, tier in session.tiers.items():
+        for block, head in tier.resident():
+            keys, _ = session.fast[name].page(tier.slot_of((block, head)))
+            assert np.array_equal(keys, session.host.key_cache[block, :, head])
 
 
 def test_session_errors(workload) -> None:

@@ -42,6 +42,7 @@ import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.control.manager import BlockManager
+from tinyserve_sim.data.backends import Backend
 from tinyserve_sim.data.cache import KVCache
 from tinyserve_sim.errors import ConfigError, WorkloadError
 from tinyserve_sim.selection.quality import StepQuality, step_quality
@@ -64,7 +65,8 @@ class SelectionConfig:
         policies: eviction policies to compare (names in :data:`~tinyserve_sim.selection.tiers.POLICIES`).
         capacity: fast-tier pages: an int, or a float multiple of the most pages one step selects.
         score_decay: the score-aware policy's moving-average decay.
-        backend: ``"numpy"`` or ``"cupy"`` (the cache, its metadata and the selection kernels).
+        backend: ``"numpy"``, ``"cupy"`` or a :class:`~tinyserve_sim.data.backends.Backend`
+            (the cache, its metadata and the selection kernels).
         quality: compute recall and error against dense attention each step.
         move_data: keep a :class:`~tinyserve_sim.selection.tiers.FastTier` per policy and copy
             every missed page into it (a host-to-device copy on ``"cupy"``).
@@ -75,7 +77,7 @@ class SelectionConfig:
     policies: tuple[str, ...] = ("lru", "lfu", "score-aware")
     capacity: float | int = 2.0
     score_decay: float = 0.5
-    backend: str = "numpy"
+    backend: str | Backend = "numpy"
     quality: bool = True
     move_data: bool = False
 

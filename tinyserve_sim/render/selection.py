@@ -3,7 +3,9 @@ the budget sweep and the eviction policies' hit rates.
 
 Everything here reads the records of :mod:`tinyserve_sim.selection` (a
 :class:`~tinyserve_sim.selection.session.StepReport` holds a step's selection,
-fast-tier and quality records), so a picture shows exactly what was computed.
+fast-tier and quality records; a bare
+:class:`~tinyserve_sim.selection.selector.SelectionRecord` works too), so a
+picture shows exactly what was computed.
 
 In the terminal, one row per (sequence, KV head), one cell per page, in logical
 order: the cell holds the page's score; its colour says whether the page was
@@ -23,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tinyserve_sim.selection.hit_rates import HitRateRow
-from tinyserve_sim.selection.selector import NEWEST, SINK, TOP_K, reason_label
+from tinyserve_sim.selection.selector import NEWEST, SINK, TOP_K, SelectionRecord, reason_label
 from tinyserve_sim.selection.session import StepReport
 from tinyserve_sim.selection.sweep import SweepRow
 
@@ -35,6 +37,11 @@ REASON_COLORS = {SINK: "#e377c2", NEWEST: "#2ca02c", TOP_K: "#1f77b4", SINK | NE
 POLICY_COLORS = {"lru": "#1f77b4", "lfu": "#ff7f0e", "score-aware": "#2ca02c"}
 #: Widest row drawn page by page (longer rows show their first pages, then a count).
 MAX_PAGES = 64
+
+
+def _as_report(step: StepReport | SelectionRecord) -> StepReport:
+    """A bare selection record (no tiers, no quality) as a report, so both can be drawn."""
+    return step if isinstance(step, StepReport) else StepReport(step.step, step, {}, None)
 
 
 def _misses(report: StepReport, policy: str | None) -> set[tuple[int, int]]:
@@ -53,8 +60,11 @@ def _score_text(score: float) -> str:
     return "  -  " if not np.isfinite(score) else f"{score:5.1f}" if abs(score) < 1000 else f"{score:5.0e}"
 
 
-def render_selection_step(report: StepReport, policy: str | None = None, per_line: int = 16) -> RenderableType:
+def render_selection_step(
+    report: StepReport | SelectionRecord, policy: str | None = None, per_line: int = 16
+) -> RenderableType:
     """One step in the terminal: every page's score, what was kept and why, the fast tier's misses."""
+    report = _as_report(report)
     sel = report.selection
     policy = _default_policy(report, policy)
     misses = _misses(report, policy)
@@ -90,8 +100,9 @@ def render_selection_step(report: StepReport, policy: str | None = None, per_lin
     return Group(*parts)
 
 
-def render_step_summary(report: StepReport) -> Table:
+def render_step_summary(report: StepReport | SelectionRecord) -> Table:
     """A small table: bytes read, each policy's hits and misses, recall and error."""
+    report = _as_report(report)
     sel = report.selection
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("what")
@@ -108,9 +119,10 @@ def render_step_summary(report: StepReport) -> Table:
     return table
 
 
-def draw_selection_step(report: StepReport, policy: str | None = None, title: str = "") -> Figure:
+def draw_selection_step(report: StepReport | SelectionRecord, policy: str | None = None, title: str = "") -> Figure:
     """One step as a figure: a row of pages per (sequence, KV head), shaded by score (darker is
     higher, per row), outlined by why it was kept; a red dot marks a fast-tier miss."""
+    report = _as_report(report)
     sel = report.selection
     policy = _default_policy(report, policy)
     misses = _misses(report, policy)

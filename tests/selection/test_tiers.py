@@ -58,6 +58,15 @@ def test_score_aware_keeps_the_highest_recent_scores(decay: float, evicted: str)
     assert tier.stats("C").priority == 0.0
 
 
+def test_invalidated_pages_leave_without_an_eviction() -> None:
+    tier = TwoTierCache(2, "lru", page_bytes=5)
+    tier.access(["a", "b"])
+    assert tier.invalidate(["b", "zzz"]) == ["b"]
+    record = tier.access(["c"])
+    assert record.evicted == () and record.loads == (("c", 1),)  # b's slot was free again
+    assert (tier.evictions, tier.misses, sorted(tier.resident())) == (0, 3, ["a", "c"])
+
+
 def test_too_many_pages_in_one_step_changes_nothing() -> None:
     tier = TwoTierCache(2, "lru", page_bytes=10)
     tier.access(["a", "b"])

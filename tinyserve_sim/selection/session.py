@@ -235,6 +235,8 @@ class SelectionSession:
             self._apply(record, keys[s : s + 1], values[s : s + 1])
             slot = int(record.slot_mapping[0])
             written.append((s, slot // self.manager.block_size, slot % self.manager.block_size))
+            for tier in self.tiers.values():  # a block fresh from the pool holds nothing the tier has
+                tier.invalidate((block, h) for block in record.allocated for h in range(self.cache.shape[2]))
         batch = DecodeBatch.from_manager(self.manager, self.seq_ids)
         selection = select_step(self.cache, query, batch, self.budget_tokens, step=i)
 

@@ -279,6 +279,18 @@ class TwoTierCache:
         p = self._pages[page]
         return PageStats(p.page, p.slot, p.loaded_tick, p.last_tick, p.uses, p.priority)
 
+    def invalidate(self, pages: Iterable[Page]) -> list[Page]:
+        """Forget ``pages`` (those resident): their content changed elsewhere, e.g. a freed block
+        was handed to another sequence. Their slots become free; this is not an eviction and
+        moves no bytes. Returns the pages that were resident."""
+        dropped = []
+        for page in pages:
+            stats = self._pages.pop(page, None)
+            if stats is not None:
+                self._free_slots.append(stats.slot)
+                dropped.append(page)
+        return dropped
+
     # ------------------------------------------------------------------ access
     def access(self, requested: Iterable[Page], scores: Mapping[Page, float] | None = None) -> TierRecord:
         """One decode step: make every requested page resident; return what happened.

@@ -11,7 +11,8 @@
 // How the M largest are found without sorting (a radix select, 4 passes of 8 bits):
 //   prefix = 0; remaining = M
 //   for the digit d = bits 31..24, then 23..16, 15..8, 7..0 of the key:
-//       histogram the digit over the pages whose higher digits equal `prefix`;
+//       histogram the digit over the pages whose higher digits equal `prefix`
+//       (warp-aggregated shared-memory atomics: counts are exact in any order);
 //       walk the bins from 255 down until `remaining` keys are covered: that
 //       bin is the threshold's digit; subtract the keys of the bins above it.
 //   After the last pass, T = prefix is the M-th largest key: every key > T is
@@ -128,9 +129,16 @@ extern "C" __global__ void __launch_bounds__(NT) select_pages_kernel(
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += NT) hist[i] = 0;
         __syncthreads();
-        for (int p = 1 + tid; p < n - 1; p += NT) {
-            const unsigned key = key_at(p);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);  // counts: exact
+        // Warp-aggregated: the lanes holding the same digit add their count with one atomic
+        // (the first pass sees mostly a few exponent bytes: without this they would queue
+        // on the same bins). Every lane runs every step, so __match_any_sync sees all 32.
+        for (int p0 = 1; p0 < n - 1; p0 += NT) {
+            const int p = p0 + tid;
+            const unsigned key = p < n - 1 ? key_at(p) : 0u;
+            const bool counted = p < n - 1 && (key & mask) == prefix;
+            const unsigned digit = counted ? (key >> shift) & 255u : 256u;  // 256: no bin
+            const unsigned peers = __match_any_sync(FULL, digit);
+            if (counted && __ffs(peers) - 1 == lane) atomicAdd(&hist[digit], __popc(peers));  // exact counts
         }
         __syncthreads();
         if (warp == 0) {

@@ -64,7 +64,7 @@ def test_demo_walks_every_step_and_renders(tmp_path) -> None:
 def test_run_sweep_and_their_errors(tmp_path) -> None:
     out = tmp_path / "run.json"
     result = runner.invoke(app, ["select", "run", "--context", "511", "--steps", "3", "--budget", "1/4",
-                                 "--quiet", "--json", str(out)], env=ENV)
+                                 "--quiet", "--copy-pages", "--json", str(out)], env=ENV)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["budget_tokens"] == 128 and set(data["hit_rates"]) == {"lru", "lfu", "score-aware"}

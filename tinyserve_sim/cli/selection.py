@@ -131,6 +131,8 @@ def run_command(
     topic_stay: Annotated[float, typer.Option(help="Probability that a query keeps its topic from one step to the next.")] = 0.9,
     seed: Annotated[int, typer.Option(help="Random seed of the workload.")] = 0,
     backend: Annotated[str, typer.Option(help="numpy or cupy (the cache and the selection kernels).")] = "numpy",
+    copy_pages: Annotated[bool, typer.Option(help="Really copy each missed page into a fast tier on the backend "
+                                                  "(host to device on cupy).")] = False,
     quiet: Annotated[bool, typer.Option(help="Print only the totals, not every step.")] = False,
     render: Annotated[Optional[Path], typer.Option(help="Draw one picture per step into this folder.")] = None,
     picture_format: Annotated[str, typer.Option("--format", help="Picture format: svg or png.")] = "svg",
@@ -142,7 +144,7 @@ def run_command(
         spec = AttentionWorkloadSpec(num_seqs=seqs, context_len=context, decode_steps=steps, num_kv_heads=kv_heads,
                                      num_q_heads=q_heads, head_dim=head_dim, topic_stay=topic_stay, seed=seed)
         config = SelectionConfig(block_size=block_size, budget=parse_budget(budget), capacity=capacity,
-                                 policies=_policies(policies), backend=backend)
+                                 policies=_policies(policies), backend=backend, move_data=copy_pages)
         session = SelectionSession(generate_attention_workload(spec), config)
         if quiet:
             run = session.run()

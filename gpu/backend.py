@@ -57,3 +57,53 @@ class CupyBackend:
 
     def synchronize(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
+
+    # ------------------------------------------------ query-aware selection
+    # (kernels: gpu/selection_launchers.py; same arguments as NumpyBackend)
+    @property
+    def _selection(self) -> Any:
+        from . import selection_launchers
+
+        return selection_launchers
+
+    def reset_page_metadata(self, blocks, key_min, key_max) -> None:
+        self._selection.reset_page_metadata(blocks, key_min, key_max)
+
+    def update_page_metadata(self, key, slot_mapping, key_min, key_max, block_size) -> None:
+        self._selection.update_page_metadata(key, slot_mapping, key_min, key_max, block_size)
+
+    def copy_page_metadata(self, key_min, key_max, block_mapping) -> None:
+        self._selection.copy_page_metadata(key_min, key_max, block_mapping)
+
+    def reshape_and_cache_with_metadata(
+        self, key, value, key_cache, value_cache, slot_mapping, key_min, key_max
+    ) -> None:
+        self._selection.reshape_and_cache_with_metadata(
+            key, value, key_cache, value_cache, slot_mapping, key_min, key_max
+        )
+
+    def page_scores(self, query, key_min, key_max, batch) -> Any:
+        return self._selection.page_scores(query, key_min, key_max, batch)
+
+    def select_pages(self, scores, batch, budget_tokens):
+        """The compacted DecodeBatch; its tables are copied back to the host (a DecodeBatch
+        holds NumPy arrays). The benchmark keeps them on the device instead."""
+        _, tables, lens = self._selection.select_pages(scores, batch, budget_tokens)
+        return batch.with_head_tables(self.cp.asnumpy(tables), self.cp.asnumpy(lens))
+
+    def select_page_indices(self, scores, batch, budget_tokens) -> np.ndarray:
+        logical, _, _ = self._selection.select_pages(scores, batch, budget_tokens)
+        return self.cp.asnumpy(logical)
+
+    def query_analysis(self, queries, low_threshold=0.2, high_threshold=0.5):
+        return self._selection.query_analysis(queries, low_threshold, high_threshold)
+
+    def cache_selection(self, complexity, requirement, history, threshold):
+        return self._selection.cache_selection(complexity, requirement, history, threshold)
+
+    def adaptive_cache_management(
+        self, hit_rates, access_frequencies, allocation, hit_rate_threshold, frequency_threshold
+    ):
+        return self._selection.adaptive_cache_management(
+            hit_rates, access_frequencies, allocation, hit_rate_threshold, frequency_threshold
+        )

@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tinyserve_sim.claims.hit_rate import hit_rate_experiment
 from tinyserve_sim.errors import WorkloadError
+from tinyserve_sim.selection.hit_rates import HitRateRow
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import Request, Workload, WorkloadSpec, generate
 from tinyserve_sim.serving.memory import KVMemory
@@ -86,6 +88,8 @@ class Experiments:
         block_sizes: ``(dataset, block size) -> Summary`` (paged).
         sharing: ``(dataset, "parallel" | "beam", width) -> Summary`` (paged-16).
         long_context: figures of the one-request 131,072-token run.
+        hit_rates: the fast tier's hit rate per eviction policy (query-aware selection,
+            :mod:`~tinyserve_sim.claims.hit_rate`).
     """
 
     size: Size
@@ -94,6 +98,7 @@ class Experiments:
     block_sizes: dict[tuple[str, int], Summary] = field(default_factory=dict)
     sharing: dict[tuple[str, str, int], Summary] = field(default_factory=dict)
     long_context: dict[str, float] = field(default_factory=dict)
+    hit_rates: list[HitRateRow] = field(default_factory=list)
 
 
 MAIN_MANAGERS: tuple[str, ...] = ("paged-16", "max", "pow2", "oracle")
@@ -140,6 +145,9 @@ def run_experiments(size: str = "default", progress: Callable[[str], None] | Non
 
     tick("long context")
     out.long_context = long_context_run()
+
+    tick("cache hit rate (query-aware selection)")
+    out.hit_rates = hit_rate_experiment(sz.name)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from tinyserve_sim.cli.claims import claims_command
+from tinyserve_sim.cli.selection import select_app
 from tinyserve_sim.cli.simulate import simulate_command
 from tinyserve_sim.cli.trace_commands import demo, scenarios, trace_command
 
@@ -19,6 +20,7 @@ app.command("trace")(trace_command)
 app.command("scenarios")(scenarios)
 app.command("simulate")(simulate_command)
 app.command("claims")(claims_command)
+app.add_typer(select_app, name="select")
 
 
 def main() -> None:

@@ -13,6 +13,9 @@ kernels on them:
 * the NumPy twin of every GPU kernel, one module each
   (:mod:`~tinyserve_sim.data.reshape_and_cache`, :mod:`~tinyserve_sim.data.copy_blocks`,
   :mod:`~tinyserve_sim.data.paged_attention`, :mod:`~tinyserve_sim.data.block_allocation`),
+  and, for query-aware selection, :mod:`~tinyserve_sim.data.page_metadata`,
+  :mod:`~tinyserve_sim.data.page_scores`, :mod:`~tinyserve_sim.data.select_pages`
+  and the seed's :mod:`~tinyserve_sim.data.seed_heuristics`,
   with the kernels' shared :mod:`~tinyserve_sim.data.geometry` and
   :mod:`~tinyserve_sim.data.exact_math`, their host-side
   :mod:`~tinyserve_sim.data.validation`, and a float64
@@ -47,6 +50,17 @@ from tinyserve_sim.data.reference import (
     reference_paged_attention,
 )
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
+from tinyserve_sim.data.page_metadata import (
+    copy_page_metadata,
+    empty_page_metadata,
+    page_metadata_from_cache,
+    reset_page_metadata,
+    reshape_and_cache_with_metadata,
+    update_page_metadata,
+)
+from tinyserve_sim.data.page_scores import page_scores, page_scores_reference
+from tinyserve_sim.data.select_pages import compact_tables, select_page_indices, select_pages
+from tinyserve_sim.data.seed_heuristics import adaptive_cache_management, cache_selection, query_analysis
 
 __all__ = [
     "Backend",
@@ -74,4 +88,19 @@ __all__ = [
     "sequential_sum",
     "to_flashinfer_cache",
     "to_flex_attention_cache",
+    # query-aware selection
+    "adaptive_cache_management",
+    "cache_selection",
+    "compact_tables",
+    "copy_page_metadata",
+    "empty_page_metadata",
+    "page_metadata_from_cache",
+    "page_scores",
+    "page_scores_reference",
+    "query_analysis",
+    "reset_page_metadata",
+    "reshape_and_cache_with_metadata",
+    "select_page_indices",
+    "select_pages",
+    "update_page_metadata",
 ]

@@ -7,7 +7,9 @@ NVRTC options are the contract (``docs/concepts/gpu-validation.md``):
   NumPy rounds the product and the sum separately; so must the GPU. (With
   contraction, 76% of 65,536 float32 dot products differed from NumPy.)
   Where a kernel wants a fused multiply-add, it writes ``__fmaf_rn``.
-* ``-std=c++17``.
+* ``-std=c++17`` and ``--device-as-default-execution-space`` (no effect on
+  the arithmetic: unannotated functions, such as the kernels' lambdas, are
+  device functions).
 * No ``--use_fast_math`` (nor ``-ftz=true``, ``-prec-div=false``,
   ``-prec-sqrt=false``): divisions stay IEEE round-to-nearest and subnormals
   are kept; the defaults of NVRTC are already the precise ones, and we pin
@@ -47,6 +49,9 @@ NVRTC_OPTIONS: tuple[str, ...] = (
     "-ftz=false",
     "-prec-div=true",
     "-prec-sqrt=true",
+    # Unannotated functions (the kernels' generic lambdas) are device functions. CuPy passes the
+    # same option to NVRTC; NVRTC 13.0 rejects a generic lambda in device code without it.
+    "--device-as-default-execution-space",
 )
 #: The virtual architecture of the CPU compile-check (Hopper, the project's GPU).
 CHECK_ARCH = "compute_90"

@@ -136,14 +136,17 @@ except AssertionError as failure:
 #
 # The same property holds for the CUDA kernel, and a stricter one too: its output equals
 # the twin's, bit for bit. Where a CUDA device is present, this cell runs the property
-# against the GPU backend; elsewhere it says so and skips.
+# against the GPU backend; elsewhere it says so and skips. (The site is built without a
+# GPU: below the message it shows what this cell printed on a GPU machine, recorded there
+# by `scripts/record_gpu_cells.py`.)
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
     gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
     gpu = None
-    print(f"No CUDA GPU here ({reason}); the GPU property is skipped.")
+    print(f"No CUDA GPU here: {reason}; the GPU property is skipped.")
 
 if gpu is not None:
     def gpu_paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale):
@@ -155,7 +158,8 @@ if gpu is not None:
         return out
 
     check_within_bound(gpu_paged_attention)()
-    print("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    gpu_lines.append("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # ## Recap

@@ -70,9 +70,10 @@ sched = Scheduler(workload, memory, SchedulerConfig(max_running_seqs=8, step_tim
 while not sched.done:
     sched.step()
 
+print("step  free  request: what it did (tokens held)")
 for row in rows:
-    state = ", ".join(f"{r}: {what} ({row['tokens'][r]} tok)" for r, what in row["doing"].items())
-    print(f"step {row['step']:2}  free blocks {row['free']:2}  {state}")
+    state = "  ".join(f"{r}: {row['doing'][r]} ({row['tokens'][r]})" for r in sorted(row["doing"]))
+    print(f"{row['step']:4}  {row['free']:4}  {state}")
 
 # %% [markdown]
 # ## The preemption
@@ -86,8 +87,8 @@ at = next(i for i, row in enumerate(rows) if row["preemptions"])
 before, after = rows[at - 1], rows[at]
 print(f"step {before['step']}: {before['free']} free blocks, requests 0, 1, 2 hold "
       f"{[before['tokens'][r] for r in range(3)]} tokens")
-print(f"step {after['step']}: request 2 was preempted; its blocks went back to the pool, "
-      f"and {after['free']} are still free after requests 0 and 1 took the blocks they needed")
+print(f"step {after['step']}: request 2 was preempted and its blocks went back to the pool;")
+print(f"requests 0 and 1 took the blocks they needed, and {after['free']} are still free")
 
 # %% [markdown]
 # The memory just before and just after. The two pictures share their colours, so each

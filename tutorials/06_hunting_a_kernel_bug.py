@@ -23,9 +23,12 @@
 # ## Set up
 
 # %%
+import tempfile
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tinyserve_sim.data import (
     attention_error_bound,
@@ -36,6 +39,11 @@ from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
 
 NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM = 1, 2, 32
+
+# Hypothesis keeps a cache in ./.hypothesis; this tutorial leaves nothing behind, so the
+# cache goes to a temporary folder that is removed when the tutorial ends.
+hypothesis_scratch = tempfile.TemporaryDirectory(prefix="tinyserve-tutorial-06-")
+set_hypothesis_home_dir(hypothesis_scratch.name)
 
 # %% [markdown]
 # ## A deliberately buggy kernel

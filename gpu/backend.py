@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from tinyserve_sim.errors import BackendUnavailableError
+
+
+def no_device_reason() -> str | None:
+    """Why this machine has no CUDA device at all, or None when it may have one.
+
+    Without an NVIDIA driver, CuPy's first call fails with
+    ``cudaErrorInsufficientDriver: CUDA driver version is insufficient``, which
+    sends a reader looking for a driver upgrade on a machine that has no GPU.
+    So look first: no driver library (``libcuda.so.1`` cannot be loaded) or no
+    device files (``/dev/nvidia*``) means "no CUDA device"; the CUDA error
+    is kept for a machine that has both (a real driver mismatch).
+    """
+    if not sys.platform.startswith("linux"):
+        return None  # only Linux is looked at; elsewhere CuPy's own message stands
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no CUDA device (no NVIDIA driver: libcuda.so.1 cannot be loaded)"
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/dxg"):  # /dev/dxg: a GPU under WSL
+        return "no CUDA device (the NVIDIA driver library is here, but there is no /dev/nvidia* device)"
+    return None
 
 
 def _require_gpu() -> Any:
@@ -15,12 +40,14 @@ def _require_gpu() -> Any:
     except Exception as exc:  # ImportError or a broken CUDA install
         raise BackendUnavailableError(f"CuPy is not importable: {exc}") from exc
     try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            raise BackendUnavailableError("no CUDA device found")
-    except BackendUnavailableError:
-        raise
+        count = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:
+        reason = no_device_reason()
+        if reason is not None:
+            raise BackendUnavailableError(reason) from exc
         raise BackendUnavailableError(f"no usable CUDA device: {exc}") from exc
+    if count < 1:
+        raise BackendUnavailableError("no CUDA device (the driver reports none)")
     return cp
 
 

@@ -34,7 +34,7 @@ from tinyserve_sim.data import (
 )
 from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
-from tinyserve_sim.render import draw_state
+from tinyserve_sim.render import show_state
 
 rng = np.random.default_rng(0)
 
@@ -59,7 +59,7 @@ def new_kv(num_tokens):
     return rng.standard_normal(shape).astype(np.float16), rng.standard_normal(shape).astype(np.float16)
 
 
-# Each step of the control plane is applied to the data plane: copies first, then the new tokens.
+# Each operation of the control plane is applied to the data plane: copies first, then the new tokens.
 for seq, tokens in [("a", 20), ("b", 30), ("c", 9)]:
     cache.apply(m.add(seq, tokens), *new_kv(tokens))
 cache.apply(m.free("b"))
@@ -68,12 +68,12 @@ for seq, tokens in [("a", 15), ("c", 40)]:
 
 for seq in m.seq_ids():
     print(f"{seq}: {m.num_tokens(seq):3} tokens in blocks {m.block_table(seq)}")
-draw_state(m, "three requests, one finished: scattered block tables")
+show_state(m, "three requests, one finished: scattered block tables")
 
 # %% [markdown]
 # `apply` is where the two planes meet: each `OpRecord` says which blocks to copy
-# (`step.copies`, none here) and which slots the new tokens go to
-# (`step.slot_mapping`); the data plane's `copy_blocks` and `reshape_and_cache` do it.
+# (`record.copies`, none here) and which slots the new tokens go to
+# (`record.slot_mapping`); the data plane's `copy_blocks` and `reshape_and_cache` do it.
 #
 # ## The kernel's inputs
 #
@@ -154,14 +154,17 @@ print("max |dense - reference|:", np.abs(dense - reference).max())
 #
 # The GPU backend launches the real kernel on device arrays. It needs CuPy and a CUDA
 # device; `get_backend("cupy")` raises `BackendUnavailableError`, with the reason, when
-# either is missing, and this cell then says so and skips the comparison.
+# either is missing, and this cell then says so and skips the comparison. (The site is
+# built without a GPU: below the message it shows what this cell printed on a GPU
+# machine, recorded there by `scripts/record_gpu_cells.py`.)
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
     gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
     gpu = None
-    print(f"No CUDA GPU here ({reason}).")
+    print(f"No CUDA GPU here: {reason}.")
     print("The GPU cells are skipped; run this tutorial on a machine with a CUDA device to see them.")
 
 if gpu is not None:
@@ -172,7 +175,8 @@ if gpu is not None:
         out_gpu[variant] = gpu.to_numpy(result)
     for variant, twin in [("one_pass", out_one_pass), ("split_k", out_split_k)]:
         same = np.array_equal(out_gpu[variant].view(np.uint16), twin.view(np.uint16))
-        print(f"{variant:8}: GPU and twin identical bit for bit: {same}")
+        gpu_lines.append(f"{variant:8}: GPU and twin identical bit for bit: {same}")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # On a GPU, both lines print `True`: the kernel and its twin do the same float32
@@ -183,10 +187,10 @@ if gpu is not None:
 #
 # ## Recap
 #
-# - The control plane's steps drive the data plane: `copy_blocks`, then
-#   `reshape_and_cache` at the step's slots.
-# - `paged_attention` takes the step's `DecodeBatch` and follows its block tables; the
-#   result does not depend on where the blocks are.
+# - The control plane's operation records drive the data plane: `copy_blocks`, then
+#   `reshape_and_cache` at the record's slots.
+# - `paged_attention` takes a `DecodeBatch` (the block tables, the lengths) and follows its
+#   tables; the result does not depend on where the blocks are.
 # - The twin is checked against a float64 reference and a proven error bound; the kernel
 #   is checked against the twin, bit for bit.
 #

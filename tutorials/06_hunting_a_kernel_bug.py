@@ -23,9 +23,12 @@
 # ## Set up
 
 # %%
+import tempfile
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tinyserve_sim.data import (
     DecodeBatch,
@@ -37,6 +40,11 @@ from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
 
 NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM = 1, 2, 32
+
+# Hypothesis keeps a cache in ./.hypothesis; this tutorial leaves nothing behind, so the
+# cache goes to a temporary folder that is removed when the tutorial ends.
+hypothesis_scratch = tempfile.TemporaryDirectory(prefix="tinyserve-tutorial-06-")
+set_hypothesis_home_dir(hypothesis_scratch.name)
 
 # %% [markdown]
 # ## A deliberately buggy kernel
@@ -138,14 +146,17 @@ except AssertionError as failure:
 #
 # The same property holds for the CUDA kernel, and a stricter one too: its output equals
 # the twin's, bit for bit. Where a CUDA device is present, this cell runs the property
-# against the GPU backend; elsewhere it says so and skips.
+# against the GPU backend; elsewhere it says so and skips. (The site is built without a
+# GPU: below the message it shows what this cell printed on a GPU machine, recorded there
+# by `scripts/record_gpu_cells.py`.)
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
     gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
     gpu = None
-    print(f"No CUDA GPU here ({reason}); the GPU property is skipped.")
+    print(f"No CUDA GPU here: {reason}; the GPU property is skipped.")
 
 if gpu is not None:
     def gpu_paged_attention(query, key_cache, value_cache, batch, scale):
@@ -156,7 +167,8 @@ if gpu is not None:
         return out
 
     check_within_bound(gpu_paged_attention)()
-    print("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    gpu_lines.append("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # ## Recap

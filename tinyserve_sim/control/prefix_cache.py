@@ -13,58 +13,81 @@ How it works here (the scheme of vLLM's automatic prefix caching):
 3. When a sequence finishes, its cached blocks keep their hash. Their reference
    count drops to 0, but instead of joining the free queue they are *parked*
    in the evictor, still reusable by a later request with the same prefix.
-4. When the pool runs out of never-cached free blocks, the evictor gives up
-   the **least recently used** parked block; among blocks parked at the same
-   moment the **deepest** block of a chain goes first (a finished sequence is
-   parked tail first), because a deep block is only useful if every block in
-   front of it is still cached too.
+4. When the pool runs out of never-cached free blocks, the *evictor* gives
+   up a parked block. The evictor is a policy (a class from the registry
+   :data:`~tinyserve_sim.control.policies.EVICTORS`); the default, ``"lru"``,
+   gives up the **least recently used** parked block, and among blocks parked
+   at the same moment the **deepest** block of a chain first (a finished
+   sequence is parked tail first), because a deep block is only useful if
+   every block in front of it is still cached too.
 
-The hash is BLAKE2b (8 bytes) over the parent hash and the int64 token ids:
-deterministic across runs and machines, so traces replay identically.
+The hash is BLAKE2b (8 bytes) over the parent hash and the int64 token ids
+(little-endian): deterministic across runs and machines, so traces replay
+identically. A block is hashed once, when it fills.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
+import sys
+from array import array
 from collections.abc import Sequence
+from hashlib import blake2b
 
 import numpy as np
+
+from tinyserve_sim.control.policies import Evictor, evictor_class
 
 #: The parent hash of a sequence's first block.
 ROOT_HASH = 0
 
 
+def pack_tokens(token_ids: Sequence[int] | np.ndarray) -> bytes:
+    """Token ids as little-endian int64 bytes, the input of the block hash."""
+    if isinstance(token_ids, np.ndarray):
+        return token_ids.astype("<i8", copy=False).tobytes()
+    packed = array("q", token_ids)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _chain(parent_hash: int, packed_block: bytes) -> int:
+    digest = blake2b(parent_hash.to_bytes(8, "little") + packed_block, digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray) -> int:
     """The chained content hash of one full block (a 64-bit unsigned int)."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(parent_hash.to_bytes(8, "little"))
-    digest.update(np.asarray(token_ids, dtype=np.int64).tobytes())
-    return int.from_bytes(digest.digest(), "little")
+    return _chain(parent_hash, pack_tokens(token_ids))
 
 
-def hash_blocks(token_ids: np.ndarray, block_size: int, parent_hash: int = ROOT_HASH) -> list[int]:
+def hash_blocks(token_ids: Sequence[int] | np.ndarray, block_size: int, parent_hash: int = ROOT_HASH) -> list[int]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block is skipped)."""
+    packed = pack_tokens(token_ids)
+    step = 8 * block_size  # bytes per block
     hashes = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent_hash = hash_block(parent_hash, token_ids[start : start + block_size])
+    for start in range(0, len(packed) - step + 1, step):
+        parent_hash = _chain(parent_hash, packed[start : start + step])
         hashes.append(parent_hash)
     return hashes
 
 
 class PrefixCache:
-    """Maps block hashes to physical blocks, and keeps the LRU order of cached free blocks.
+    """Maps block hashes to physical blocks, and keeps the evictor of cached free blocks.
+
+    Args:
+        evictor: the eviction order, a name from
+            :data:`~tinyserve_sim.control.policies.EVICTORS` (default ``"lru"``).
 
     The cache does not own reference counts (the :class:`~tinyserve_sim.control.pool.BlockPool`
     does). It records which blocks hold which content, and which of those are
-    free (reference count 0) and therefore evictable, oldest first.
+    free (reference count 0) and therefore evictable, in the evictor's order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, evictor: str = "lru") -> None:
+        self.evictor: Evictor = evictor_class(evictor)()
         self._block_of: dict[int, int] = {}  # hash -> block
         self._hash_of: dict[int, int] = {}  # block -> hash
-        # Cached blocks with reference count 0, least recently used first.
-        self._evictable: OrderedDict[int, None] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -73,7 +96,7 @@ class PrefixCache:
     @property
     def num_evictable(self) -> int:
         """Cached blocks that are free and could be evicted."""
-        return len(self._evictable)
+        return len(self.evictor)
 
     def lookup(self, block_hash: int) -> int | None:
         """The block holding this content, or ``None``."""
@@ -84,11 +107,11 @@ class PrefixCache:
         return self._hash_of.get(block)
 
     def is_evictable(self, block: int) -> bool:
-        return block in self._evictable
+        return block in self.evictor
 
     def evictable(self) -> list[int]:
         """Cached free blocks in eviction order (next victim first)."""
-        return list(self._evictable)
+        return self.evictor.order()
 
     def cached_blocks(self) -> dict[int, int]:
         """A copy of the ``block -> hash`` map of every cached block (in use or free)."""
@@ -108,29 +131,28 @@ class PrefixCache:
         return True
 
     def park(self, block: int) -> None:
-        """A cached block's reference count reached 0: keep it, as most recently used."""
-        self._evictable[block] = None
+        """A cached block's reference count reached 0: keep it, evictable."""
+        self.evictor.park(block)
 
     def revive(self, block: int) -> None:
         """A parked block is used again (a prefix hit): it is no longer evictable."""
-        del self._evictable[block]
+        self.evictor.revive(block)
 
     def rename(self, src: int, dst: int) -> None:
-        """The data of block ``src`` moved to ``dst`` (compaction): move its hash and LRU place."""
+        """The data of block ``src`` moved to ``dst`` (compaction): move its hash and evictor place."""
         block_hash = self._hash_of.pop(src, None)
         if block_hash is None:
             return
         self._hash_of[dst] = block_hash
         self._block_of[block_hash] = dst
-        if src in self._evictable:
-            # Keep the LRU position: rebuild the order with dst in src's place.
-            self._evictable = OrderedDict((dst if b == src else b, None) for b in self._evictable)
+        if src in self.evictor:
+            self.evictor.rename(src, dst)
 
     def evict(self, n: int) -> list[int]:
-        """Forget the ``n`` least recently used parked blocks and return them (now plain free blocks)."""
+        """Forget the next ``n`` parked blocks (fewer if fewer are parked); return them, now plain free blocks."""
         victims = []
-        for _ in range(min(n, len(self._evictable))):
-            block, _ = self._evictable.popitem(last=False)
+        for _ in range(min(n, len(self.evictor))):
+            block = self.evictor.pop()
             del self._block_of[self._hash_of.pop(block)]
             victims.append(block)
         self.evictions += len(victims)

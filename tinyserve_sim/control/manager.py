@@ -43,7 +43,9 @@ fills, and a record keeps its slot mapping compact until someone reads it.
 from __future__ import annotations
 
 from collections import Counter
+from array import array
 from collections.abc import Iterable
+from itertools import repeat
 from collections.abc import Sequence as SequenceABC
 from typing import NamedTuple
 
@@ -52,7 +54,8 @@ import numpy as np
 from tinyserve_sim.control.checks import INT64_MAX, INT64_MIN, check_int, is_int, short_repr
 from tinyserve_sim.control.pool import BlockPool
 from tinyserve_sim.control.prefix_cache import ROOT_HASH, PrefixCache, hash_block, hash_blocks
-from tinyserve_sim.control.records import OpRecord, SeqId, SequenceState, SlotRun, Snapshot
+from tinyserve_sim.control.tokens import TokenIds, Tokens, token_arg, token_ids
+from tinyserve_sim.control.records import OpRecord, SeqId, SequenceState, SlotRun, Snapshot, record_from_values
 from tinyserve_sim.errors import (
     ConfigError,
     DuplicateSequenceError,
@@ -63,9 +66,6 @@ from tinyserve_sim.errors import (
     UnknownSequenceError,
 )
 
-#: What ``add`` and ``append`` accept: a number of tokens, or the token ids themselves.
-Tokens = int | SequenceABC[int] | np.ndarray
-
 #: The largest block size: 2**20 = 1,048,576 token slots (so every slot id fits in 64 bits).
 MAX_BLOCK_SIZE = 1 << 20
 
@@ -75,7 +75,7 @@ class _Sequence:
 
     __slots__ = ("num_tokens", "table", "block_hashes", "tail")
 
-    def __init__(self, num_tokens: int, table: list[int], block_hashes: list[int], tail: list[int] | None) -> None:
+    def __init__(self, num_tokens: int, table: list[int], block_hashes: list[int], tail: TokenIds | None) -> None:
         self.num_tokens = num_tokens
         self.table = table
         # Chained hashes of the full blocks, in order. Only kept with prefix caching.
@@ -91,12 +91,12 @@ class _AddPlan(NamedTuple):
     hits: list[int]
     misses: int
     needed: int
-    tail: list[int] | None
+    tail: TokenIds | None
 
 
 class _AppendPlan(NamedTuple):
     count: int
-    ids: list[int] | None
+    ids: TokenIds | None
     copy_on_write: bool
     needed: int
 
@@ -107,53 +107,6 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _is_seq_id(seq_id: object) -> bool:
     return isinstance(seq_id, (str, int)) and not isinstance(seq_id, bool)
-
-
-def token_arg(tokens: Tokens, what: str) -> tuple[int, list[int] | None]:
-    """Normalise a token count or token ids to ``(count, ids or None)``.
-
-    Raises :class:`InvalidTokenCountError` unless ``tokens`` is a positive int
-    (a count) or a non-empty 1-D list, tuple or integer array of token ids that
-    fit in 64 bits. The one-token cases come first: they are every decode step.
-    """
-    kind = type(tokens)
-    if kind is int and 0 < tokens <= INT64_MAX:  # type: ignore[operator]
-        return tokens, None  # type: ignore[return-value]
-    if kind is list and len(tokens) == 1 and type(tokens[0]) is int and INT64_MIN <= tokens[0] <= INT64_MAX:  # type: ignore[arg-type, index, operator]
-        return 1, tokens  # type: ignore[return-value]
-    if isinstance(tokens, np.integer):
-        tokens = int(tokens)
-    if is_int(tokens):
-        if tokens < 1:  # type: ignore[operator]
-            raise InvalidTokenCountError(f"{what} needs at least one token, got {tokens}")
-        raise InvalidTokenCountError(f"{what} has too many tokens: {short_repr(tokens)}")
-    ids = _token_ids(tokens)
-    if ids is None:
-        raise InvalidTokenCountError(
-            f"{what} must be a token count or a 1-D list of integer token ids (64-bit), got {short_repr(tokens)}"
-        )
-    if not ids:
-        raise InvalidTokenCountError(f"{what} needs at least one token, got 0")
-    return len(ids), ids
-
-
-def _token_ids(tokens: object) -> list[int] | None:
-    """A list of 64-bit int token ids from a list, tuple or integer array; None if it is not one."""
-    if isinstance(tokens, np.ndarray):
-        if tokens.ndim != 1 or (tokens.size and tokens.dtype.kind not in "iu"):
-            return None
-        ids = tokens.tolist()
-    elif isinstance(tokens, (list, tuple)):
-        ids = list(tokens)
-        if set(map(type, ids)) - {int}:  # anything but plain ints: convert NumPy ints, refuse the rest
-            if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in ids):
-                return None
-            ids = [int(t) for t in ids]
-    else:
-        return None
-    if ids and (min(ids) < INT64_MIN or max(ids) > INT64_MAX):
-        return None
-    return ids
 
 
 class BlockManager:
@@ -193,6 +146,12 @@ class BlockManager:
         self.record_ops = bool(record_ops)
         self.op_index = 0
         self._seqs: dict[SeqId, _Sequence] = {}
+        # Shortcuts for the per-token paths (append, decode): the pool's reference counts
+        # and free queue, and the parked blocks (an empty tuple without prefix caching).
+        self._ref = self.pool._ref
+        self._queue = self.pool.queue
+        self._num_blocks = self.pool.num_blocks
+        self._parked = self.cache.evictor if self.cache is not None else ()
 
     # ------------------------------------------------------------- properties
     @property
@@ -285,14 +244,13 @@ class BlockManager:
                 needed=plan.needed,
                 available=plan.needed + shortfall,
             )
-        # Prefix hits: one more user each. A parked (free) hit leaves the evictor.
-        cache = self.cache
+        # Prefix hits: one more user each. A hit with no user was parked (cached and
+        # free): it leaves the evictor.
+        cache, ref = self.cache, self._ref
         for block in plan.hits:
-            if block in cache.evictor:  # type: ignore[union-attr]
+            if ref[block] == 0:
                 cache.revive(block)  # type: ignore[union-attr]
-                self.pool._claim(block)
-            else:
-                self.pool._ref[block] += 1
+            ref[block] += 1
         new_blocks, evicted = self._allocate(plan.needed)
         table = plan.hits + new_blocks
         if cache is not None:
@@ -312,15 +270,56 @@ class BlockManager:
             cache_hits=tuple(plan.hits),
             cache_misses=plan.misses,
             evicted=tuple(evicted),
-            slot_mapping=SlotRun(tuple(new_blocks), 0, written, self.block_size),
+            slots=SlotRun(tuple(new_blocks), 0, written, self.block_size),
         )
 
     def append(self, seq_id: SeqId, tokens: Tokens = 1) -> OpRecord | None:
         """Add ``tokens`` decoded tokens (a count, or token ids) to a live sequence."""
-        seq = self._get(seq_id)
+        seq = self._seqs.get(seq_id) if type(seq_id) is str or type(seq_id) is int else None
+        if seq is None:
+            seq = self._get(seq_id)  # raises, unless seq_id is a str or int subclass
+        # One token (a count of 1, or one token id) is every decode step: the fast path
+        # below, in plain ints and lists (no NumPy, no helper calls). Anything else, and
+        # any bad argument, goes to _append_many.
+        if type(tokens) is int and tokens == 1:
+            token = None
+        elif type(tokens) is list and len(tokens) == 1 and type(tokens[0]) is int and INT64_MIN <= tokens[0] <= INT64_MAX:
+            token = tokens[0]
+        else:
+            return self._append_many(seq_id, seq, tokens)
+        bs = self.block_size
+        n = seq.num_tokens
+        offset = n % bs  # where the token goes in the last block (0: the last block is full)
+        table = seq.table
+        if offset == 0 or self._ref[table[-1]] > 1:
+            # A new block (the last one is full), or a private copy of a shared, partly filled one.
+            block, allocated, copies, evicted = self._grow_or_copy(seq_id, seq, offset)
+        else:
+            block = table[-1]
+            allocated = copies = evicted = ()
+        seq.num_tokens = n + 1
+        tail = seq.tail
+        if tail is not None:  # prefix caching, content known so far
+            if token is None:
+                seq.tail = None  # content unknown from here on: nothing more can be cached
+            else:
+                tail.append(token)
+                if offset == bs - 1:
+                    self._hash_full_tail(seq)
+        index = self.op_index
+        self.op_index = index + 1
+        if not self.record_ops:
+            return None
+        free, cached = len(self._queue), len(self._parked)
+        return record_from_values((
+            index, "append", seq_id, None, (), 1,  # index, op, seq_id, parent_id, seq_ids, num_new_tokens
+            allocated, (), (), (), copies, evicted, (), 0,  # allocated, freed, cached, shared, copies, evicted, cache_hits, cache_misses
+            block * bs + offset, free, cached, self._num_blocks - free - cached, bs,  # slots, num_free, num_cached_free, num_used, block_size
+        ))  # fmt: skip
+
+    def _append_many(self, seq_id: SeqId, seq: _Sequence, tokens: Tokens) -> OpRecord | None:
+        """``append`` of any number of tokens (a count, or token ids), checked first."""
         count, ids = token_arg(tokens, "an append")
-        if count == 1:
-            return self._append_one(seq_id, seq, None if ids is None else ids[0])
         plan = self._plan_append_counted(seq, count, ids)
         if plan.needed > self.num_available:
             raise self._out_of_blocks_appending(seq_id, plan.count, plan.needed)
@@ -347,7 +346,7 @@ class BlockManager:
             allocated=tuple(dst for _, dst in copies) + tuple(blocks),
             copies=tuple(copies),
             evicted=tuple(evicted),
-            slot_mapping=SlotRun(written, start % bs, plan.count, bs),
+            slots=SlotRun(written, start % bs, plan.count, bs),
         )
 
     def decode(self, seq_ids: Iterable[SeqId], token_ids: SequenceABC[int] | np.ndarray | None = None) -> OpRecord | None:
@@ -380,41 +379,43 @@ class BlockManager:
                     available=self.num_available,
                 )
         bs = self.block_size
-        ref = self.pool._ref
+        ref = self._ref
         slots: list[int] = []
         allocated: list[int] = []
         copies: list[tuple[int, int]] = []
         evicted: list[int] = []
-        for i, seq in enumerate(seqs):
+        for seq, token in zip(seqs, tokens if tokens is not None else repeat(None)):
             n = seq.num_tokens
             offset = n % bs
             table = seq.table
-            if offset == 0:  # the last block is full: the token starts a new block
-                block = self._take_block(evicted)
-                table.append(block)
-                allocated.append(block)
+            if offset == 0 or ref[table[-1]] > 1:
+                # A new block (the last one is full), or a private copy of a shared, partly filled one.
+                block, new, copy, gone = self._grow_or_copy(None, seq, offset)
+                allocated += new
+                copies += copy
+                evicted += gone
             else:
                 block = table[-1]
-                if ref[block] > 1:  # partly filled and shared: copy on write
-                    src, block = block, self._take_block(evicted)
-                    ref[src] -= 1
-                    table[-1] = block
-                    allocated.append(block)
-                    copies.append((src, block))
             slots.append(block * bs + offset)
             seq.num_tokens = n + 1
-            if seq.tail is not None:  # prefix caching, content known so far
-                self._extend_tail(seq, None if tokens is None else [tokens[i]])
-        return self._record(
-            "decode",
-            None,
-            seq_ids=ids,
-            num_new_tokens=len(ids),
-            allocated=tuple(allocated),
-            copies=tuple(copies),
-            evicted=tuple(evicted),
-            slot_mapping=slots,
-        )
+            tail = seq.tail
+            if tail is not None:  # prefix caching, content known so far
+                if token is None:
+                    seq.tail = None  # content unknown from here on: nothing more can be cached
+                else:
+                    tail.append(token)
+                    if offset == bs - 1:
+                        self._hash_full_tail(seq)
+        index = self.op_index
+        self.op_index = index + 1
+        if not self.record_ops:
+            return None
+        free, cached = len(self._queue), len(self._parked)
+        return record_from_values((
+            index, "decode", None, None, ids, len(ids),  # index, op, seq_id, parent_id, seq_ids, num_new_tokens
+            tuple(allocated), (), (), (), tuple(copies), tuple(evicted), (), 0,  # ... as in append
+            slots, free, cached, self._num_blocks - free - cached, bs,
+        ))  # fmt: skip
 
     def fork(self, parent_id: SeqId, child_id: SeqId) -> OpRecord | None:
         """The child shares every block of the parent; nothing is allocated or copied."""
@@ -427,7 +428,7 @@ class BlockManager:
             parent.num_tokens,
             list(parent.table),
             list(parent.block_hashes),
-            None if parent.tail is None else list(parent.tail),
+            None if parent.tail is None else array("q", parent.tail),
         )
         return self._record("fork", child_id, parent_id=parent_id, shared=tuple(parent.table))
 
@@ -436,13 +437,11 @@ class BlockManager:
         seq = self._get(seq_id)
         reached_zero = self.pool._decref(reversed(seq.table))
         del self._seqs[seq_id]
-        cached = []
-        for block in reached_zero:
-            if self.cache is not None and self.cache.hash_of(block) is not None:
-                self.cache.park(block)  # keep its content: a later prompt may reuse it
-                cached.append(block)
-            else:
-                self.pool._push(block)
+        # Cached blocks keep their content (a later prompt may reuse it): they are parked
+        # in the evictor. The others join the free queue.
+        cached, plain = self.cache.park_cached(reached_zero) if self.cache is not None else ([], reached_zero)
+        for block in plain:
+            self.pool._push(block)
         return self._record("free", seq_id, freed=tuple(reached_zero), cached=tuple(cached))
 
     def evict(self, n: int = 1) -> OpRecord | None:
@@ -579,7 +578,7 @@ class BlockManager:
         if not ids:
             raise InvalidArgumentError("decode needs at least one sequence")
         try:
-            seqs = [self._seqs[seq_id] for seq_id in ids]
+            seqs = list(map(self._seqs.__getitem__, ids))
             valid = set(map(type, ids)) <= {str, int} and len(set(ids)) == len(ids)
         except (KeyError, TypeError):
             valid = False
@@ -592,14 +591,14 @@ class BlockManager:
                 seen.add(seq_id)
         return ids, seqs
 
-    def _batch_tokens(self, token_ids: object, n: int) -> list[int] | None:
+    def _batch_tokens(self, tokens: object, n: int) -> TokenIds | None:
         """A decode's token ids: None, or one 64-bit int per sequence."""
-        if token_ids is None:
+        if tokens is None:
             return None
-        ids = _token_ids(token_ids) if not isinstance(token_ids, (str, bytes)) else None
+        ids = token_ids(tokens)
         if ids is None or len(ids) != n:
             raise InvalidTokenCountError(
-                f"decode needs one integer token id (64-bit) per sequence ({n}), got {short_repr(token_ids)}"
+                f"decode needs one integer token id (64-bit) per sequence ({n}), got {short_repr(tokens)}"
             )
         return ids
 
@@ -615,24 +614,21 @@ class BlockManager:
             # The last prompt token is always computed (its logits start decoding),
             # so at most (count - 1) tokens can come from the cache, as in vLLM.
             lookups = hashes[: (count - 1) // self.block_size]
-            for block_hash in lookups:
-                block = self.cache.lookup(block_hash)
-                if block is None:
-                    break
-                hits.append(block)
+            hits = self.cache.longest_prefix(lookups)
             misses = len(lookups) - len(hits)
-        return _AddPlan(count, hashes, hits, misses, self.blocks_for(count) - len(hits), tail)
+        return _AddPlan(count, hashes, hits, misses, _ceil_div(count, self.block_size) - len(hits), tail)
 
     def _available_after(self, plan: _AddPlan) -> int:
         """Blocks left over if ``plan`` ran (negative: the shortfall)."""
-        revived = sum(1 for block in plan.hits if block in self.cache.evictor) if plan.hits else 0  # type: ignore[union-attr]
+        ref = self._ref
+        revived = len([block for block in plan.hits if ref[block] == 0])  # parked hits: they stop being available
         return self.num_available - revived - plan.needed
 
     def _plan_append(self, seq: _Sequence, tokens: Tokens) -> _AppendPlan:
         count, ids = token_arg(tokens, "an append")
         return self._plan_append_counted(seq, count, ids)
 
-    def _plan_append_counted(self, seq: _Sequence, count: int, ids: list[int] | None) -> _AppendPlan:
+    def _plan_append_counted(self, seq: _Sequence, count: int, ids: TokenIds | None) -> _AppendPlan:
         partly_filled = seq.num_tokens % self.block_size != 0
         copy_on_write = partly_filled and self.pool._ref[seq.table[-1]] > 1
         grow = self.blocks_for(seq.num_tokens + count) - len(seq.table)
@@ -657,43 +653,39 @@ class BlockManager:
             available=self.num_available,
         )
 
-    def _append_one(self, seq_id: SeqId, seq: _Sequence, token: int | None) -> OpRecord | None:
-        """``append`` of one token: the fast path of every decode step (plain ints, no NumPy)."""
-        bs = self.block_size
-        n = seq.num_tokens
-        offset = n % bs
-        table = seq.table
-        allocated: tuple[int, ...] = ()
-        copies: tuple[tuple[int, int], ...] = ()
-        evicted: list[int] = []
-        if offset == 0:  # the last block is full: the token starts a new block
-            if not self.num_available:
-                raise self._out_of_blocks_appending(seq_id, 1, 1)
-            block = self._take_block(evicted)
-            table.append(block)
-            allocated = (block,)
+    def _grow_or_copy(
+        self, seq_id: SeqId | None, seq: _Sequence, offset: int
+    ) -> tuple[int, tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]]:
+        """Give a sequence a block to write one token into: a new one when its last block
+        is full (``offset == 0``), else a private copy of its shared last block.
+
+        Returns ``(block, allocated, copies, evicted)``. Raises :class:`OutOfBlocksError`,
+        changing nothing, when no block is available.
+        """
+        evicted: tuple[int, ...] = ()
+        if self._queue:  # the usual case: the next block of the free queue
+            block = self._queue.pop()
+            self._ref[block] = 1
+        elif self._parked:  # else a cached free block, evicted
+            block = self._take_block([])
+            evicted = (block,)
         else:
-            block = table[-1]
-            ref = self.pool._ref
-            if ref[block] > 1:  # partly filled and shared: copy on write
-                if not self.num_available:
-                    raise self._out_of_blocks_appending(seq_id, 1, 1)
-                src, block = block, self._take_block(evicted)
-                ref[src] -= 1  # still > 0: another sequence holds it
-                table[-1] = block
-                allocated, copies = (block,), ((src, block),)
-        seq.num_tokens = n + 1
-        if seq.tail is not None:  # prefix caching, content known so far
-            self._extend_tail(seq, None if token is None else [token])
-        return self._record(
-            "append",
-            seq_id,
-            num_new_tokens=1,
-            allocated=allocated,
-            copies=copies,
-            evicted=tuple(evicted),
-            slot_mapping=block * bs + offset,
-        )
+            raise self._out_of_blocks_appending(seq_id, 1, 1)
+        if offset == 0:
+            seq.table.append(block)
+            return block, (block,), (), evicted
+        src = seq.table[-1]
+        self.pool._ref[src] -= 1  # still > 0: another sequence holds it
+        seq.table[-1] = block
+        return block, (block,), ((src, block),), evicted
+
+    def _hash_full_tail(self, seq: _Sequence) -> None:
+        """The tail has just filled the last block: hash it once, cache it, start a new tail."""
+        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
+        block_hash = hash_block(parent, seq.tail)  # type: ignore[arg-type]
+        self.cache.register(seq.table[len(seq.block_hashes)], block_hash)  # type: ignore[union-attr]
+        seq.block_hashes.append(block_hash)
+        seq.tail = array("q")
 
     def _take_block(self, evicted: list[int]) -> int:
         """One block: from the free queue, else by evicting a cached one (recorded in ``evicted``).
@@ -709,10 +701,14 @@ class BlockManager:
 
     def _allocate(self, n: int) -> tuple[list[int], list[int]]:
         """Take ``n`` blocks: from the free queue first, then by evicting cached ones."""
+        from_queue = min(n, len(self._queue))
+        blocks = [self.pool._pop() for _ in range(from_queue)]
         evicted: list[int] = []
-        return [self._take_block(evicted) for _ in range(n)], evicted
+        for _ in range(n - from_queue):
+            blocks.append(self._take_block(evicted))
+        return blocks, evicted
 
-    def _extend_tail(self, seq: _Sequence, ids: list[int] | None) -> None:
+    def _extend_tail(self, seq: _Sequence, ids: TokenIds | None) -> None:
         """After an append, hash and cache the blocks it filled (prefix caching only)."""
         if ids is None:
             seq.tail = None  # content unknown from here on: nothing more can be cached

@@ -41,27 +41,39 @@ from tinyserve_sim.control.policies import Evictor, evictor_class
 ROOT_HASH = 0
 
 
-def pack_tokens(token_ids: Sequence[int] | np.ndarray) -> bytes:
+def pack_tokens(token_ids: Sequence[int] | np.ndarray | array) -> bytes:
     """Token ids as little-endian int64 bytes, the input of the block hash."""
     if isinstance(token_ids, np.ndarray):
         return token_ids.astype("<i8", copy=False).tobytes()
-    packed = array("q", token_ids)
-    if sys.byteorder == "big":
+    packed = token_ids if type(token_ids) is array and token_ids.typecode == "q" else array("q", token_ids)
+    if _BIG_ENDIAN:
+        packed = array("q", packed)
         packed.byteswap()
     return packed.tobytes()
 
 
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+# An empty BLAKE2b-64 state: copying it is cheaper than setting up a new one per block.
+_EMPTY_BLAKE2B_64 = blake2b(digest_size=8)
+
+
 def _chain(parent_hash: int, packed_block: bytes) -> int:
-    digest = blake2b(parent_hash.to_bytes(8, "little") + packed_block, digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    digest = _EMPTY_BLAKE2B_64.copy()
+    digest.update(parent_hash.to_bytes(8, "little"))
+    digest.update(packed_block)
+    return int.from_bytes(digest.digest(), "little")
 
 
-def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray) -> int:
+def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray | array) -> int:
     """The chained content hash of one full block (a 64-bit unsigned int)."""
     return _chain(parent_hash, pack_tokens(token_ids))
 
 
-def hash_blocks(token_ids: Sequence[int] | np.ndarray, block_size: int, parent_hash: int = ROOT_HASH) -> list[int]:
+def hash_blocks(
+    token_ids: Sequence[int] | np.ndarray | array, block_size: int, parent_hash: int = ROOT_HASH
+) -> list[int]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block is skipped)."""
     packed = pack_tokens(token_ids)
     step = 8 * block_size  # bytes per block
@@ -113,6 +125,18 @@ class PrefixCache:
         """Cached free blocks in eviction order (next victim first)."""
         return self.evictor.order()
 
+    def longest_prefix(self, hashes: list[int]) -> list[int]:
+        """The blocks holding the first ``k`` of these chained hashes, for the largest ``k``
+        such that all of them are cached (a prefix hit stops at the first miss)."""
+        lookup = self._block_of.get
+        hits = []
+        for block_hash in hashes:
+            block = lookup(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
     def cached_blocks(self) -> dict[int, int]:
         """A copy of the ``block -> hash`` map of every cached block (in use or free)."""
         return dict(self._hash_of)
@@ -133,6 +157,22 @@ class PrefixCache:
     def park(self, block: int) -> None:
         """A cached block's reference count reached 0: keep it, evictable."""
         self.evictor.park(block)
+
+    def park_cached(self, blocks: list[int]) -> tuple[list[int], list[int]]:
+        """These blocks' counts reached 0: park the cached ones, in order.
+
+        Returns ``(cached, plain)``: the blocks parked, and the others (no
+        content worth keeping), both in the given order.
+        """
+        hash_of = self._hash_of
+        cached, plain = [], []
+        for block in blocks:
+            if block in hash_of:
+                self.evictor.park(block)
+                cached.append(block)
+            else:
+                plain.append(block)
+        return cached, plain
 
     def revive(self, block: int) -> None:
         """A parked block is used again (a prefix hit): it is no longer evictable."""

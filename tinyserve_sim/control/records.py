@@ -10,6 +10,9 @@ or assert on it::
     assert record.copies == ((3, 7),)   # block 3 was shared: copy it into 7 first
     print(record.explain())
 
+A record is a named tuple: ``record._asdict()`` and ``record._replace(...)``
+work, and it cannot be changed after the fact.
+
 A :class:`Snapshot` is a frozen, comparable picture of the whole manager. Two
 snapshots are equal exactly when the two states are equal, which is how the
 tests check that a failed call changed nothing.
@@ -18,7 +21,8 @@ tests check that a failed call changed nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from functools import partial
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -30,32 +34,56 @@ from tinyserve_sim.errors import UnknownSequenceError
 SeqId = Union[str, int]
 
 
-class SlotRun(NamedTuple):
+class SlotRun:
     """The slots of ``count`` consecutive tokens, kept compact until someone reads them.
 
     Token ``i`` of the run sits at position ``first + i`` of the blocks
     ``blocks`` (``first`` is the offset of the first token in ``blocks[0]``),
     so its slot is ``blocks[p // block_size] * block_size + p % block_size``.
+    The array is built on the first :meth:`to_array` and kept.
     """
 
-    blocks: tuple[int, ...]
-    first: int
-    count: int
-    block_size: int
+    __slots__ = ("blocks", "first", "count", "block_size", "_array")
+
+    def __init__(self, blocks: tuple[int, ...], first: int, count: int, block_size: int) -> None:
+        self.blocks = blocks
+        self.first = first
+        self.count = count
+        self.block_size = block_size
+        self._array: np.ndarray | None = None
 
     def to_array(self) -> np.ndarray:
-        bs = self.block_size
-        positions = np.arange(self.first, self.first + self.count, dtype=np.int64)
-        return np.asarray(self.blocks, dtype=np.int64)[positions // bs] * bs + positions % bs
+        """The slots as a read-only int64 array."""
+        if self._array is None:
+            bs = self.block_size
+            positions = np.arange(self.first, self.first + self.count, dtype=np.int64)
+            array = np.asarray(self.blocks, dtype=np.int64)[positions // bs] * bs + positions % bs
+            array.setflags(write=False)
+            self._array = array
+        return self._array
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SlotRun):
+            return NotImplemented
+        return self.to_array().tolist() == other.to_array().tolist()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SlotRun(blocks={self.blocks!r}, first={self.first}, count={self.count}, block_size={self.block_size})"
 
 
-def _slot_array(slots: Any) -> np.ndarray:
-    """A read-only int64 array from what a record keeps: nothing, one slot, a list, or a :class:`SlotRun`."""
+#: What a record keeps of its slots: nothing, one slot, a list of slots, or a run.
+Slots = Union[None, int, list, tuple, SlotRun, np.ndarray]
+
+
+def slot_array(slots: Slots) -> np.ndarray:
+    """A record's slots as a read-only int64 array."""
+    if isinstance(slots, SlotRun):
+        return slots.to_array()
     if slots is None:
         array = np.empty(0, dtype=np.int64)
-    elif isinstance(slots, SlotRun):
-        array = slots.to_array()
-    elif isinstance(slots, int):
+    elif isinstance(slots, (int, np.integer)):
         array = np.array([slots], dtype=np.int64)
     else:
         array = np.array(slots, dtype=np.int64).reshape(-1)
@@ -63,8 +91,8 @@ def _slot_array(slots: Any) -> np.ndarray:
     return array
 
 
-class OpRecord:
-    """What one operation did.
+class OpRecord(NamedTuple):
+    """What one operation did: a named tuple of plain values (immutable).
 
     Attributes:
         index: 0-based position of this operation in the manager's history.
@@ -85,99 +113,69 @@ class OpRecord:
         evicted: cached free blocks whose content was forgotten so they could be reused.
         cache_hits: blocks reused from the prefix cache (a subset of ``shared``).
         cache_misses: full prompt blocks looked up in the prefix cache and not found.
-        slot_mapping: int64 cache slot of each token this operation writes, in token
-            order (for a decode: the new token of ``seq_ids[i]`` at position ``i``):
-            ``table[t // block_size] * block_size + t % block_size``. Built when first
-            read, then kept; read-only.
+        slots: the cache slots this operation writes, in compact form: one int for
+            one token, a list for a decode (``slots[i]`` is ``seq_ids[i]``'s new
+            token), a :class:`SlotRun` for a run of tokens. :attr:`slot_mapping`
+            is the same as an int64 array.
         num_free: blocks in the free queue afterwards.
         num_cached_free: cached blocks with reference count 0 afterwards (evictable).
         num_used: blocks with reference count > 0 afterwards.
-        block_size: the manager's block size, so that ``slot // block_size`` names a slot's block.
+        block_size: the manager's block size: slot ``s`` is offset ``s % block_size``
+            of block ``s // block_size``.
 
-    The manager never changes a record after returning it; treat it as
-    read-only. Two records are equal when every field is.
+    Records are equal when every field is (slots compared as arrays).
     """
 
-    __slots__ = (
-        "index", "op", "seq_id", "parent_id", "seq_ids", "num_new_tokens", "allocated", "freed", "cached",
-        "shared", "copies", "evicted", "cache_hits", "cache_misses", "_slots", "num_free", "num_cached_free",
-        "num_used", "block_size",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        index: int,
-        op: str,
-        seq_id: SeqId | None = None,
-        *,
-        parent_id: SeqId | None = None,
-        seq_ids: tuple[SeqId, ...] = (),
-        num_new_tokens: int = 0,
-        allocated: tuple[int, ...] = (),
-        freed: tuple[int, ...] = (),
-        cached: tuple[int, ...] = (),
-        shared: tuple[int, ...] = (),
-        copies: tuple[tuple[int, int], ...] = (),
-        evicted: tuple[int, ...] = (),
-        cache_hits: tuple[int, ...] = (),
-        cache_misses: int = 0,
-        slot_mapping: np.ndarray | SlotRun | list[int] | int | None = None,
-        num_free: int = 0,
-        num_cached_free: int = 0,
-        num_used: int = 0,
-        block_size: int = 0,
-    ) -> None:
-        # Plain assignments: a record is built on every operation, so it must be cheap.
-        self.index = index
-        self.op = op
-        self.seq_id = seq_id
-        self.parent_id = parent_id
-        self.seq_ids = seq_ids
-        self.num_new_tokens = num_new_tokens
-        self.allocated = allocated
-        self.freed = freed
-        self.cached = cached
-        self.shared = shared
-        self.copies = copies
-        self.evicted = evicted
-        self.cache_hits = cache_hits
-        self.cache_misses = cache_misses
-        self._slots = slot_mapping  # turned into an array when first read
-        self.num_free = num_free
-        self.num_cached_free = num_cached_free
-        self.num_used = num_used
-        self.block_size = block_size
+    index: int
+    op: str
+    seq_id: Optional[SeqId] = None
+    parent_id: Optional[SeqId] = None
+    seq_ids: tuple[SeqId, ...] = ()
+    num_new_tokens: int = 0
+    allocated: tuple[int, ...] = ()
+    freed: tuple[int, ...] = ()
+    cached: tuple[int, ...] = ()
+    shared: tuple[int, ...] = ()
+    copies: tuple[tuple[int, int], ...] = ()
+    evicted: tuple[int, ...] = ()
+    cache_hits: tuple[int, ...] = ()
+    cache_misses: int = 0
+    slots: Slots = None
+    num_free: int = 0
+    num_cached_free: int = 0
+    num_used: int = 0
+    block_size: int = 0
 
     @property
     def slot_mapping(self) -> np.ndarray:
-        slots = self._slots
-        if type(slots) is not np.ndarray:
-            slots = self._slots = _slot_array(slots)
-        return slots
-
-    def _fields(self) -> dict[str, Any]:
-        """Every field, in the documented order."""
-        names = [name for name in self.__slots__ if name != "_slots"]
-        out = {name: getattr(self, name) for name in names}
-        out["slot_mapping"] = self.slot_mapping.tolist()
-        return out
+        """int64 cache slot of each token this operation writes, in token order (read-only):
+        ``table[t // block_size] * block_size + t % block_size``."""
+        return slot_array(self.slots)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OpRecord):
             return NotImplemented
-        return self._fields() == other._fields()
+        slots = OpRecord._fields.index("slots")
+        return (
+            self[:slots] == other[:slots]
+            and self[slots + 1 :] == other[slots + 1 :]
+            and self.slot_mapping.tolist() == other.slot_mapping.tolist()
+        )
 
-    __hash__ = None  # type: ignore[assignment]  # equal records need not be the same object
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # type: ignore[assignment]  # a decode's slots are a list
 
     def __repr__(self) -> str:
-        defaults = {"parent_id": None, "seq_ids": (), "num_new_tokens": 0, "cache_misses": 0, "slot_mapping": [],
-                    "block_size": 0}
         shown = []
-        for name, value in self._fields().items():
-            if name in ("index", "op", "seq_id", "num_free", "num_cached_free", "num_used") or (
-                value != defaults.get(name, ())
-            ):
-                shown.append(f"{name}={value!r}")
+        for name, value in zip(self._fields, self):
+            if name == "slots":
+                name, value = "slot_mapping", self.slot_mapping.tolist()
+            elif name not in _ALWAYS_SHOWN and value == OpRecord._field_defaults.get(name):
+                continue
+            shown.append(f"{name}={value!r}")
         return f"OpRecord({', '.join(shown)})"
 
     def explain(self) -> str:
@@ -190,6 +188,14 @@ class OpRecord:
         if self.evicted and self.op != "evict":
             text += f"; evicted cached block(s) {format_ids(self.evicted)} to make room"
         return text + f"  [free {self.num_free}, cached {self.num_cached_free}, used {self.num_used}]"
+
+
+_ALWAYS_SHOWN = ("index", "op", "seq_id", "num_free", "num_cached_free", "num_used")
+
+#: ``OpRecord`` from all its values as one tuple, in field order. ``OpRecord(...)``
+#: with keywords is for people; the per-token paths (``append``, ``decode``) make a
+#: record for every token and use this, which costs half as much.
+record_from_values = partial(tuple.__new__, OpRecord)
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _is_seq_id(seq_id: object) -> bool:
-    return isinstance(seq_id, (str, int)) and not isinstance(seq_id, bool)
+    """A str, or an int (not a bool) that fits in 64 bits, as in a trace."""
+    return isinstance(seq_id, str) or (is_int(seq_id) and INT64_MIN <= seq_id <= INT64_MAX)  # type: ignore[operator]
 
 
 class BlockManager:
@@ -566,7 +567,7 @@ class BlockManager:
 
     def _check_new_id(self, seq_id: SeqId) -> None:
         if not _is_seq_id(seq_id):
-            raise InvalidArgumentError(f"a sequence id must be a str or an int, got {short_repr(seq_id)}")
+            raise InvalidArgumentError(f"a sequence id must be a str or an int (64-bit), got {short_repr(seq_id)}")
         if seq_id in self._seqs:
             raise DuplicateSequenceError(f"sequence {seq_id!r} already exists")
 

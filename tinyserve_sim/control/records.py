@@ -28,7 +28,7 @@ import numpy as np
 
 from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.control.operations import OPERATIONS, format_ids
-from tinyserve_sim.errors import UnknownSequenceError
+from tinyserve_sim.errors import InvalidArgumentError, UnknownSequenceError
 
 #: A sequence id: a string or an integer (anything else is rejected).
 SeqId = Union[str, int]
@@ -184,7 +184,10 @@ class OpRecord(NamedTuple):
         The operation's own class (:data:`~tinyserve_sim.control.operations.OPERATIONS`)
         says what it did; this adds the evictions it caused and the pool's counts.
         """
-        text = OPERATIONS[self.op].explain(self)
+        operation = OPERATIONS.get(self.op) if isinstance(self.op, str) else None
+        if operation is None:
+            raise InvalidArgumentError(f"no operation is called {short_repr(self.op)}; known: {list(OPERATIONS)}")
+        text = operation.explain(self)
         if self.evicted and self.op != "evict":
             text += f"; evicted cached block(s) {format_ids(self.evicted)} to make room"
         return text + f"  [free {self.num_free}, cached {self.num_cached_free}, used {self.num_used}]"

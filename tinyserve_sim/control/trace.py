@@ -214,8 +214,10 @@ def _parse_line(raw: str, number: int) -> dict[str, Any]:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise TraceFormatError(f"line {number}: not valid JSON ({exc.msg})", line=number) from None
-    except (ValueError, RecursionError) as exc:  # a number of more than 4,300 digits, or deep nesting
-        raise TraceFormatError(f"line {number}: not readable JSON ({short_repr(str(exc))})", line=number) from None
+    except ValueError:  # Python refuses to read integers of more than 4,300 digits
+        raise TraceFormatError(f"line {number}: a number has more than 4,300 digits", line=number) from None
+    except RecursionError:  # cannot happen below MAX_NESTING; kept so that nothing raw escapes
+        raise TraceFormatError(f"line {number}: values nested too deeply", line=number) from None
     if not isinstance(obj, dict):
         raise TraceFormatError(f"line {number}: expected a JSON object", line=number)
     return obj

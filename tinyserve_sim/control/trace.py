@@ -40,15 +40,15 @@ line number and the field.
 Limits. A reader must never run out of memory or time on a hostile file, so
 the reader refuses, with an error naming the line:
 
-* ``num_blocks`` above 4,194,304 (2**22) and ``block_size`` above 1,048,576
-  (2**20);
+* ``num_blocks`` above 4,194,304 (``2**22``) and ``block_size`` above 1,048,576
+  (``2**20``);
 * integers that do not fit in 64 bits (token ids, sequence ids, counts), and
   number literals of more than 4,300 digits;
 * a line longer than 4,194,304 characters (a prompt of about half a million
   token ids) and values nested more than 32 levels deep (a trace needs 3);
 * bytes that are not UTF-8. A UTF-8 byte-order mark at the start is skipped,
-  and lines end at ``\n`` only (a ``\r`` before it is ignored), so a note may
-  hold any other character, U+2028 included.
+  and only a line feed (``\\n``) ends a line (a carriage return before it is
+  ignored), so a note may hold any other character, U+2028 included.
 """
 
 from __future__ import annotations

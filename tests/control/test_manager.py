@@ -207,3 +207,25 @@ def test_long_sequence_without_per_token_loops():
     m.append("long", 1)
     m.free("long")
     assert m.num_cached_free == 8192
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda m: m._ref.__setitem__(0, 2), "block 0: ref count 2 but 1 table entries"),
+        (lambda m: m._queue.push(0), "twice in the free queue|not exactly the blocks"),
+        (lambda m: m._seqs["a"].table.append(7), "ref count 0 but 1 table entries"),
+        (lambda m: setattr(m._seqs["a"], "num_tokens", 13), "blocks for 13 tokens"),
+        (lambda m: m._seqs["a"].tail.append(9), "tail tokens"),
+        (lambda m: m.cache._block_of.__setitem__(m.cache.hash_of(0), 5), "maps disagree"),
+    ],
+)
+def test_check_invariants_finds_a_corrupted_state(corrupt, match):
+    from tinyserve_sim.errors import InvariantError
+
+    m = BlockManager(8, 4, prefix_caching=True)
+    m.add("a", [1, 2, 3, 4, 5, 6])
+    m.check_invariants()
+    corrupt(m)
+    with pytest.raises(InvariantError, match=match):
+        m.check_invariants()

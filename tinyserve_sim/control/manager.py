@@ -42,18 +42,17 @@ fills, and a record keeps its slot mapping compact until someone reads it.
 
 from __future__ import annotations
 
-from collections import Counter
 from array import array
 from collections.abc import Iterable
 from itertools import repeat
 from collections.abc import Sequence as SequenceABC
-from typing import NamedTuple
 
 import numpy as np
 
 from tinyserve_sim.control.checks import INT64_MAX, INT64_MIN, check_int, is_int, short_repr
 from tinyserve_sim.control.pool import BlockPool
 from tinyserve_sim.control.prefix_cache import ROOT_HASH, PrefixCache, hash_block, hash_blocks
+from tinyserve_sim.control.sequence import AddPlan, LiveSequence, ceil_div, decode_need, plan_add, plan_append
 from tinyserve_sim.control.tokens import TokenIds, Tokens, token_arg, token_ids
 from tinyserve_sim.control.records import OpRecord, SeqId, SequenceState, SlotRun, Snapshot, record_from_values
 from tinyserve_sim.errors import (
@@ -68,41 +67,6 @@ from tinyserve_sim.errors import (
 
 #: The largest block size: 2**20 = 1,048,576 token slots (so every slot id fits in 64 bits).
 MAX_BLOCK_SIZE = 1 << 20
-
-
-class _Sequence:
-    """A live sequence (mutable; the public view is :class:`SequenceState`)."""
-
-    __slots__ = ("num_tokens", "table", "block_hashes", "tail")
-
-    def __init__(self, num_tokens: int, table: list[int], block_hashes: list[int], tail: TokenIds | None) -> None:
-        self.num_tokens = num_tokens
-        self.table = table
-        # Chained hashes of the full blocks, in order. Only kept with prefix caching.
-        self.block_hashes = block_hashes
-        # Token ids of the partly filled last block, or None once the content is unknown
-        # (no prefix caching, a prompt given as a length, or an append given as a count).
-        self.tail = tail
-
-
-class _AddPlan(NamedTuple):
-    count: int
-    hashes: list[int]
-    hits: list[int]
-    misses: int
-    needed: int
-    tail: TokenIds | None
-
-
-class _AppendPlan(NamedTuple):
-    count: int
-    ids: TokenIds | None
-    copy_on_write: bool
-    needed: int
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _is_seq_id(seq_id: object) -> bool:
@@ -146,7 +110,7 @@ class BlockManager:
         self.evictor: str = evictor
         self.record_ops = bool(record_ops)
         self.op_index = 0
-        self._seqs: dict[SeqId, _Sequence] = {}
+        self._seqs: dict[SeqId, LiveSequence] = {}
         # Shortcuts for the per-token paths (append, decode): the pool's reference counts
         # and free queue, and the parked blocks (an empty tuple without prefix caching).
         self._ref = self.pool._ref
@@ -204,12 +168,12 @@ class BlockManager:
         end = seq.num_tokens if end is None else check_int(end, "end", 0, seq.num_tokens)
         start = check_int(start, "start", 0, end)
         bs = self.block_size
-        blocks = tuple(seq.table[start // bs : _ceil_div(end, bs)])
+        blocks = tuple(seq.table[start // bs : ceil_div(end, bs)])
         return SlotRun(blocks, start % bs, end - start, bs).to_array()
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold ``num_tokens`` tokens: ``ceil(num_tokens / block_size)``."""
-        return _ceil_div(check_int(num_tokens, "num_tokens", 0, INT64_MAX), self.block_size)
+        return ceil_div(check_int(num_tokens, "num_tokens", 0, INT64_MAX), self.block_size)
 
     # ------------------------------------------------- admission (change nothing)
     def blocks_needed_to_add(self, prompt: Tokens) -> int:
@@ -222,7 +186,7 @@ class BlockManager:
 
     def blocks_needed_to_append(self, seq_id: SeqId, tokens: Tokens = 1) -> int:
         """Blocks ``append`` would allocate (new blocks plus a copy-on-write copy)."""
-        return self._plan_append(self._get(seq_id), tokens).needed
+        return plan_append(self._get(seq_id), *token_arg(tokens, "an append"), self.block_size, self._ref).needed
 
     def can_append(self, seq_id: SeqId, tokens: Tokens = 1) -> bool:
         """Would ``append`` of this many tokens succeed now?"""
@@ -230,7 +194,7 @@ class BlockManager:
 
     def blocks_needed_to_decode(self, seq_ids: Iterable[SeqId]) -> int:
         """Blocks ``decode`` of this batch would allocate (new blocks plus copy-on-write copies)."""
-        return self._decode_need(self._batch(seq_ids)[1])
+        return decode_need(self._batch(seq_ids)[1], self.block_size, self._ref)
 
     # -------------------------------------------------------------- operations
     def add(self, seq_id: SeqId, prompt: Tokens) -> OpRecord | None:
@@ -259,7 +223,7 @@ class BlockManager:
             cache.misses += plan.misses
             for i in range(len(plan.hits), len(plan.hashes)):
                 cache.register(table[i], plan.hashes[i])
-        self._seqs[seq_id] = _Sequence(plan.count, table, plan.hashes, plan.tail)
+        self._seqs[seq_id] = LiveSequence(plan.count, table, plan.hashes, plan.tail)
         # Tokens covered by prefix hits are already in the cache: only the new blocks are written.
         written = plan.count - len(plan.hits) * self.block_size
         return self._record(
@@ -318,10 +282,10 @@ class BlockManager:
             block * bs + offset, free, cached, self._num_blocks - free - cached, bs,  # slots, num_free, num_cached_free, num_used, block_size
         ))  # fmt: skip
 
-    def _append_many(self, seq_id: SeqId, seq: _Sequence, tokens: Tokens) -> OpRecord | None:
+    def _append_many(self, seq_id: SeqId, seq: LiveSequence, tokens: Tokens) -> OpRecord | None:
         """``append`` of any number of tokens (a count, or token ids), checked first."""
         count, ids = token_arg(tokens, "an append")
-        plan = self._plan_append_counted(seq, count, ids)
+        plan = plan_append(seq, count, ids, self.block_size, self._ref)
         if plan.needed > self.num_available:
             raise self._out_of_blocks_appending(seq_id, plan.count, plan.needed)
         blocks, evicted = self._allocate(plan.needed)
@@ -339,7 +303,7 @@ class BlockManager:
         if seq.tail is not None:
             self._extend_tail(seq, plan.ids)
         bs = self.block_size
-        written = tuple(seq.table[start // bs : _ceil_div(seq.num_tokens, bs)])
+        written = tuple(seq.table[start // bs : ceil_div(seq.num_tokens, bs)])
         return self._record(
             "append",
             seq_id,
@@ -371,7 +335,7 @@ class BlockManager:
         # last block is full, or a private copy when it is partly filled and shared),
         # so the exact count is only needed when memory is short.
         if len(seqs) > self.num_available:
-            needed = self._decode_need(seqs)
+            needed = decode_need(seqs, self.block_size, self._ref)
             if needed > self.num_available:
                 raise OutOfBlocksError(
                     f"out of blocks: decoding {len(seqs)} sequence(s) needs {needed} block(s), "
@@ -385,6 +349,8 @@ class BlockManager:
         allocated: list[int] = []
         copies: list[tuple[int, int]] = []
         evicted: list[int] = []
+        # The same steps as append's one-token path, written out again for each sequence:
+        # a helper call per token would cost a fifth of the time of a decode.
         for seq, token in zip(seqs, tokens if tokens is not None else repeat(None)):
             n = seq.num_tokens
             offset = n % bs
@@ -425,7 +391,7 @@ class BlockManager:
         ref = self.pool._ref
         for block in parent.table:
             ref[block] += 1
-        self._seqs[child_id] = _Sequence(
+        self._seqs[child_id] = LiveSequence(
             parent.num_tokens,
             list(parent.table),
             list(parent.block_hashes),
@@ -526,36 +492,17 @@ class BlockManager:
         )
 
     def check_invariants(self) -> None:
-        """Raise :class:`InvariantError` if the state is inconsistent (it never should be)."""
-        refs = self.pool.ref_counts()
-        users = Counter(block for seq in self._seqs.values() for block in seq.table)
-        for block, count in enumerate(refs):
-            if count != users.get(block, 0):
-                raise InvariantError(f"block {block}: ref count {count} but {users.get(block, 0)} table entries")
-        free = self.pool.free_queue()
-        parked = self.cache.evictable() if self.cache else []
-        if len(set(free)) != len(free):
-            raise InvariantError("a block appears twice in the free queue")
-        if set(free) & set(parked):
-            raise InvariantError("a block is both in the free queue and parked in the prefix cache")
-        idle = {block for block, count in enumerate(refs) if count == 0}
-        if set(free) | set(parked) != idle or len(free) + len(parked) != len(idle):
-            raise InvariantError("the free blocks (queue + cached) are not exactly the blocks with ref count 0")
-        cached = self.cache.cached_blocks() if self.cache else {}
-        if self.cache and any(self.cache.lookup(h) != b for b, h in cached.items()):
+        """Raise :class:`InvariantError` if the state is inconsistent (it never should be).
+
+        The checks are those of :meth:`Snapshot.check`, plus the prefix cache's two maps agreeing.
+        """
+        self.snapshot().check()
+        cache = self.cache
+        if cache is not None and any(cache.lookup(h) != b for b, h in cache.cached_blocks().items()):
             raise InvariantError("the prefix cache's hash -> block and block -> hash maps disagree")
-        for seq_id, seq in self._seqs.items():
-            if len(seq.table) != self.blocks_for(seq.num_tokens):
-                raise InvariantError(
-                    f"{seq_id!r}: {len(seq.table)} blocks for {seq.num_tokens} tokens "
-                    f"(expected {self.blocks_for(seq.num_tokens)})"
-                )
-            for i, block in enumerate(seq.table):
-                if block in cached and seq.num_tokens < (i + 1) * self.block_size:
-                    raise InvariantError(f"{seq_id!r}: cached block {block} is not full")
 
     # ---------------------------------------------------------------- helpers
-    def _get(self, seq_id: SeqId) -> _Sequence:
+    def _get(self, seq_id: SeqId) -> LiveSequence:
         try:
             seq = self._seqs[seq_id]
         except (KeyError, TypeError):
@@ -571,7 +518,7 @@ class BlockManager:
         if seq_id in self._seqs:
             raise DuplicateSequenceError(f"sequence {seq_id!r} already exists")
 
-    def _batch(self, seq_ids: Iterable[SeqId]) -> tuple[tuple[SeqId, ...], list[_Sequence]]:
+    def _batch(self, seq_ids: Iterable[SeqId]) -> tuple[tuple[SeqId, ...], list[LiveSequence]]:
         """The ids of a decode batch as a tuple, and their sequences; checked (each live, each once)."""
         if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable):
             raise InvalidArgumentError(f"decode needs a list of sequence ids, got {short_repr(seq_ids)}")
@@ -603,48 +550,14 @@ class BlockManager:
             )
         return ids
 
-    def _plan_add(self, prompt: Tokens) -> _AddPlan:
-        count, ids = token_arg(prompt, "a prompt")
-        hashes: list[int] = []
-        hits: list[int] = []
-        misses = 0
-        tail = None
-        if self.cache is not None and ids is not None:
-            hashes = hash_blocks(ids, self.block_size)
-            tail = ids[len(hashes) * self.block_size :]
-            # The last prompt token is always computed (its logits start decoding),
-            # so at most (count - 1) tokens can come from the cache, as in vLLM.
-            lookups = hashes[: (count - 1) // self.block_size]
-            hits = self.cache.longest_prefix(lookups)
-            misses = len(lookups) - len(hits)
-        return _AddPlan(count, hashes, hits, misses, _ceil_div(count, self.block_size) - len(hits), tail)
+    def _plan_add(self, prompt: Tokens) -> AddPlan:
+        return plan_add(*token_arg(prompt, "a prompt"), self.block_size, self.cache)
 
-    def _available_after(self, plan: _AddPlan) -> int:
+    def _available_after(self, plan: AddPlan) -> int:
         """Blocks left over if ``plan`` ran (negative: the shortfall)."""
         ref = self._ref
         revived = len([block for block in plan.hits if ref[block] == 0])  # parked hits: they stop being available
         return self.num_available - revived - plan.needed
-
-    def _plan_append(self, seq: _Sequence, tokens: Tokens) -> _AppendPlan:
-        count, ids = token_arg(tokens, "an append")
-        return self._plan_append_counted(seq, count, ids)
-
-    def _plan_append_counted(self, seq: _Sequence, count: int, ids: TokenIds | None) -> _AppendPlan:
-        partly_filled = seq.num_tokens % self.block_size != 0
-        copy_on_write = partly_filled and self.pool._ref[seq.table[-1]] > 1
-        grow = self.blocks_for(seq.num_tokens + count) - len(seq.table)
-        return _AppendPlan(count, ids, copy_on_write, grow + int(copy_on_write))
-
-    def _decode_need(self, seqs: list[_Sequence]) -> int:
-        """Blocks a decode of these sequences allocates: one per full last block, plus the copies.
-
-        A partly filled last block held by ``r`` sequences, ``k`` of them in the
-        batch, is copied by each writer while it is still shared: ``min(k, r - 1)`` copies.
-        """
-        bs = self.block_size
-        new = sum(1 for seq in seqs if seq.num_tokens % bs == 0)
-        writers = Counter(seq.table[-1] for seq in seqs if seq.num_tokens % bs)
-        return new + sum(min(k, self.pool._ref[block] - 1) for block, k in writers.items())
 
     def _out_of_blocks_appending(self, seq_id: SeqId, count: int, needed: int) -> OutOfBlocksError:
         return OutOfBlocksError(
@@ -655,7 +568,7 @@ class BlockManager:
         )
 
     def _grow_or_copy(
-        self, seq_id: SeqId | None, seq: _Sequence, offset: int
+        self, seq_id: SeqId | None, seq: LiveSequence, offset: int
     ) -> tuple[int, tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]]:
         """Give a sequence a block to write one token into: a new one when its last block
         is full (``offset == 0``), else a private copy of its shared last block.
@@ -680,7 +593,7 @@ class BlockManager:
         seq.table[-1] = block
         return block, (block,), ((src, block),), evicted
 
-    def _hash_full_tail(self, seq: _Sequence) -> None:
+    def _hash_full_tail(self, seq: LiveSequence) -> None:
         """The tail has just filled the last block: hash it once, cache it, start a new tail."""
         parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
         block_hash = hash_block(parent, seq.tail)  # type: ignore[arg-type]
@@ -709,7 +622,7 @@ class BlockManager:
             blocks.append(self._take_block(evicted))
         return blocks, evicted
 
-    def _extend_tail(self, seq: _Sequence, ids: TokenIds | None) -> None:
+    def _extend_tail(self, seq: LiveSequence, ids: TokenIds | None) -> None:
         """After an append, hash and cache the blocks it filled (prefix caching only)."""
         if ids is None:
             seq.tail = None  # content unknown from here on: nothing more can be cached

@@ -75,11 +75,15 @@ def hash_blocks(
     token_ids: Sequence[int] | np.ndarray | array, block_size: int, parent_hash: int = ROOT_HASH
 ) -> list[int]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block is skipped)."""
-    packed = pack_tokens(token_ids)
+    packed = memoryview(pack_tokens(token_ids))
     step = 8 * block_size  # bytes per block
     hashes = []
     for start in range(0, len(packed) - step + 1, step):
-        parent_hash = _chain(parent_hash, packed[start : start + step])
+        # _chain(parent_hash, block), written out: a prompt hashes many blocks.
+        digest = _EMPTY_BLAKE2B_64.copy()
+        digest.update(parent_hash.to_bytes(8, "little"))
+        digest.update(packed[start : start + step])
+        parent_hash = int.from_bytes(digest.digest(), "little")
         hashes.append(parent_hash)
     return hashes
 

@@ -20,6 +20,7 @@ tests check that a failed call changed nothing.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional, Union
@@ -28,7 +29,7 @@ import numpy as np
 
 from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.control.operations import OPERATIONS, format_ids
-from tinyserve_sim.errors import InvalidArgumentError, UnknownSequenceError
+from tinyserve_sim.errors import InvalidArgumentError, InvariantError, UnknownSequenceError
 
 #: A sequence id: a string or an integer (anything else is rejected).
 SeqId = Union[str, int]
@@ -230,6 +231,47 @@ class Snapshot:
     cache_misses: int
     evictions: int
     evictor: str = "lru"
+
+    def check(self) -> None:
+        """Raise :class:`~tinyserve_sim.errors.InvariantError` unless this state is consistent.
+
+        * every block's reference count is the number of table entries pointing at it;
+        * the free blocks are exactly the blocks with count 0, each either in the free
+          queue or parked in the prefix cache, once;
+        * every table has ``ceil(num_tokens / block_size)`` blocks, and cached blocks are full;
+        * when a sequence's content is known (prefix caching), each full block is hashed once
+          and the tail holds the tokens of the partly filled last block.
+        """
+        users = Counter(block for seq in self.sequences for block in seq.block_table)
+        for block, count in enumerate(self.ref_counts):
+            if count != users.get(block, 0):
+                raise InvariantError(f"block {block}: ref count {count} but {users.get(block, 0)} table entries")
+        free, parked = self.free_queue, self.evictable
+        if len(set(free)) != len(free):
+            raise InvariantError("a block appears twice in the free queue")
+        if set(free) & set(parked):
+            raise InvariantError("a block is both in the free queue and parked in the prefix cache")
+        idle = {block for block, count in enumerate(self.ref_counts) if count == 0}
+        if set(free) | set(parked) != idle or len(free) + len(parked) != len(idle):
+            raise InvariantError("the free blocks (queue + cached) are not exactly the blocks with ref count 0")
+        cached = dict(self.cached)
+        for seq in self.sequences:
+            full, partial = divmod(seq.num_tokens, self.block_size)
+            if len(seq.block_table) != full + (partial > 0):
+                raise InvariantError(
+                    f"{seq.seq_id!r}: {len(seq.block_table)} blocks for {seq.num_tokens} tokens "
+                    f"(expected {full + (partial > 0)})"
+                )
+            for i, block in enumerate(seq.block_table):
+                if block in cached and seq.num_tokens < (i + 1) * self.block_size:
+                    raise InvariantError(f"{seq.seq_id!r}: cached block {block} is not full")
+            if seq.tail_tokens is not None and (
+                not self.prefix_caching or len(seq.block_hashes) != full or len(seq.tail_tokens) != partial
+            ):
+                raise InvariantError(
+                    f"{seq.seq_id!r}: {len(seq.block_hashes)} block hashes and {len(seq.tail_tokens)} tail tokens "
+                    f"for {seq.num_tokens} tokens"
+                )
 
     def table(self, seq_id: SeqId) -> tuple[int, ...]:
         """The block table of one sequence in this snapshot."""

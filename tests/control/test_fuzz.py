@@ -160,7 +160,7 @@ def byte_mutants(draw):
 
 @st.composite
 def json_mutants(draw):
-    lines = draw(st.sampled_from(SEEDS)).splitlines()
+    lines = draw(st.sampled_from(SEEDS)).rstrip("\n").split("\n")
     k = draw(st.integers(0, len(lines) - 1))
     obj = json.loads(lines[k])
     kind = draw(st.sampled_from(["set", "set", "set", "remove", "replace"]))
@@ -187,6 +187,7 @@ def test_byte_mutants_of_valid_traces(mutant):
 @given(json_mutants())
 @example(((SEEDS[0].split("\n", 1)[0].replace('"version": 1', '"version": true')) + "\n", 1))
 @example(((SEEDS[0].split("\n", 1)[0].replace('"version": 1', '"version": 1.0')) + "\n", 1))
+@example((SEEDS[0].split("\n", 1)[0] + '\n{"op": "add", "seq": "A", "prompt": 3, "note": "\x85\u2028"}\n', 2))
 def test_json_mutants_of_valid_traces(mutant):
     text, line = mutant
     check_mutant(text, line, exact=True)
@@ -195,7 +196,7 @@ def test_json_mutants_of_valid_traces(mutant):
     except TraceFormatError:
         return
     # A line that loads means exactly what it says: no value was coerced (true into 1, 1.0 into 1...).
-    said = json.loads(text.splitlines()[line - 1])
+    said = json.loads(text.split("\n")[line - 1])
     if line == 1:
         read = {**HEADER_DEFAULTS, **trace.header.to_json()}
     else:

@@ -284,3 +284,35 @@ def test_the_pool_methods_that_bypass_the_queue_are_private():
 def test_every_error_here_is_a_sim_error():
     for error in (BlockIdError, ConfigError, DoubleFreeError, InvalidArgumentError, TraceFormatError):
         assert issubclass(error, SimError)
+
+
+# ----------------------------------------------------------- replay, trace, prefix cache
+def test_replay_and_trace_objects_check_what_they_are_given():
+    from tinyserve_sim.control.trace import Replay, Trace, TraceHeader
+
+    with pytest.raises(TraceFormatError, match="a replay needs a Trace"):
+        Replay(None)
+    with pytest.raises(TraceFormatError, match="a trace needs a TraceHeader"):
+        Trace(None)
+    with pytest.raises(TraceFormatError, match="must be a list of operations"):
+        Trace(TraceHeader(4, 8), [{"op": "free"}])
+    with pytest.raises(ConfigError, match="num_blocks must be a positive integer no larger than"):
+        TraceHeader(4, 10**30)
+    with pytest.raises(ConfigError, match="unknown evictor"):
+        TraceHeader(4, 8, evictor="mru")
+    replay = loads(header() + "\n" + ADD % 3).replay()
+    with pytest.raises(InvalidArgumentError, match="until must be a non-negative integer"):
+        replay.run(until="3")
+    assert replay.position == 0
+
+
+def test_the_prefix_cache_answers_queries_and_leaves_changes_to_the_manager():
+    from tinyserve_sim.control.prefix_cache import PrefixCache
+
+    cache = PrefixCache()
+    for query in (cache.lookup, cache.hash_of, cache.is_evictable):
+        with pytest.raises(InvalidArgumentError, match="must be an integer"):
+            query([1])
+    with pytest.raises(InvalidArgumentError, match="a list of block hashes"):
+        cache.longest_prefix([[1]])
+    assert not any(hasattr(cache, name) for name in ("register", "park", "revive", "rename", "evict"))

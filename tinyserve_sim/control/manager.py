@@ -214,7 +214,7 @@ class BlockManager:
         cache, ref = self.cache, self._ref
         for block in plan.hits:
             if ref[block] == 0:
-                cache.revive(block)  # type: ignore[union-attr]
+                cache._revive(block)  # type: ignore[union-attr]
             ref[block] += 1
         new_blocks, evicted = self._allocate(plan.needed)
         table = plan.hits + new_blocks
@@ -222,7 +222,7 @@ class BlockManager:
             cache.hits += len(plan.hits)
             cache.misses += plan.misses
             for i in range(len(plan.hits), len(plan.hashes)):
-                cache.register(table[i], plan.hashes[i])
+                cache._register(table[i], plan.hashes[i])
         self._seqs[seq_id] = LiveSequence(plan.count, table, plan.hashes, plan.tail)
         # Tokens covered by prefix hits are already in the cache: only the new blocks are written.
         written = plan.count - len(plan.hits) * self.block_size
@@ -406,7 +406,7 @@ class BlockManager:
         del self._seqs[seq_id]
         # Cached blocks keep their content (a later prompt may reuse it): they are parked
         # in the evictor. The others join the free queue.
-        cached, plain = self.cache.park_cached(reached_zero) if self.cache is not None else ([], reached_zero)
+        cached, plain = self.cache._park_cached(reached_zero) if self.cache is not None else ([], reached_zero)
         for block in plain:
             self.pool._push(block)
         return self._record("free", seq_id, freed=tuple(reached_zero), cached=tuple(cached))
@@ -417,7 +417,7 @@ class BlockManager:
             raise InvalidArgumentError(f"evict needs a positive number of blocks, got {short_repr(n)}")
         if self.cache is None:
             raise ConfigError("evict needs prefix caching: without it no free block is ever cached")
-        victims = self.cache.evict(n)
+        victims = self.cache._evict(n)
         for block in victims:
             self.pool._push(block)
         return self._record("evict", None, evicted=tuple(victims))
@@ -456,7 +456,7 @@ class BlockManager:
         for src, dst in moves:
             self.pool._move_count(src, dst)
             if self.cache is not None:
-                self.cache.rename(src, dst)
+                self.cache._rename(src, dst)
         for src in sources:
             self.pool._push(src)
         return self._record("move", None, copies=tuple(moves))
@@ -597,7 +597,7 @@ class BlockManager:
         """The tail has just filled the last block: hash it once, cache it, start a new tail."""
         parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
         block_hash = hash_block(parent, seq.tail)  # type: ignore[arg-type]
-        self.cache.register(seq.table[len(seq.block_hashes)], block_hash)  # type: ignore[union-attr]
+        self.cache._register(seq.table[len(seq.block_hashes)], block_hash)  # type: ignore[union-attr]
         seq.block_hashes.append(block_hash)
         seq.tail = array("q")
 
@@ -608,7 +608,7 @@ class BlockManager:
         """
         if len(self.pool.queue):
             return self.pool._pop()
-        (block,) = self.cache.evict(1)  # type: ignore[union-attr]
+        (block,) = self.cache._evict(1)  # type: ignore[union-attr]
         self.pool._claim(block)
         evicted.append(block)
         return block
@@ -635,7 +635,7 @@ class BlockManager:
         parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
         first = len(seq.block_hashes)
         for j, block_hash in enumerate(hash_blocks(tail, bs, parent)):  # type: ignore[arg-type]
-            self.cache.register(seq.table[first + j], block_hash)  # type: ignore[union-attr]
+            self.cache._register(seq.table[first + j], block_hash)  # type: ignore[union-attr]
             seq.block_hashes.append(block_hash)
         seq.tail = tail[(len(seq.block_hashes) - first) * bs :]  # type: ignore[index]
 

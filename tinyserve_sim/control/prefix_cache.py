@@ -35,7 +35,9 @@ from hashlib import blake2b
 
 import numpy as np
 
+from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.control.policies import Evictor, evictor_class
+from tinyserve_sim.errors import InvalidArgumentError
 
 #: The parent hash of a sequence's first block.
 ROOT_HASH = 0
@@ -88,6 +90,12 @@ def hash_blocks(
     return hashes
 
 
+def _checked_int(value: object, what: str) -> int:
+    if type(value) is not int:
+        raise InvalidArgumentError(f"{what} must be an integer, got {short_repr(value)}")
+    return value
+
+
 class PrefixCache:
     """Maps block hashes to physical blocks, and keeps the evictor of cached free blocks.
 
@@ -98,6 +106,10 @@ class PrefixCache:
     The cache does not own reference counts (the :class:`~tinyserve_sim.control.pool.BlockPool`
     does). It records which blocks hold which content, and which of those are
     free (reference count 0) and therefore evictable, in the evictor's order.
+
+    The queries are public. The changes (the underscore methods) must go in step
+    with the pool's reference counts, so only the
+    :class:`~tinyserve_sim.control.manager.BlockManager` makes them.
     """
 
     def __init__(self, evictor: str = "lru") -> None:
@@ -116,14 +128,15 @@ class PrefixCache:
 
     def lookup(self, block_hash: int) -> int | None:
         """The block holding this content, or ``None``."""
-        return self._block_of.get(block_hash)
+        return self._block_of.get(_checked_int(block_hash, "a block hash"))
 
     def hash_of(self, block: int) -> int | None:
         """The content hash of a cached block, or ``None`` for an uncached block."""
-        return self._hash_of.get(block)
+        return self._hash_of.get(_checked_int(block, "a block id"))
 
     def is_evictable(self, block: int) -> bool:
-        return block in self.evictor
+        """Is ``block`` cached and free (parked in the evictor)?"""
+        return _checked_int(block, "a block id") in self.evictor
 
     def evictable(self) -> list[int]:
         """Cached free blocks in eviction order (next victim first)."""
@@ -134,11 +147,14 @@ class PrefixCache:
         such that all of them are cached (a prefix hit stops at the first miss)."""
         lookup = self._block_of.get
         hits = []
-        for block_hash in hashes:
-            block = lookup(block_hash)
-            if block is None:
-                break
-            hits.append(block)
+        try:
+            for block_hash in hashes:
+                block = lookup(block_hash)
+                if block is None:
+                    break
+                hits.append(block)
+        except TypeError:  # not a list, or an unhashable item
+            raise InvalidArgumentError(f"expected a list of block hashes, got {short_repr(hashes)}") from None
         return hits
 
     def cached_blocks(self) -> dict[int, int]:
@@ -146,7 +162,7 @@ class PrefixCache:
         return dict(self._hash_of)
 
     # ---------------------------------------------------------------- mutation
-    def register(self, block: int, block_hash: int) -> bool:
+    def _register(self, block: int, block_hash: int) -> bool:
         """Remember that ``block`` (full, in use) holds the content ``block_hash``.
 
         Returns False, and changes nothing, if that content is already cached in
@@ -158,11 +174,11 @@ class PrefixCache:
         self._hash_of[block] = block_hash
         return True
 
-    def park(self, block: int) -> None:
+    def _park(self, block: int) -> None:
         """A cached block's reference count reached 0: keep it, evictable."""
         self.evictor.park(block)
 
-    def park_cached(self, blocks: list[int]) -> tuple[list[int], list[int]]:
+    def _park_cached(self, blocks: list[int]) -> tuple[list[int], list[int]]:
         """These blocks' counts reached 0: park the cached ones, in order.
 
         Returns ``(cached, plain)``: the blocks parked, and the others (no
@@ -178,11 +194,11 @@ class PrefixCache:
                 plain.append(block)
         return cached, plain
 
-    def revive(self, block: int) -> None:
+    def _revive(self, block: int) -> None:
         """A parked block is used again (a prefix hit): it is no longer evictable."""
         self.evictor.revive(block)
 
-    def rename(self, src: int, dst: int) -> None:
+    def _rename(self, src: int, dst: int) -> None:
         """The data of block ``src`` moved to ``dst`` (compaction): move its hash and evictor place."""
         block_hash = self._hash_of.pop(src, None)
         if block_hash is None:
@@ -192,7 +208,7 @@ class PrefixCache:
         if src in self.evictor:
             self.evictor.rename(src, dst)
 
-    def evict(self, n: int) -> list[int]:
+    def _evict(self, n: int) -> list[int]:
         """Forget the next ``n`` parked blocks (fewer if fewer are parked); return them, now plain free blocks."""
         victims = []
         for _ in range(min(n, len(self.evictor))):

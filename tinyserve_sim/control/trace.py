@@ -60,13 +60,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
 from tinyserve_sim.control.manager import MAX_BLOCK_SIZE, BlockManager
 from tinyserve_sim.control.operations import OPERATIONS, Operation
-from tinyserve_sim.control.policies import EVICTORS, POLICIES
+from tinyserve_sim.control.policies import EVICTORS, POLICIES, evictor_class, free_queue_class
 from tinyserve_sim.control.pool import MAX_NUM_BLOCKS
 from tinyserve_sim.control.records import OpRecord
-from tinyserve_sim.errors import OutOfBlocksError, SimError, TraceFormatError
+from tinyserve_sim.errors import ConfigError, OutOfBlocksError, SimError, TraceFormatError
 
 FORMAT = "tinyserve-sim-trace"
 VERSION = 1
@@ -91,6 +91,18 @@ class TraceHeader:
     name: str = ""
     description: str = ""
     evictor: str = "lru"
+
+    def __post_init__(self) -> None:
+        # The reader checks a file's header with line and field; this checks one built in code.
+        check_int(self.block_size, "block_size", 1, MAX_BLOCK_SIZE, ConfigError)
+        check_int(self.num_blocks, "num_blocks", 1, MAX_NUM_BLOCKS, ConfigError)
+        free_queue_class(self.policy)
+        evictor_class(self.evictor)
+        if not isinstance(self.prefix_caching, bool):
+            raise ConfigError(f"prefix_caching must be True or False, got {short_repr(self.prefix_caching)}")
+        for name in ("name", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {short_repr(getattr(self, name))}")
 
     def new_manager(self, record_ops: bool = True) -> BlockManager:
         """A fresh manager configured as this header says."""
@@ -122,6 +134,12 @@ class Trace:
 
     header: TraceHeader
     ops: list[Operation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.header, TraceHeader):
+            raise TraceFormatError(f"a trace needs a TraceHeader, got {short_repr(self.header)}")
+        if not isinstance(self.ops, list) or not all(isinstance(op, Operation) for op in self.ops):
+            raise TraceFormatError(f"a trace's ops must be a list of operations, got {short_repr(self.ops)}")
 
     def dumps(self) -> str:
         """The trace as JSON Lines text."""
@@ -295,6 +313,8 @@ class Replay:
     error: SimError | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trace, Trace):
+            raise TraceFormatError(f"a replay needs a Trace, got {short_repr(self.trace)}")
         self.manager = self.trace.header.new_manager(self.record_ops)
 
     @property
@@ -326,6 +346,8 @@ class Replay:
 
     def run(self, until: int | None = None) -> list[OpRecord | None]:
         """Apply operations until the end, an error, or ``until`` operations have run."""
+        if until is not None:
+            check_int(until, "until", 0, INT64_MAX)
         records = []
         while not self.done and (until is None or self.position < until):
             try:

@@ -240,16 +240,18 @@ class BlockManager:
 
     def append(self, seq_id: SeqId, tokens: Tokens = 1) -> OpRecord | None:
         """Add ``tokens`` decoded tokens (a count, or token ids) to a live sequence."""
-        seq = self._seqs.get(seq_id) if type(seq_id) is str or type(seq_id) is int else None
+        seq = self._seqs.get(seq_id) if type(seq_id) is int or type(seq_id) is str else None
         if seq is None:
             seq = self._get(seq_id)  # raises, unless seq_id is a str or int subclass
-        # One token (a count of 1, or one token id) is every decode step: the fast path
+        # One token (one token id, or a count of 1) is every decode step: the fast path
         # below, in plain ints and lists (no NumPy, no helper calls). Anything else, and
         # any bad argument, goes to _append_many.
-        if type(tokens) is int and tokens == 1:
-            token = None
-        elif type(tokens) is list and len(tokens) == 1 and type(tokens[0]) is int and INT64_MIN <= tokens[0] <= INT64_MAX:
+        if type(tokens) is list and len(tokens) == 1:
             token = tokens[0]
+            if type(token) is not int or not INT64_MIN <= token <= INT64_MAX:
+                return self._append_many(seq_id, seq, tokens)
+        elif type(tokens) is int and tokens == 1:
+            token = None
         else:
             return self._append_many(seq_id, seq, tokens)
         bs = self.block_size
@@ -275,7 +277,8 @@ class BlockManager:
         self.op_index = index + 1
         if not self.record_ops:
             return None
-        free, cached = len(self._queue), len(self._parked)
+        free = len(self._queue)
+        cached = len(self._parked)
         return record_from_values((
             index, "append", seq_id, None, (), 1,  # index, op, seq_id, parent_id, seq_ids, num_new_tokens
             allocated, (), (), (), copies, evicted, (), 0,  # allocated, freed, cached, shared, copies, evicted, cache_hits, cache_misses

@@ -120,8 +120,8 @@ class Scheduler:
                 self.memory.reparent(group, self._beam_parents(len(group.seqs)))
         preempted = self._make_room_to_decode()
         generated = 0
+        self.memory.decode_all(self.running)  # one batched call for the whole step
         for group in self.running:
-            self.memory.decode(group)
             for seq in group.seqs:
                 seq.tokens += 1
             generated += len(group.seqs)

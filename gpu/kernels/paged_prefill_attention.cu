@@ -41,8 +41,21 @@ constexpr int GROUPS = 16;  // row groups; and column lanes per row group
 
 template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
 
-__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
+// One aligned 16-byte vector of global memory, converted exactly to float.
+__device__ __forceinline__ void load_vector(const __half* p, float (&x)[8]) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const float2 f = __half22float2(h[e]);
+        x[2 * e] = f.x;
+        x[2 * e + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void load_vector(const float* p, float (&x)[4]) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
+}
 
 // Four consecutive output elements (8 bytes of float16 or 16 bytes of float32; aligned).
 __device__ __forceinline__ void store4(__half* p, float a, float b, float c, float d) {
@@ -168,16 +181,20 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
 
     // ---- prologue: offsets of the first key tile, the query tile, padding zeros
     if (tid < BN && tid < kv_end) base_s[tid] = token_base(tid);
-    for (int i = tid; i < BM * DP; i += NT) {
-        const int r = i / DP, d = i % DP;
-        float x = 0.0f;  // padding rows and dims: zeros
-        if (r < n_rows && d < head_dim) {
+    for (int i = tid; i < BM * NVP; i += NT) {  // one 16-byte vector of a query row at a time
+        const int r = i / NVP, v = i % NVP;
+        float x[EV];
+#pragma unroll
+        for (int e = 0; e < EV; ++e) x[e] = 0.0f;  // padding rows and dims: zeros
+        if (r < n_rows && v * EV < head_dim) {
             const int row = row0 + r;
             const int tok = row / group;
             const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
-            x = load_float(query + head * head_dim + d);
+            load_vector(query + head * head_dim + v * EV, x);
         }
-        q_s[r * QS + d] = x;
+        float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
+#pragma unroll
+        for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
     }
     if constexpr (!HALF) {  // float32: the tiles' padding dims are never copied into; zero them once
         for (int i = tid; i < BN * DP; i += NT) {
@@ -241,7 +258,10 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
             }
             mx = ts_butterfly_max<GROUPS>(mx);  // over the row's 16 column lanes
             const float m_new = fmaxf(m[i], mx);
-            const float alpha = ts_exp(m[i] - m_new);
+            // alpha = exp(m - m_new). An unchanged max gives exactly exp(0) = 1, so the
+            // exp, and below the rescale by 1, are skipped: the same bits, less work.
+            const float diff = m[i] - m_new;
+            const float alpha = diff == 0.0f ? 1.0f : ts_exp(diff);
             m[i] = m_new;
             float tile_sum = 0.0f;  // this lane's keys cl, cl+16, ... in order
 #pragma unroll
@@ -250,10 +270,12 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
                 tile_sum = tile_sum + s[i][b];
             }
             tile_sum = ts_butterfly_sum<GROUPS>(tile_sum);  // masks 1, 2, 4, 8: pairwise tree
-            l[i] = l[i] * alpha;
-            l[i] = l[i] + tile_sum;
+            if (alpha != 1.0f) {
+                l[i] = l[i] * alpha;
 #pragma unroll
-            for (int e = 0; e < 4 * DV; ++e) acc[i][e] = acc[i][e] * alpha;
+                for (int e = 0; e < 4 * DV; ++e) acc[i][e] = acc[i][e] * alpha;
+            }
+            l[i] = l[i] + tile_sum;
         }
         // P^T: key-major, so that the output phase reads TM rows of one key as float4s.
 #pragma unroll

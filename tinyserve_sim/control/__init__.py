@@ -14,6 +14,8 @@ Read it in this order:
   replay, record;
 * :mod:`~tinyserve_sim.control.batch` - :class:`DecodeBatch`, what a decode
   step hands the data plane (block tables, lengths, slot mapping);
+* :mod:`~tinyserve_sim.control.prefill_batch` - :class:`PrefillBatch`, the same
+  for a prefill step (many new tokens per sequence: query offsets too);
 * :mod:`~tinyserve_sim.control.formats` - that batch as vLLM's block tables or
   FlashInfer's CSR page table, and such a table imported back into a manager.
 
@@ -26,7 +28,8 @@ CI by import-linter; see ``pyproject.toml``).
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.pool import POLICIES, BlockPool
+from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.control.prefix_cache import PrefixCache
 from tinyserve_sim.control.records import OpRecord, Snapshot
 
-__all__ = ["POLICIES", "BlockManager", "DecodeBatch", "BlockPool", "OpRecord", "PrefixCache", "Snapshot"]
+__all__ = ["POLICIES", "BlockManager", "DecodeBatch", "BlockPool", "OpRecord", "PrefillBatch", "PrefixCache", "Snapshot"]

@@ -37,13 +37,18 @@ from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
 from tinyserve_sim.data.validation import check_host_arrays, check_scale
 
 
-def _rows(query, key_cache, value_cache, batch: PrefillBatch, scale: float):
+def _checked(query, key_cache, value_cache, batch, scale) -> float:
+    """The twin's checks (the same inputs are accepted); the scale as the kernel gets it."""
+    check_host_arrays(query=query, key_cache=key_cache, value_cache=value_cache)
+    check_paged_prefill_attention(query, key_cache, value_cache, batch)
+    return float(check_scale(scale))
+
+
+def _rows(query, key_cache, value_cache, batch: PrefillBatch, scale64: float):
     """For every (sequence, KV head) with new tokens: the query rows' index arrays, the
     exact logits ``[R, L]`` (masked keys ``-inf``), ``sum_d |q_d k_td|`` ``[R, L]``,
     each row's number of visible keys ``[R]`` and the values ``[L, D]`` (float64)."""
-    check_host_arrays(query=query, key_cache=key_cache, value_cache=value_cache)
-    tables, lens, starts = check_paged_prefill_attention(query, key_cache, value_cache, batch)
-    scale64 = float(check_scale(scale))
+    tables, lens, starts = batch.block_tables, batch.seq_lens, batch.query_start_loc
     _, Hq, _ = query.shape
     _, block_size, Hkv, _ = key_cache.shape
     group = Hq // Hkv
@@ -84,9 +89,10 @@ def reference_paged_prefill_attention(
     """Exact-as-float64 causal prefill attention; returns float64 ``[T, Hq, D]``.
 
     Takes the twin's arguments; ``scale`` is first rounded to float32, as the kernel receives it."""
+    scale64 = _checked(query, key_cache, value_cache, batch, scale)
     T, Hq, D = query.shape
     out = np.empty((T, Hq, D), dtype=np.float64)
-    for where, x, _, _, vh in _rows(query, key_cache, value_cache, batch, scale):
+    for where, x, _, _, vh in _rows(query, key_cache, value_cache, batch, scale64):
         w = np.exp(x - x.max(axis=1, keepdims=True))
         out[where] = ((w / w.sum(axis=1, keepdims=True)) @ vh).reshape(out[where].shape)
     return out
@@ -100,16 +106,16 @@ def prefill_error_bound(
     scale: float,
 ) -> np.ndarray:
     """Per-element bound on ``|kernel output - reference|``, float64 ``[T, Hq, D]`` (module doc)."""
+    scale64 = _checked(query, key_cache, value_cache, batch, scale)
     T, Hq, D = query.shape
     out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32
-    scale64 = abs(float(check_scale(scale)))
     bound = np.empty((T, Hq, D), dtype=np.float64)
-    for where, x, abs_qk, visible, vh in _rows(query, key_cache, value_cache, batch, scale):
+    for where, x, abs_qk, visible, vh in _rows(query, key_cache, value_cache, batch, scale64):
         seen = np.isfinite(x)
         n_resc = np.ceil(visible / MIN_CHUNK) + 2  # [R]
         n_acc = 2 * visible + 2 * n_resc + 16
-        delta = np.where(seen, scale64 * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(np.where(seen, x, 0)), 0.0)
+        delta = np.where(seen, abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(np.where(seen, x, 0)), 0.0)
         gap = x.max(axis=1, keepdims=True) - np.where(seen, x, 0)
         eps = np.where(seen, (n_resc[:, None] + 1) * (EPS_EXP + U32 * gap) + 2 * U32, 0.0)
         gamma_acc = (n_acc * U32 / (1 - n_acc * U32))[:, None]

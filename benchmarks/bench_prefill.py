@@ -41,6 +41,7 @@ from tinyserve_sim.data import (
     prefill_error_bound,
     reference_paged_prefill_attention,
 )
+from tinyserve_sim.data.prefill_plan import prefill_cost
 from tinyserve_sim.data.prefill_step import causal_pairs
 from tinyserve_sim.gpu import prefill_launchers
 
@@ -295,12 +296,16 @@ def run_benchmark(opts) -> None:
     for P in (0, 6144):
         for Hkv in (8, 32):
             q, kc, vc, batch = make_case(rng, B, N, P, Hq, Hkv, D, bs, np.float16)
-            flops = 4 * D * Hq * B * causal_pairs(P, N)
+            cost = prefill_cost(batch.query_start_loc, batch.seq_lens, Hq, Hkv, D, 2)
+            flops = cost.flops
+            assert flops == 4 * D * Hq * B * causal_pairs(P, N)
             tag = f"B={B} new={N} prefix={P} Hq={Hq} Hkv={Hkv} D={D} fp16 bs={bs}"
             launch = prefill_launchers.prepare_paged_prefill_attention(q, kc, vc, batch, D**-0.5)
             t_ours = time_fn(launch, reps)
             rate = flops / t_ours
-            line = f"ours        {tag}: {t_ours * 1e3:8.2f} ms  {rate / 1e12:6.1f} TFLOP/s  {rate / peak:5.1%} of fp32 peak"
+            line = (f"ours        {tag}: {t_ours * 1e3:8.2f} ms  {rate / 1e12:6.1f} TFLOP/s  {rate / peak:5.1%} of fp32 peak"
+                    f"  [executed/counted FLOPs {cost.executed_flops / flops:.3f}; K/V into shared memory "
+                    f"{cost.tile_bytes / 1e9:.1f} GB, {cost.tile_bytes / t_ours / 1e12:.1f} TB/s]")
             if P and Hkv == 8 and not opts.quick:
                 line += f"  (SM clock under load: {clock_under_load(launch)})"
             print(line, flush=True)

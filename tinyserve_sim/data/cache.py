@@ -18,6 +18,13 @@ duplicated before anyone writes into it), then the new tokens' keys and values
 through ``record.slot_mapping``. :meth:`KVCache.apply` does exactly that,
 on whichever backend the cache lives.
 
+A prefill step (many new tokens per sequence: a prompt, the rest of one after a
+prefix-cache hit, a chunk) is :meth:`KVCache.prefill`: the same two steps for the
+step's records, then causal attention of the new tokens over their sequences'
+blocks, cached prefix included (:mod:`~tinyserve_sim.data.paged_prefill_attention`),
+and a :class:`~tinyserve_sim.data.prefill_step.PrefillStep` that says what was
+computed and what the prefix cache saved.
+
 With ``page_metadata=True`` the cache also keeps, for query-aware selection,
 the channel-wise minimum and maximum of the keys of every block and KV head
 (:mod:`~tinyserve_sim.data.page_metadata`), and ``apply`` keeps it exact:

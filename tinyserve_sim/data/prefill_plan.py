@@ -118,6 +118,62 @@ def work_items(query_start_loc: np.ndarray, seq_lens: np.ndarray, group: int, ro
     return np.array([(s, r0) for _, s, r0 in items], dtype=np.int32).reshape(-1, 2)
 
 
+@dataclass(frozen=True)
+class PrefillCost:
+    """What one launch computes and moves (the kernel page's table is made of these).
+
+    Attributes:
+        flops: the useful attention FLOPs, ``4 D Hq`` per causal (query, key) pair
+            (``2 D`` for ``q . k``, ``2 D`` for ``p v``).
+        executed_flops: the FLOPs the kernel's fused multiply-adds really do: every
+            row of a row tile (padding rows too) against every key of the key tiles
+            up to the tile's last position (masked ones too).
+        min_bytes: every input read once and the output written once (Q, K, V, O).
+        tile_bytes: K and V bytes copied into shared memory, summed over thread blocks
+            (from L2 mostly: the blocks of one sequence and KV head read the same keys).
+        blocks: thread blocks of the launch.
+    """
+
+    flops: int
+    executed_flops: int
+    min_bytes: int
+    tile_bytes: int
+    blocks: int
+
+
+def prefill_cost(
+    query_start_loc: np.ndarray, seq_lens: np.ndarray, num_heads: int, num_kv_heads: int, head_dim: int, itemsize: int
+) -> PrefillCost:
+    """The :class:`PrefillCost` of a launch (a batch's offsets and lengths, the heads, the dtype's size).
+
+    >>> c = prefill_cost(np.array([0, 2048], np.int32), np.array([2048], np.int32), 32, 8, 128, 2)
+    >>> c.flops, c.blocks
+    (34376515584, 512)
+    """
+    plan = make_prefill_plan(head_dim)
+    group = num_heads // num_kv_heads
+    qlens = np.diff(query_start_loc.astype(np.int64))
+    prefix = seq_lens.astype(np.int64) - qlens
+    pairs = int((qlens * prefix + qlens * (qlens + 1) // 2).sum())
+    items = work_items(query_start_loc, seq_lens, group, plan.row_tile)
+    executed = tiles = 0
+    for s, r0 in items.tolist():
+        rows = min(plan.row_tile, int(qlens[s]) * group - r0)
+        kv_end = int(prefix[s]) + (r0 + rows - 1) // group + 1
+        n = -(-kv_end // plan.key_tile)
+        tiles += n
+        executed += n * plan.key_tile * plan.row_tile
+    q_bytes = int(qlens.sum()) * num_heads * head_dim * itemsize
+    kv_bytes = 2 * int(seq_lens.astype(np.int64).sum()) * num_kv_heads * head_dim * itemsize
+    return PrefillCost(
+        flops=4 * head_dim * num_heads * pairs,
+        executed_flops=4 * head_dim * num_kv_heads * executed,
+        min_bytes=2 * q_bytes + kv_bytes,
+        tile_bytes=2 * tiles * plan.key_tile * head_dim * itemsize * num_kv_heads,
+        blocks=len(items) * num_kv_heads,
+    )
+
+
 def check_prefill_launch_limits(num_tokens: int, num_heads: int, num_kv_heads: int, num_items: int) -> None:
     """Refuse shapes the kernel's grid or int32 row arithmetic cannot hold; the twin
     refuses them too, so both backends accept exactly the same inputs."""

@@ -2,13 +2,16 @@
 output poisoned (NaN) before every launch so that an element the kernel fails to write
 cannot pass; the data-plane prefill on the two backends; the launcher's host checks.
 
-Under compute-sanitizer (a few examples are enough; the fixed cases cover every
-instantiation, partial tiles and one-token sequences)::
+Under compute-sanitizer (memcheck on the fixed cases, which cover every instantiation,
+partial tiles and one-token sequences, and a few random ones; racecheck, which
+instruments every shared-memory access, on the small sanitizer cases)::
 
     TS_GPU_MAX_EXAMPLES=3 compute-sanitizer --tool memcheck --error-exitcode 9 \\
-        python -m pytest -m gpu tests/gpu/test_gpu_prefill.py -q -p no:cacheprovider
-    TS_GPU_MAX_EXAMPLES=3 compute-sanitizer --tool racecheck --error-exitcode 9 \\
-        python -m pytest -m gpu tests/gpu/test_gpu_prefill.py -q -p no:cacheprovider -k fixed
+        python -m pytest -m gpu tests/gpu/test_gpu_prefill.py -q -p no:cacheprovider -k "fixed or sanitizer or bit_for_bit"
+    compute-sanitizer --tool racecheck --error-exitcode 9 \\
+        python -m pytest -m gpu tests/gpu/test_gpu_prefill.py -q -p no:cacheprovider -k sanitizer
+    compute-sanitizer --tool synccheck --error-exitcode 9 \\
+        python -m pytest -m gpu tests/gpu/test_gpu_prefill.py -q -p no:cacheprovider -k sanitizer
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ FIXED = [
 ]
 
 
+#: Small launches for compute-sanitizer (racecheck instruments every shared-memory access):
+#: several key tiles, a partial last tile, a prefix ending mid-block, both staging paths.
+SANITIZER = [
+    _fixed_case(20 + i, dtype, d, bs, g, lens, qlens, num_kv_heads=1)
+    for i, (dtype, d, bs, g, lens, qlens) in enumerate(
+        [
+            (np.float16, 128, 16, 2, [150, 5], [70, 5]),
+            (np.float32, 128, 16, 2, [150, 5], [70, 5]),
+            (np.float16, 256, 7, 1, [100], [40]),
+            (np.float32, 40, 5, 3, [90], [33]),
+        ]
+    )
+]
+
+
 def _run_gpu(case: PrefillCase) -> np.ndarray:
     import cupy as cp
 
@@ -76,6 +94,12 @@ def _run_gpu(case: PrefillCase) -> np.ndarray:
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", FIXED, ids=[f"{c.query.dtype}-D{c.query.shape[2]}" for c in FIXED])
 def test_fixed_cases_equal_the_twin(case):
+    assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", SANITIZER, ids=[f"{c.query.dtype}-D{c.query.shape[2]}" for c in SANITIZER])
+def test_small_cases_for_the_sanitizer(case):
     assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
 
 

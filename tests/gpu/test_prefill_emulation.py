@@ -8,11 +8,13 @@ poisoned with NaN before every block), and g++ compiles the very source the GPU
 runs. So the kernel's indexing, tiling, masking and operation order are checked
 on any machine with g++; what only hardware shows (races, timing, NVRTC's code)
 is left to the GPU tests and compute-sanitizer. Slow: each instantiation is
-compiled once (cached in the temp folder), and a thread block is 256 threads."""
+compiled once (cached in the temp folder), and a thread block is 256 threads;
+``TS_EMULATION_EXAMPLES=50`` runs more random cases than the default 6."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -99,7 +101,7 @@ def test_every_instantiation_equals_the_twin(dtype, head_dim):
     assert_bits_equal(emulated_prefill(*case.args()), twin)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=int(os.environ.get("TS_EMULATION_EXAMPLES", "6")), deadline=None)
 @given(case=prefill_cases(max_len=160, max_new=48, head_dims=(8, 64, 96, 160)))
 @example(case=_case(0, np.float16, 128, 16, 4, seq_lens=[64, 200], query_lens=[64, 72]))  # whole key tiles
 def test_random_cases_equal_the_twin(case):

@@ -82,6 +82,11 @@ class CupyBackend:
     ) -> Any:
         return self._launchers.paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 
+    def paged_prefill_attention(self, query, key_cache, value_cache, batch, scale) -> Any:
+        from . import prefill_launchers
+
+        return prefill_launchers.paged_prefill_attention(query, key_cache, value_cache, batch, scale)
+
     def synchronize(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
 

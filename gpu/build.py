@@ -251,3 +251,23 @@ def _compile_check_nvcc(name: str, source: str, name_expressions: tuple[str, ...
         if res.returncode:
             raise CompileError(f"{name}: nvcc failed\n{res.stderr}")
         return out.read_text()
+
+
+# ------------------------------------------------------------ paged prefill
+def paged_prefill_attention_kernel_name(plan: Any, dtype: Any) -> str:
+    """The template instantiation of ``paged_prefill_attention_kernel`` for one
+    :class:`~tinyserve_sim.data.prefill_plan.PrefillPlan`: element type, padded
+    head dim, rows per row group, key tile."""
+    return (f"paged_prefill_attention_kernel<{CTYPE[np.dtype(dtype)]}, {plan.padded_dim}, "
+            f"{plan.rows_per_thread}, {plan.key_tile}>")
+
+
+def all_paged_prefill_attention_names() -> list[str]:
+    """Every instantiation a valid head_dim (8..256, step 8) can need: one per dtype and padded dim."""
+    from tinyserve_sim.data.prefill_plan import make_prefill_plan
+
+    seen: dict[str, None] = {}
+    for dtype in CTYPE:
+        for head_dim in range(8, 257, 8):
+            seen.setdefault(paged_prefill_attention_kernel_name(make_prefill_plan(head_dim), dtype), None)
+    return list(seen)

@@ -169,6 +169,7 @@ except WorkloadError as error:
 # - No admissions happen in a step that preempted, and a request too large for the whole
 #   cache is an error, not an endless loop.
 #
-# Next: the [memory-waste concept page](../../concepts/memory-waste/) measures, on realistic
-# workloads, how much memory paging saves over reserving each request's maximum length; or
-# go back to [the tutorials](../).
+# Next: [tutorial 10](../10_prefill_with_a_prefix_hit/) follows a prefill over a
+# prefix-cache hit down to the attention kernel; the
+# [memory-waste concept page](../../concepts/memory-waste/) measures, on realistic
+# workloads, how much memory paging saves over reserving each request's maximum length.

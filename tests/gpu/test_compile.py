@@ -47,7 +47,11 @@ def test_build_options_are_the_contract():
     assert not any("fast" in o or o in ("-ftz=true", "-prec-div=false", "-prec-sqrt=false") for o in opts)
 
 
-@pytest.mark.parametrize("name", [p.name for p in build.kernel_files() if p.name != "paged_attention.cu"])
+#: Sources made only of templates: compiled below with their instantiations.
+TEMPLATED = ("paged_attention.cu", "paged_prefill_attention.cu")
+
+
+@pytest.mark.parametrize("name", [p.name for p in build.kernel_files() if p.name not in TEMPLATED])
 def test_kernel_compiles(name):
     ptx = build.compile_check(name)
     assert ".entry" in ptx  # at least one kernel was emitted
@@ -57,6 +61,15 @@ def test_paged_attention_compiles_every_instantiation():
     names = _representative_names()
     ptx = build.compile_check("paged_attention.cu", names)
     assert ptx.count(".entry") == len(names)
+
+
+def test_paged_prefill_attention_compiles_every_instantiation():
+    # One instantiation per dtype and padded head dim (64, 128, 192, 256): every head dim 8..256.
+    names = tuple(build.all_paged_prefill_attention_names())
+    assert len(names) == 8
+    ptx = build.compile_check("paged_prefill_attention.cu", names)
+    assert ptx.count(".entry") == len(names)
+    assert "fma.rn.f32" in ptx and "fma.rn.ftz" not in ptx and "cp.async" in ptx
 
 
 def test_includes_are_inlined():

@@ -18,6 +18,8 @@ Read it in this order:
   replay, record;
 * :mod:`~tinyserve_sim.control.batch` - :class:`DecodeBatch`, what a decode
   step hands the data plane (block tables, lengths, slot mapping);
+* :mod:`~tinyserve_sim.control.prefill_batch` - :class:`PrefillBatch`, the same
+  for a prefill step (many new tokens per sequence: query offsets too);
 * :mod:`~tinyserve_sim.control.formats` - that batch as vLLM's block tables or
   FlashInfer's CSR page table, and such a table imported back into a manager.
 
@@ -32,6 +34,7 @@ from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.operations import OPERATIONS
 from tinyserve_sim.control.policies import EVICTORS, POLICIES
 from tinyserve_sim.control.pool import BlockPool
+from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.control.prefix_cache import PrefixCache
 from tinyserve_sim.control.records import OpRecord, Snapshot
 
@@ -43,6 +46,7 @@ __all__ = [
     "DecodeBatch",
     "BlockPool",
     "OpRecord",
+    "PrefillBatch",
     "PrefixCache",
     "Snapshot",
 ]

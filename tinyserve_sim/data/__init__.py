@@ -15,7 +15,11 @@ kernels on them:
   :mod:`~tinyserve_sim.data.paged_attention`, :mod:`~tinyserve_sim.data.block_allocation`),
   and, for query-aware selection, :mod:`~tinyserve_sim.data.page_metadata`,
   :mod:`~tinyserve_sim.data.page_scores`, :mod:`~tinyserve_sim.data.select_pages`
-  and the seed's :mod:`~tinyserve_sim.data.seed_heuristics`,
+  and the seed's :mod:`~tinyserve_sim.data.seed_heuristics`;
+  for prefill, :mod:`~tinyserve_sim.data.paged_prefill_attention` with its
+  :mod:`~tinyserve_sim.data.prefill_plan`, :mod:`~tinyserve_sim.data.prefill_checks`,
+  :mod:`~tinyserve_sim.data.prefill_reference` and the step record
+  :mod:`~tinyserve_sim.data.prefill_step`;
   with the kernels' shared :mod:`~tinyserve_sim.data.geometry` and
   :mod:`~tinyserve_sim.data.exact_math`, their host-side
   :mod:`~tinyserve_sim.data.validation`, and a float64
@@ -44,6 +48,11 @@ from tinyserve_sim.data.exact_math import (
 from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
 from tinyserve_sim.data.layouts import from_flashinfer_cache, to_flashinfer_cache, to_flex_attention_cache
 from tinyserve_sim.data.paged_attention import paged_attention
+from tinyserve_sim.control.prefill_batch import PrefillBatch
+from tinyserve_sim.data.paged_prefill_attention import paged_prefill_attention
+from tinyserve_sim.data.prefill_plan import PrefillPlan, make_prefill_plan
+from tinyserve_sim.data.prefill_reference import prefill_error_bound, reference_paged_prefill_attention
+from tinyserve_sim.data.prefill_step import PrefillStep, PrefillWork
 from tinyserve_sim.data.reference import (
     attention_error_bound,
     external_kernel_error_bound,
@@ -103,4 +112,13 @@ __all__ = [
     "select_page_indices",
     "select_pages",
     "update_page_metadata",
+    # prefill
+    "PrefillBatch",
+    "PrefillPlan",
+    "PrefillStep",
+    "PrefillWork",
+    "make_prefill_plan",
+    "paged_prefill_attention",
+    "prefill_error_bound",
+    "reference_paged_prefill_attention",
 ]

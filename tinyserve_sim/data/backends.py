@@ -24,10 +24,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data import page_metadata, seed_heuristics
 from tinyserve_sim.data.copy_blocks import copy_blocks
 from tinyserve_sim.data.page_scores import page_scores
 from tinyserve_sim.data.paged_attention import paged_attention
+from tinyserve_sim.data.paged_prefill_attention import paged_prefill_attention
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
 from tinyserve_sim.data.select_pages import select_page_indices, select_pages
 from tinyserve_sim.errors import BackendUnavailableError
@@ -63,6 +65,10 @@ class Backend(Protocol):
         scale: float,
         variant: str = "auto",
         partition_size: int = 1024,
+    ) -> Any: ...
+
+    def paged_prefill_attention(
+        self, query: Any, key_cache: Any, value_cache: Any, batch: PrefillBatch, scale: float
     ) -> Any: ...
 
     def synchronize(self) -> None:
@@ -129,6 +135,9 @@ class NumpyBackend:
         self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
     ) -> np.ndarray:
         return paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
+
+    def paged_prefill_attention(self, query, key_cache, value_cache, batch, scale) -> np.ndarray:
+        return paged_prefill_attention(query, key_cache, value_cache, batch, scale)
 
     def synchronize(self) -> None:
         return None

@@ -18,6 +18,13 @@ duplicated before anyone writes into it), then the new tokens' keys and values
 through ``record.slot_mapping``. :meth:`KVCache.apply` does exactly that,
 on whichever backend the cache lives.
 
+A prefill step (many new tokens per sequence: a prompt, the rest of one after a
+prefix-cache hit, a chunk) is :meth:`KVCache.prefill`: the same two steps for the
+step's records, then causal attention of the new tokens over their sequences'
+blocks, cached prefix included (:mod:`~tinyserve_sim.data.paged_prefill_attention`),
+and a :class:`~tinyserve_sim.data.prefill_step.PrefillStep` that says what was
+computed and what the prefix cache saved.
+
 With ``page_metadata=True`` the cache also keeps, for query-aware selection,
 the channel-wise minimum and maximum of the keys of every block and KV head
 (:mod:`~tinyserve_sim.data.page_metadata`), and ``apply`` keeps it exact:
@@ -34,7 +41,17 @@ import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.backends import Backend, get_backend
-from tinyserve_sim.data.validation import CACHE_DTYPES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, check_reshape_and_cache
+from tinyserve_sim.control.prefill_batch import PrefillBatch
+from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
+from tinyserve_sim.data.prefill_step import PrefillStep, prefill_work
+from tinyserve_sim.data.validation import (
+    CACHE_DTYPES,
+    HEAD_DIM_MULTIPLE,
+    MAX_HEAD_DIM,
+    check_block_mapping,
+    check_reshape_and_cache,
+    check_scale,
+)
 from tinyserve_sim.errors import KernelInputError
 
 #: How ``reshape_and_cache`` keeps the page metadata up to date.
@@ -238,6 +255,79 @@ class KVCache:
             self._on_backend("query", query), self.key_cache, self.value_cache,
             batch, scale, variant=variant, partition_size=partition_size,
         )
+
+    def prefill_attention(self, query: Any, batch: PrefillBatch, scale: float | None = None) -> Any:
+        """Causal attention of a prefill step's new tokens ``query [T, Hq, D]`` over this cache
+        (see ``paged_prefill_attention``); their keys and values must already be written.
+        ``scale`` defaults to ``1 / sqrt(head_dim)``."""
+        if scale is None:
+            scale = 1.0 / float(np.sqrt(self.shape[3]))
+        return self.backend.paged_prefill_attention(
+            self._on_backend("query", query), self.key_cache, self.value_cache, batch, scale
+        )
+
+    def prefill(
+        self,
+        records: Any,
+        batch: PrefillBatch,
+        query: Any,
+        keys: Any,
+        values: Any,
+        scale: float | None = None,
+    ) -> PrefillStep:
+        """One prefill step, as a server runs it: apply the step's records (their
+        copy-on-write copies, then the new tokens' ``keys``/``values`` ``[T, Hkv, D]``),
+        then compute the new tokens' attention over their sequences' blocks, cached
+        prefix included.
+
+        Args:
+            records: the step's ``add``/``append`` record (or a list of them), in
+                the batch's order; their slot mappings, concatenated, are the batch's.
+            batch: the step's :class:`~tinyserve_sim.control.prefill_batch.PrefillBatch`
+                (``PrefillBatch.from_records(manager, records)``).
+            query: ``[T, Hq, D]``, the new tokens' queries, packed in the batch's order.
+            keys, values: ``[T, Hkv, D]``, the new tokens' keys and values.
+            scale: softmax scale, ``1 / sqrt(head_dim)`` by default.
+
+        Returns:
+            A :class:`~tinyserve_sim.data.prefill_step.PrefillStep`: the output
+            ``[T, Hq, D]`` and, per sequence, the tokens read from the cache
+            (and from the prefix cache) and the attention work done and saved.
+
+        Raises:
+            KernelInputError: a record, the batch or an array does not fit; checked
+                before the first write, so a refused call changes nothing.
+        """
+        # One record, or several (an OpRecord is itself a named tuple: test for the record first).
+        recs = [records] if hasattr(records, "slot_mapping") else list(records) if isinstance(records, (list, tuple)) else [records]
+        for rec in recs:
+            if not hasattr(rec, "slot_mapping"):
+                raise KernelInputError(f"records must be OpRecords, got {type(rec).__name__}")
+        slots = [_index_array("record.slot_mapping", rec.slot_mapping, "[T]") for rec in recs]
+        all_slots = np.concatenate(slots) if slots else np.empty(0, np.int64)
+        if not isinstance(batch, PrefillBatch):
+            raise KernelInputError(f"batch must be a PrefillBatch, got {type(batch).__name__}")
+        if not np.array_equal(all_slots, batch.slot_mapping):
+            raise KernelInputError(
+                "the records' slot mappings, concatenated, differ from batch.slot_mapping "
+                "(build the batch with PrefillBatch.from_records(manager, records))"
+            )
+        keys, values = self._on_backend("keys", keys), self._on_backend("values", values)
+        query = self._on_backend("query", query)
+        # Every check before the first write: the writes, the attention's inputs, the copies.
+        check_reshape_and_cache(keys, values, self.key_cache, self.value_cache, all_slots)
+        check_paged_prefill_attention(query, self.key_cache, self.value_cache, batch)
+        check_scale(1.0 if scale is None else scale)
+        for rec in recs:
+            copies = _index_array("record.copies", getattr(rec, "copies", ()), "[P, 2]")
+            check_block_mapping(copies.reshape(-1, 2), self.shape[0])
+        start = 0
+        for rec, s in zip(recs, slots):
+            part = slice(start, start + s.size)
+            self.apply(rec, keys[part], values[part])
+            start += s.size
+        output = self.prefill_attention(query, batch, scale)
+        return PrefillStep(output, prefill_work(recs, batch), int(query.shape[1]), self.shape[3])
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """Host copies of ``(key_cache, value_cache)``."""

@@ -1,0 +1,363 @@
+// paged_prefill_attention.cu -- causal prefill attention over a paged KV cache,
+// bit-identical to its NumPy twin tinyserve_sim/data/paged_prefill_attention.py
+// (read its docstring first: it states the order of every float operation
+// done here), with the geometry of tinyserve_sim/data/prefill_plan.py.
+//
+// FlashAttention-style tiling on CUDA cores (no tensor cores: their
+// accumulation order is not specified, so no twin could reproduce it):
+//
+//   grid.x : work item = (sequence, first query row), longest first (host-sorted)
+//   grid.y : KV head
+//   block  : 256 threads = 16 row groups (RG) x 16 column lanes (CL)
+//
+// A tile of BM = 16 * TM query rows (token-major (token, head of the GQA
+// group) pairs of one KV head) stays in shared memory as float32. For every
+// tile of BN keys (64, or 32 when the padded head dim DP exceeds 128):
+//
+//   S = Q K^T  thread (rg, cl) computes rows rg*TM .. rg*TM+TM-1 against keys
+//              cl, cl+16, ...: a TM x TN register tile, each element one
+//              sequential chain of fused multiply-adds over d. Every float4
+//              loaded from shared memory feeds TN (or TM) x 4 FMAs.
+//   softmax    per row: max over the thread's keys, then a 16-lane butterfly;
+//              alpha, p = exp(x - m); the 16 lanes' sums of p by a butterfly.
+//   O += P V   the same thread owns the same rows and DP/16 output dims
+//              (4 per float4: dims 64u + 4cl .. 64u + 4cl + 3): a TM x TD
+//              register tile, one FMA per (row, dim, key), keys in order.
+//
+// Keys and values are copied global -> shared by cp.async one tile ahead of
+// their use (float16: into raw staging tiles, then converted to float32 once
+// per tile, for all BM rows; float32: straight into the float tiles), so the
+// loads of tile c+1 overlap the arithmetic of tile c.
+//
+// Shared memory rows are padded by 4 floats (16 bytes): the 16 lanes that read
+// 16 different key rows at the same d then hit 16 different bank quads.
+#include <cuda_fp16.h>
+#include "exact_math.cuh"
+
+namespace {
+
+constexpr int NT = 256;     // threads per block
+constexpr int GROUPS = 16;  // row groups; and column lanes per row group
+
+template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
+
+// One aligned 16-byte vector of global memory, converted exactly to float.
+__device__ __forceinline__ void load_vector(const __half* p, float (&x)[8]) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const float2 f = __half22float2(h[e]);
+        x[2 * e] = f.x;
+        x[2 * e + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void load_vector(const float* p, float (&x)[4]) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
+}
+
+// Four consecutive output elements (8 bytes of float16 or 16 bytes of float32; aligned).
+__device__ __forceinline__ void store4(__half* p, float a, float b, float c, float d) {
+    __half2* h = reinterpret_cast<__half2*>(p);
+    h[0] = __floats2half2_rn(a, b);
+    h[1] = __floats2half2_rn(c, d);
+}
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+    *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+
+#ifndef TS_HOST_EMULATION  // tests/gpu/host_emulation supplies these on the CPU
+// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers.
+// With src_bytes = 0 it reads nothing and writes 16 zero bytes.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+#endif
+
+}  // namespace
+
+template <typename T, int DP, int TM, int BN>
+__global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
+    T* __restrict__ out,                     // [T, Hq, D]
+    const T* __restrict__ query,             // [T, Hq, D]
+    const T* __restrict__ key_cache,         // [num_blocks, block_size, Hkv, D]
+    const T* __restrict__ value_cache,
+    const int* __restrict__ block_tables,    // [S, max_blocks]
+    const int* __restrict__ seq_lens,        // [S]: tokens after this step
+    const int* __restrict__ query_start_loc, // [S + 1]
+    const int* __restrict__ work,            // [gridDim.x, 2]: (sequence, first query row)
+    const float scale,
+    const int num_heads, const int num_kv_heads, const int head_dim,
+    const int block_size, const int max_blocks)
+{
+    constexpr bool HALF = sizeof(T) == 2;
+    constexpr int BM = GROUPS * TM;  // query rows of the tile
+    constexpr int TN = BN / GROUPS;  // keys per column lane
+    constexpr int DV = DP / 64;      // float4 output vectors per column lane (TD = 4 * DV)
+    constexpr int QS = DP + 4;       // row stride (floats) of the Q, K and V tiles
+    constexpr int PS = BM + 4;       // row stride of the transposed probabilities
+    constexpr int EV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
+    constexpr int NVP = DP / EV;     // 16-byte vectors of a padded row
+    static_assert(BN % GROUPS == 0 && DP % 64 == 0 && TM % 4 == 0, "geometry");
+
+    // ---- shared memory (dynamic; the launcher sizes it: PrefillPlan.shared_memory_bytes)
+    extern __shared__ float4 ts_smem[];
+    float* q_s = reinterpret_cast<float*>(ts_smem);  // [BM][QS] queries, float32
+    float* k_s = q_s + BM * QS;                      // [BN][QS] keys of the tile
+    float* v_s = k_s + BN * QS;                      // [BN][QS] values
+    float* p_s = v_s + BN * QS;                      // [BN][PS] probabilities, key-major
+    uint4* k_stage = reinterpret_cast<uint4*>(p_s + BN * PS);  // float16: [BN][NVP] raw keys
+    uint4* v_stage = k_stage + (HALF ? BN * NVP : 0);          // and values
+    long long* base_s = reinterpret_cast<long long*>(v_stage + (HALF ? BN * NVP : 0));  // [2][BN]
+
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int rg = (tid >> 5) * 2 + (lane >> 4);  // row group: rows rg*TM .. rg*TM + TM - 1
+    const int cl = lane & 15;                     // column lane
+    const int seq = work[2 * blockIdx.x];
+    const int row0 = work[2 * blockIdx.x + 1];
+    const int kv_head = blockIdx.y;
+    const int group = num_heads / num_kv_heads;
+    const int q_begin = query_start_loc[seq];
+    const int q_len = query_start_loc[seq + 1] - q_begin;
+    const int prefix = seq_lens[seq] - q_len;
+    const int n_rows = min(BM, q_len * group - row0);        // real rows of this tile
+    const int min_pos = prefix + row0 / group;               // position of its first token
+    const int kv_end = prefix + (row0 + n_rows - 1) / group + 1;  // keys 0 .. kv_end-1 are read
+    const int* table = block_tables + static_cast<long long>(seq) * max_blocks;
+
+    // Element offset of key t's row (this KV head) in a cache.
+    auto token_base = [&](int t) {
+        const long long blk = table[t / block_size];
+        return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * static_cast<long long>(head_dim);
+    };
+    // Copies of a tile of keys (or values) starting at key c0, with bases[j] the
+    // offset of key c0 + j. float16: raw 16-byte vectors into a staging tile;
+    // float32: straight into the float tile, zero-filled past kv_end.
+    auto copy_tile = [&](float* dst_f, uint4* dst_raw, const T* cache, const long long* bases, int c0) {
+        const int nv = head_dim / EV;  // real vectors of a row
+        for (int i = tid; i < BN * NVP; i += NT) {
+            const int j = i / NVP, v = i % NVP;
+            if (v >= nv) continue;
+            const bool real = c0 + j < kv_end;
+            if constexpr (HALF) {
+                if (real) cp_async16(dst_raw + i, cache + bases[j] + v * EV, 16);
+            } else {
+                cp_async16(dst_f + j * QS + v * EV, real ? cache + bases[j] + v * EV : cache, real ? 16 : 0);
+            }
+        }
+        cp_async_commit();
+    };
+    // float16: convert a staged tile to float32 (exactly); rows past kv_end and
+    // the padding dims become zeros.
+    auto convert_tile = [&](float* dst, const uint4* src, int c0) {
+        const int nv = head_dim / EV;
+        for (int i = tid; i < BN * NVP; i += NT) {
+            const int j = i / NVP, v = i % NVP;
+            float f[8];
+            if (v < nv && c0 + j < kv_end) {
+                const uint4 raw = src[i];
+                const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 x = __half22float2(h[e]);
+                    f[2 * e] = x.x;
+                    f[2 * e + 1] = x.y;
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) f[e] = 0.0f;
+            }
+            float4* d4 = reinterpret_cast<float4*>(dst + j * QS + v * 8);
+            d4[0] = make_float4(f[0], f[1], f[2], f[3]);
+            d4[1] = make_float4(f[4], f[5], f[6], f[7]);
+        }
+    };
+
+    // ---- prologue: offsets of the first key tile, the query tile, padding zeros
+    if (tid < BN && tid < kv_end) base_s[tid] = token_base(tid);
+    for (int i = tid; i < BM * NVP; i += NT) {  // one 16-byte vector of a query row at a time
+        const int r = i / NVP, v = i % NVP;
+        float x[EV];
+#pragma unroll
+        for (int e = 0; e < EV; ++e) x[e] = 0.0f;  // padding rows and dims: zeros
+        if (r < n_rows && v * EV < head_dim) {
+            const int row = row0 + r;
+            const int tok = row / group;
+            const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
+            load_vector(query + head * head_dim + v * EV, x);
+        }
+        float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
+#pragma unroll
+        for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
+    }
+    if constexpr (!HALF) {  // float32: the tiles' padding dims are never copied into; zero them once
+        for (int i = tid; i < BN * DP; i += NT) {
+            const int j = i / DP, d = i % DP;
+            if (d >= head_dim) { k_s[j * QS + d] = 0.0f; v_s[j * QS + d] = 0.0f; }
+        }
+    }
+    __syncthreads();
+    copy_tile(k_s, k_stage, key_cache, base_s, 0);
+    copy_tile(v_s, v_stage, value_cache, base_s, 0);
+
+    // ---- this thread's rows: positions, running max, normaliser, output accumulators
+    int pos[TM];
+    float m[TM], l[TM], acc[TM][4 * DV];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int r = rg * TM + i;
+        pos[i] = r < n_rows ? prefix + (row0 + r) / group : kv_end - 1;  // padding rows: never stored
+        m[i] = TS_NEG_INF;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 4 * DV; ++e) acc[i][e] = 0.0f;
+    }
+
+    // ---- S = Q K^T for this thread's TM x TN tile, online softmax, P^T to shared memory.
+    // FULL: every key of the tile is visible to every row (no mask); the same body is
+    // compiled a second time, with the mask, for the tiles that cross the diagonal.
+    auto scores_and_softmax = [&](const int c0, auto full) {
+        constexpr bool FULL = decltype(full)::value;
+        float s[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int b = 0; b < TN; ++b) s[i][b] = 0.0f;
+#pragma unroll 2
+        for (int d = 0; d < DP; d += 4) {
+            float4 kv[TN];
+#pragma unroll
+            for (int b = 0; b < TN; ++b) kv[b] = *reinterpret_cast<const float4*>(k_s + (cl + GROUPS * b) * QS + d);
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const float4 qv = *reinterpret_cast<const float4*>(q_s + (rg * TM + i) * QS + d);
+#pragma unroll
+                for (int b = 0; b < TN; ++b) {  // d, d+1, d+2, d+3: the twin's sequential chain
+                    s[i][b] = __fmaf_rn(qv.x, kv[b].x, s[i][b]);
+                    s[i][b] = __fmaf_rn(qv.y, kv[b].y, s[i][b]);
+                    s[i][b] = __fmaf_rn(qv.z, kv[b].z, s[i][b]);
+                    s[i][b] = __fmaf_rn(qv.w, kv[b].w, s[i][b]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            float mx = TS_NEG_INF;
+#pragma unroll
+            for (int b = 0; b < TN; ++b) {
+                float x = s[i][b] * scale;
+                if (!FULL && c0 + cl + GROUPS * b > pos[i]) x = TS_NEG_INF;  // causal mask
+                s[i][b] = x;
+                mx = fmaxf(mx, x);  // max is exact in any order
+            }
+            mx = ts_butterfly_max<GROUPS>(mx);  // over the row's 16 column lanes
+            const float m_new = fmaxf(m[i], mx);
+            // alpha = exp(m - m_new). An unchanged max gives exactly exp(0) = 1, so the
+            // exp, and below the rescale by 1, are skipped: the same bits, less work.
+            const float diff = m[i] - m_new;
+            const float alpha = diff == 0.0f ? 1.0f : ts_exp(diff);
+            m[i] = m_new;
+            float tile_sum = 0.0f;  // this lane's keys cl, cl+16, ... in order
+#pragma unroll
+            for (int b = 0; b < TN; ++b) {
+                s[i][b] = ts_exp(s[i][b] - m_new);
+                tile_sum = tile_sum + s[i][b];
+            }
+            tile_sum = ts_butterfly_sum<GROUPS>(tile_sum);  // masks 1, 2, 4, 8: pairwise tree
+            if (alpha != 1.0f) {
+                l[i] = l[i] * alpha;
+#pragma unroll
+                for (int e = 0; e < 4 * DV; ++e) acc[i][e] = acc[i][e] * alpha;
+            }
+            l[i] = l[i] + tile_sum;
+        }
+        // P^T: key-major, so that the output phase reads TM rows of one key as float4s.
+#pragma unroll
+        for (int b = 0; b < TN; ++b)
+#pragma unroll
+            for (int i = 0; i < TM; i += 4)
+                *reinterpret_cast<float4*>(p_s + (cl + GROUPS * b) * PS + rg * TM + i) =
+                    make_float4(s[i][b], s[i + 1][b], s[i + 2][b], s[i + 3][b]);
+    };
+
+    // ---- O += P V: keys in order, one fused multiply-add per (row, dim, key)
+    auto accumulate = [&]() {
+#pragma unroll 4
+        for (int j = 0; j < BN; ++j) {
+            float p[TM];
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) {
+                const float4 p4 = *reinterpret_cast<const float4*>(p_s + j * PS + rg * TM + i);
+                p[i] = p4.x; p[i + 1] = p4.y; p[i + 2] = p4.z; p[i + 3] = p4.w;
+            }
+#pragma unroll
+            for (int u = 0; u < DV; ++u) {
+                const float4 v4 = *reinterpret_cast<const float4*>(v_s + j * QS + 64 * u + 4 * cl);
+#pragma unroll
+                for (int i = 0; i < TM; ++i) {
+                    acc[i][4 * u + 0] = __fmaf_rn(p[i], v4.x, acc[i][4 * u + 0]);
+                    acc[i][4 * u + 1] = __fmaf_rn(p[i], v4.y, acc[i][4 * u + 1]);
+                    acc[i][4 * u + 2] = __fmaf_rn(p[i], v4.z, acc[i][4 * u + 2]);
+                    acc[i][4 * u + 3] = __fmaf_rn(p[i], v4.w, acc[i][4 * u + 3]);
+                }
+            }
+        }
+    };
+
+    // ---- the key tiles. cp.async groups, per thread, in issue order:
+    //   K0 V0 | K1 (after tile 0 has its keys) V1 (after tile 0 has its values) | K2 ...
+    for (int c0 = 0, buf = 0; c0 < kv_end; c0 += BN, buf ^= 1) {
+        const bool more = c0 + BN < kv_end;
+        long long* next_bases = base_s + (buf ^ 1) * BN;
+        // Offsets of the next tile's keys. Their buffer was last read by the copies of
+        // tile c-1, several barriers ago.
+        if (more && tid < BN && c0 + BN + tid < kv_end) next_bases[tid] = token_base(c0 + BN + tid);
+        cp_async_wait<1>();  // this tile's keys have landed (its values may be in flight)
+        __syncthreads();
+        if constexpr (HALF) {
+            convert_tile(k_s, k_stage, c0);
+            __syncthreads();
+            if (more) copy_tile(k_s, k_stage, key_cache, next_bases, c0 + BN);  // staging is free
+        }
+        if (c0 + BN - 1 <= min_pos) scores_and_softmax(c0, ts_bool<true>());
+        else scores_and_softmax(c0, ts_bool<false>());
+        if (HALF && more) cp_async_wait<1>();  // this tile's values (the next keys may fly on)
+        else cp_async_wait<0>();
+        __syncthreads();  // P^T complete; k_s no longer read
+        if constexpr (HALF) {
+            convert_tile(v_s, v_stage, c0);
+            __syncthreads();
+            if (more) copy_tile(v_s, v_stage, value_cache, next_bases, c0 + BN);
+        } else {
+            if (more) copy_tile(k_s, k_stage, key_cache, next_bases, c0 + BN);
+        }
+        accumulate();
+        if constexpr (!HALF) {
+            __syncthreads();  // v_s no longer read
+            if (more) copy_tile(v_s, v_stage, value_cache, next_bases, c0 + BN);
+        }
+    }
+
+    // ---- out = acc / l for the real rows and dims
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int r = rg * TM + i;
+        if (r >= n_rows) continue;
+        const int row = row0 + r;
+        const int tok = row / group;
+        const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
+#pragma unroll
+        for (int u = 0; u < DV; ++u) {
+            const int d = 64 * u + 4 * cl;
+            if (d >= head_dim) continue;  // head_dim is a multiple of 8: all 4 or none
+            store4(out + head * head_dim + d, acc[i][4 * u] / l[i], acc[i][4 * u + 1] / l[i],
+                   acc[i][4 * u + 2] / l[i], acc[i][4 * u + 3] / l[i]);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+// cuda_shim.h -- just enough of CUDA to run a kernel source as C++ on the CPU.
+//
+// Force-included (g++ -include cuda_shim.h) before a kernel of gpu/kernels/, it
+// turns every CUDA thread into a std::thread: a thread block is NT threads that
+// meet at a std::barrier for __syncthreads() and per warp of 32 for shuffles.
+// The float arithmetic is IEEE float32 on both sides (g++ -ffp-contract=off,
+// std::fmaf for __fmaf_rn, _Float16 for __half), so the emulated kernel must give
+// its NumPy twin's bits, like the GPU: a check of the kernel's indexing and
+// operation order that needs no GPU (tests/gpu/test_prefill_emulation.py).
+//
+// cp.async copies are queued per thread and done when the thread's wait retires
+// their group (the latest moment the hardware may complete them), so a read of a
+// tile before its wait sees the poison the shared memory is filled with. It
+// checks neither memory races nor timing: compute-sanitizer does that on the GPU.
+#pragma once
+#define TS_HOST_EMULATION 1
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__
+#define __launch_bounds__(...)
+
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+using std::fmaxf;
+using std::isnan;
+using std::max;
+using std::min;
+using std::rintf;
+
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+
+inline thread_local dim3 threadIdx;
+inline dim3 blockIdx, blockDim, gridDim;
+
+namespace ts_emu {
+constexpr int MAX_THREADS = 1024;
+inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::barrier<>*> warp_barriers;
+inline float shfl_buf[MAX_THREADS];
+
+struct Copy { void* dst; const void* src; int bytes; };
+inline thread_local std::vector<std::vector<Copy>> pending;  // committed groups, oldest first
+inline thread_local std::vector<Copy> open_group;
+
+inline void run_copy(const Copy& c) {
+    if (c.bytes) std::memcpy(c.dst, c.src, c.bytes);
+    std::memset(static_cast<char*>(c.dst) + c.bytes, 0, 16 - c.bytes);
+}
+}  // namespace ts_emu
+
+inline void __syncthreads() { ts_emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp() { ts_emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    ts_emu::shfl_buf[t] = v;
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    const float r = ts_emu::shfl_buf[w * 32 + ((t % 32) ^ static_cast<unsigned>(mask))];
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+
+// cp.async: queued, done when a wait retires the group.
+inline void cp_async16(void* dst, const void* src, int src_bytes) { ts_emu::open_group.push_back({dst, src, src_bytes}); }
+inline void cp_async_commit() {
+    ts_emu::pending.push_back(std::move(ts_emu::open_group));
+    ts_emu::open_group.clear();
+}
+template <int N>
+inline void cp_async_wait() {
+    while (static_cast<int>(ts_emu::pending.size()) > N) {
+        for (const auto& c : ts_emu::pending.front()) ts_emu::run_copy(c);
+        ts_emu::pending.erase(ts_emu::pending.begin());
+    }
+}
+
+namespace ts_emu {
+// Run `kernel` (a callable doing one CUDA thread's work) over a grid, one block
+// at a time; `smem` (the dynamic shared memory, `smem_bytes`) is poisoned with
+// 0xFF bytes (NaN floats) before each block.
+inline void launch(unsigned gx, unsigned gy, unsigned threads, void* smem, size_t smem_bytes,
+                   const std::function<void()>& kernel) {
+    gridDim = {gx, gy, 1};
+    blockDim = {threads, 1, 1};
+    std::barrier<> bar(threads);
+    block_barrier = &bar;
+    std::vector<std::barrier<>*> warps;
+    for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(new std::barrier<>(32));
+    warp_barriers = warps;
+    for (unsigned y = 0; y < gy; ++y)
+        for (unsigned x = 0; x < gx; ++x) {
+            blockIdx = {x, y, 0};
+            std::memset(smem, 0xFF, smem_bytes);
+            std::vector<std::thread> pool;
+            for (unsigned t = 0; t < threads; ++t)
+                pool.emplace_back([t, &kernel] {
+                    threadIdx = {t, 0, 0};
+                    pending.clear();
+                    open_group.clear();
+                    kernel();
+                });
+            for (auto& th : pool) th.join();
+        }
+    for (auto* w : warps) delete w;
+}
+}  // namespace ts_emu

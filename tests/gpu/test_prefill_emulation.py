@@ -1,0 +1,109 @@
+"""The CUDA source of paged_prefill_attention, run on the CPU (host emulation), equals its
+NumPy twin bit for bit.
+
+Not a GPU test: ``host_emulation/cuda_shim.h`` turns the kernel's CUDA threads into
+std::threads (barriers for ``__syncthreads``, a per-warp exchange for shuffles,
+cp.async copies done at the latest moment their wait allows, shared memory
+poisoned with NaN before every block), and g++ compiles the very source the GPU
+runs. So the kernel's indexing, tiling, masking and operation order are checked
+on any machine with g++; what only hardware shows (races, timing, NVRTC's code)
+is left to the GPU tests and compute-sanitizer. Slow: each instantiation is
+compiled once (cached in the temp folder), and a thread block is 256 threads;
+``TS_EMULATION_EXAMPLES=50`` runs more random cases than the default 6."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpu_helpers import assert_bits_equal  # also puts tests/data on the path
+from hypothesis import example, given, settings
+from prefill_strategies import PrefillCase, prefill_cases
+
+from tinyserve_sim.control.prefill_batch import PrefillBatch
+from tinyserve_sim.data import make_prefill_plan, paged_prefill_attention
+from tinyserve_sim.data.prefill_plan import NUM_THREADS, work_items
+from tinyserve_sim.gpu import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "host_emulation"))
+import emulate  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(emulate.compiler() is None, reason="the host emulation needs g++"),
+]
+
+#: Dynamic shared memory of the emulated block: the largest plan's (H100's opt-in limit).
+SMEM_CAPACITY = 232448
+
+
+def _driver(name: str, ctype: str) -> str:
+    return f"""
+#include "paged_prefill_attention.cu"
+alignas(16) float4 ts_smem[{SMEM_CAPACITY} / 16];
+extern "C" void run(void* out, const void* q, const void* kc, const void* vc, const int* tables, const int* lens,
+                    const int* starts, const int* work, int n_items, int Hkv, float scale, int Hq, int D, int bs,
+                    int W, long long smem) {{
+    using T = {ctype};
+    ts_emu::launch(n_items, Hkv, {NUM_THREADS}, ts_smem, smem, [&] {{
+        {name}(static_cast<T*>(out), static_cast<const T*>(q), static_cast<const T*>(kc),
+               static_cast<const T*>(vc), tables, lens, starts, work, scale, Hq, Hkv, D, bs, W);
+    }});
+}}
+"""
+
+
+def emulated_prefill(q, kc, vc, batch: PrefillBatch, scale: float) -> np.ndarray:
+    """The kernel's output, computed by the host emulation (output poisoned with NaN first)."""
+    T, Hq, D = q.shape
+    Hkv = kc.shape[2]
+    plan = make_prefill_plan(D)
+    name = build.paged_prefill_attention_kernel_name(plan, q.dtype)
+    lib = emulate.load(_driver(name, build.CTYPE[np.dtype(q.dtype)]), "paged_prefill_attention")
+    smem = plan.shared_memory_bytes(q.dtype)
+    assert smem <= SMEM_CAPACITY
+    work = work_items(batch.query_start_loc, batch.seq_lens, Hq // Hkv, plan.row_tile)
+    out = np.full(q.shape, np.nan, q.dtype)
+    ints = [np.ascontiguousarray(a) for a in (batch.block_tables, batch.seq_lens, batch.query_start_loc, work)]
+    ptr = ctypes.c_void_p
+    lib.run.argtypes = [ptr] * 8 + [ctypes.c_int, ctypes.c_int, ctypes.c_float] + [ctypes.c_int] * 4 + [ctypes.c_longlong]
+    lib.run(out.ctypes.data, q.ctypes.data, kc.ctypes.data, vc.ctypes.data, *(a.ctypes.data for a in ints),
+            len(work), Hkv, np.float32(scale), Hq, D, kc.shape[1], batch.max_blocks, smem)
+    return out
+
+
+def _case(seed, dtype, head_dim, block_size, group, seq_lens, query_lens) -> PrefillCase:
+    rng = np.random.default_rng(seed)
+    blocks = [-(-n // block_size) for n in seq_lens]
+    perm = rng.permutation(sum(blocks) + 2)
+    tables, at = [], 0
+    for n in blocks:
+        tables.append(perm[at : at + n].tolist())
+        at += n
+    shape = (len(perm), block_size, 2, head_dim)
+    kc = (rng.standard_normal(shape) * 3).astype(dtype)
+    vc = rng.standard_normal(shape).astype(dtype)
+    q = rng.standard_normal((sum(query_lens), 2 * group, head_dim)).astype(dtype)
+    return PrefillCase(q, kc, vc, PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size), head_dim**-0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("head_dim", [40, 128, 192, 256])
+def test_every_instantiation_equals_the_twin(dtype, head_dim):
+    # Two sequences: one whose new tokens span several row tiles and key tiles over a
+    # prefix that ends mid-block, and a one-token one; GQA groups of 3.
+    case = _case(head_dim, dtype, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1])
+    twin = paged_prefill_attention(*case.args())
+    assert_bits_equal(emulated_prefill(*case.args()), twin)
+
+
+@settings(max_examples=int(os.environ.get("TS_EMULATION_EXAMPLES", "6")), deadline=None)
+@given(case=prefill_cases(max_len=160, max_new=48, head_dims=(8, 64, 96, 160)))
+@example(case=_case(0, np.float16, 128, 16, 4, seq_lens=[64, 200], query_lens=[64, 72]))  # whole key tiles
+def test_random_cases_equal_the_twin(case):
+    twin = paged_prefill_attention(*case.args())
+    assert_bits_equal(emulated_prefill(*case.args()), twin)

@@ -1,0 +1,188 @@
+"""The geometry of the paged prefill-attention kernel: tiles of query rows x tiles of keys.
+
+The CUDA kernel (``gpu/kernels/paged_prefill_attention.cu``) and its NumPy twin
+(:mod:`tinyserve_sim.data.paged_prefill_attention`) both read these numbers from
+here. Only two of them fix the order of float operations, and so are part of
+the bit-exactness contract: the **key tile** (how many keys one online-softmax
+step takes) and the **column lanes** (how a tile's probabilities are summed).
+The rest (how many query rows a thread block takes, how the head dim is padded,
+in which order the blocks run) only decides how fast the kernel is: every query
+row's arithmetic is the same whatever tile of rows it lands in.
+
+A thread block has 256 threads: 16 *row groups* of ``row_tile / 16`` query rows
+times 16 *column lanes*. A query row is one (new token, query head) pair;
+the rows of a tile share one KV head (so a GQA group's query heads share every
+key and value the block reads), token-major: with ``G`` query heads per KV head,
+row ``r`` is token ``r // G`` and head ``r % G`` of the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyserve_sim.errors import KernelInputError
+
+NUM_THREADS = 256  #: threads per thread block
+GROUPS = 16  #: row groups per block, and column lanes per row group (16 x 16 = 256 threads)
+#: Head dims are padded with zeros to a multiple of this in shared memory (a column lane owns
+#: whole float4 vectors: 16 lanes x 4 floats).
+DIM_QUANTUM = 64
+#: The largest key tile; head dims above 128 use half of it (shared memory is finite).
+MAX_KEY_TILE = 64
+MIN_KEY_TILE = 32
+#: CUDA's limit on ``gridDim.y`` (the KV heads).
+MAX_GRID_Y = 65535
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How the kernel tiles one head dim; the twin follows ``key_tile`` and ``column_lanes``.
+
+    Attributes:
+        head_dim: D.
+        padded_dim: D rounded up to a multiple of 64 (zeros: they change no bit, see the kernel page).
+        key_tile: keys per online-softmax step (64, or 32 when ``padded_dim > 128``).
+        row_tile: query rows per thread block (128, or 64 when ``padded_dim > 128``).
+        column_lanes: the 16 lanes that share a query row; lane ``c`` holds keys
+            ``c, c + 16, ...`` of a key tile and sums their probabilities in that order.
+    """
+
+    head_dim: int
+    padded_dim: int
+    key_tile: int
+    row_tile: int
+    column_lanes: int = GROUPS
+
+    @property
+    def rows_per_thread(self) -> int:
+        """``TM``: query rows of one row group."""
+        return self.row_tile // GROUPS
+
+    @property
+    def keys_per_lane(self) -> int:
+        """``TN``: keys of a tile each column lane holds."""
+        return self.key_tile // GROUPS
+
+    @property
+    def dims_per_lane(self) -> int:
+        """``TD``: output elements of a row each column lane accumulates."""
+        return self.padded_dim // GROUPS
+
+    def shared_memory_bytes(self, dtype: np.dtype | type) -> int:
+        """Dynamic shared memory of one thread block, in the kernel's order: the query tile,
+        the key and value tiles (float32, rows padded by 4 floats against bank conflicts),
+        the probabilities (transposed, padded too), for float16 the raw K and V staging
+        tiles that ``cp.async`` fills, and two buffers of token offsets."""
+        row = self.padded_dim + 4
+        floats = self.row_tile * row + 2 * self.key_tile * row + self.key_tile * (self.row_tile + 4)
+        staging = 2 * self.key_tile * self.padded_dim * 2 if np.dtype(dtype) == np.float16 else 0
+        return 4 * floats + staging + 2 * self.key_tile * 8
+
+
+def make_prefill_plan(head_dim: int) -> PrefillPlan:
+    """The plan for head dim ``head_dim`` (a multiple of 8, at most 256), for either dtype.
+
+    >>> make_prefill_plan(128)
+    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=128, column_lanes=16)
+    >>> make_prefill_plan(160).key_tile
+    32
+    """
+    padded = -(-head_dim // DIM_QUANTUM) * DIM_QUANTUM
+    small = padded <= 128
+    return PrefillPlan(head_dim, padded, MAX_KEY_TILE if small else MIN_KEY_TILE, 128 if small else 64)
+
+
+def work_items(query_start_loc: np.ndarray, seq_lens: np.ndarray, group: int, row_tile: int) -> np.ndarray:
+    """The thread blocks of one KV head: int32 ``[N, 2]`` of (sequence, first query row),
+    the longest first.
+
+    Sequence ``s`` has ``query_lens[s] * group`` query rows for each KV head, cut
+    into tiles of ``row_tile``. A tile reads keys up to the position of its last
+    token, so tiles deep in a long sequence have the most work: running them
+    first leaves the short ones to fill the last wave. The order changes no bit.
+
+    >>> work_items(np.array([0, 3, 4], np.int32), np.array([3, 9], np.int32), group=2, row_tile=4).tolist()
+    [[1, 0], [0, 4], [0, 0]]
+    """
+    items: list[tuple[int, int, int]] = []
+    qlens = np.diff(query_start_loc.astype(np.int64))
+    for s, (q, n) in enumerate(zip(qlens.tolist(), seq_lens.tolist())):
+        rows = q * group
+        for r0 in range(0, rows, row_tile):
+            last_token = (min(r0 + row_tile, rows) - 1) // group
+            items.append((-(n - q + last_token + 1), s, r0))  # keys it reads, negated: longest first
+    items.sort()
+    return np.array([(s, r0) for _, s, r0 in items], dtype=np.int32).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class PrefillCost:
+    """What one launch computes and moves (the kernel page's table is made of these).
+
+    Attributes:
+        flops: the useful attention FLOPs, ``4 D Hq`` per causal (query, key) pair
+            (``2 D`` for ``q . k``, ``2 D`` for ``p v``).
+        executed_flops: the FLOPs the kernel's fused multiply-adds really do: every
+            row of a row tile (padding rows too) against every key of the key tiles
+            up to the tile's last position (masked ones too).
+        min_bytes: every input read once and the output written once (Q, K, V, O).
+        tile_bytes: K and V bytes copied into shared memory, summed over thread blocks
+            (from L2 mostly: the blocks of one sequence and KV head read the same keys).
+        blocks: thread blocks of the launch.
+    """
+
+    flops: int
+    executed_flops: int
+    min_bytes: int
+    tile_bytes: int
+    blocks: int
+
+
+def prefill_cost(
+    query_start_loc: np.ndarray, seq_lens: np.ndarray, num_heads: int, num_kv_heads: int, head_dim: int, itemsize: int
+) -> PrefillCost:
+    """The :class:`PrefillCost` of a launch (a batch's offsets and lengths, the heads, the dtype's size).
+
+    >>> c = prefill_cost(np.array([0, 2048], np.int32), np.array([2048], np.int32), 32, 8, 128, 2)
+    >>> c.flops, c.blocks
+    (34376515584, 512)
+    """
+    plan = make_prefill_plan(head_dim)
+    group = num_heads // num_kv_heads
+    qlens = np.diff(query_start_loc.astype(np.int64))
+    prefix = seq_lens.astype(np.int64) - qlens
+    pairs = int((qlens * prefix + qlens * (qlens + 1) // 2).sum())
+    items = work_items(query_start_loc, seq_lens, group, plan.row_tile)
+    executed = tiles = 0
+    for s, r0 in items.tolist():
+        rows = min(plan.row_tile, int(qlens[s]) * group - r0)
+        kv_end = int(prefix[s]) + (r0 + rows - 1) // group + 1
+        n = -(-kv_end // plan.key_tile)
+        tiles += n
+        executed += n * plan.key_tile * plan.row_tile
+    q_bytes = int(qlens.sum()) * num_heads * head_dim * itemsize
+    kv_bytes = 2 * int(seq_lens.astype(np.int64).sum()) * num_kv_heads * head_dim * itemsize
+    return PrefillCost(
+        flops=4 * head_dim * num_heads * pairs,
+        executed_flops=4 * head_dim * num_kv_heads * executed,
+        min_bytes=2 * q_bytes + kv_bytes,
+        tile_bytes=2 * tiles * plan.key_tile * head_dim * itemsize * num_kv_heads,
+        blocks=len(items) * num_kv_heads,
+    )
+
+
+def check_prefill_launch_limits(num_tokens: int, num_heads: int, num_kv_heads: int, num_items: int) -> None:
+    """Refuse shapes the kernel's grid or int32 row arithmetic cannot hold; the twin
+    refuses them too, so both backends accept exactly the same inputs."""
+    if num_tokens * num_heads > INT32_MAX:
+        raise KernelInputError(
+            f"query has {num_tokens} tokens x {num_heads} heads = {num_tokens * num_heads} rows; "
+            f"one launch takes at most {INT32_MAX}"
+        )
+    if num_kv_heads > MAX_GRID_Y:
+        raise KernelInputError(f"{num_kv_heads} KV heads; one launch takes at most {MAX_GRID_Y}")
+    if num_items > INT32_MAX:  # pragma: no cover - implied by the row limit
+        raise KernelInputError(f"{num_items} row tiles; one launch takes at most {INT32_MAX}")

@@ -63,8 +63,9 @@ class RatePoint:
     Attributes:
         manager, rate: what ran.
         latency: mean normalised latency, seconds per output token.
-        batch: mean requests in the batch per step (Fig. 13).
-        batch_seqs: mean sequences in the batch per step.
+        batch: mean requests in the batch over time (Fig. 13): each step
+            weighted by its duration.
+        batch_seqs: mean sequences in the batch over time.
         preemptions: requests preempted by recomputation.
     """
 
@@ -136,7 +137,7 @@ class RateSweep:
         return top / bottom, qualifier
 
     def batch(self, manager: str, rate: float) -> float:
-        """Mean requests per step of ``manager`` at ``rate`` (Fig. 13); NaN if that run was skipped."""
+        """Mean requests in the batch of ``manager`` at ``rate``, over time (Fig. 13); NaN if that run was skipped."""
         point = self.points.get((manager, rate))
         return point.batch if point is not None else math.nan
 
@@ -199,10 +200,11 @@ def sweep_rates(
                 continue  # past the knee: larger rates only queue longer
             if progress is not None:
                 progress(f"{dataset} {rate:g} req/s, {name}")
-            summary = Scheduler(workload, make_memory(name, slots), config).run().summary
+            result = Scheduler(workload, make_memory(name, slots), config).run()
+            summary = result.summary
             sweep.points[name, rate] = RatePoint(
-                name, rate, summary.mean_latency_per_token, summary.mean_running_requests,
-                summary.mean_running_seqs, summary.preemptions,
+                name, rate, summary.mean_latency_per_token, result.log.time_mean("running_requests"),
+                result.log.time_mean("running_seqs"), summary.preemptions,
             )
             over[name] = over[name] + 1 if summary.mean_latency_per_token > threshold else 0
     return sweep

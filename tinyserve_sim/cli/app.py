@@ -6,6 +6,7 @@ import typer
 
 from tinyserve_sim.cli.claims import claims_command
 from tinyserve_sim.cli.simulate import simulate_command
+from tinyserve_sim.cli.sweep import sweep_command
 from tinyserve_sim.cli.trace_commands import demo, scenarios, trace_command
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app.command("demo")(demo)
 app.command("trace")(trace_command)
 app.command("scenarios")(scenarios)
 app.command("simulate")(simulate_command)
+app.command("sweep")(sweep_command)
 app.command("claims")(claims_command)
 
 

@@ -17,6 +17,7 @@ from tinyserve_sim.claims.verdicts import (
     seed_claims,
 )
 from tinyserve_sim.cli.common import console, fail, progress
+from tinyserve_sim.cli.simulate import writable_file, writable_folder
 
 
 def _claims_table(title: str, rows: list[ClaimRow]) -> Table:
@@ -38,7 +39,11 @@ def claims_command(
     """Check every numeric claim of the seed README by simulation, and print the table."""
     chosen = "quick" if quick else size
     if chosen not in SIZES:
-        raise fail(f"unknown size {chosen!r}; choose one of {', '.join(SIZES)}")
+        raise fail(f"--size must be one of {', '.join(SIZES)}, got {chosen!r}")
+    if plots is not None:
+        writable_folder(plots, "--plots")
+    if json_out is not None:
+        writable_file(json_out, "--json")
     with progress() as bar:
         task = bar.add_task("simulating", total=None)
         experiments = run_experiments(chosen, lambda label: bar.update(task, advance=1, description=label))
@@ -48,9 +53,15 @@ def claims_command(
     if plots is not None:
         from tinyserve_sim.claims.plots import write_claim_plots
 
-        for path in write_claim_plots(experiments, plots):
-            console.print(f"wrote {path}")
+        try:
+            for path in write_claim_plots(experiments, plots):
+                console.print(f"wrote {path}")
+        except OSError as exc:
+            raise fail(f"--plots {plots}: {exc.strerror or exc}") from None
     if json_out is not None:
-        json_out.write_text(json.dumps({"size": chosen, "claims": rows_to_json(claims),
-                                        "paper_checks": rows_to_json(checks)}, indent=2))
+        try:
+            json_out.write_text(json.dumps({"size": chosen, "claims": rows_to_json(claims),
+                                            "paper_checks": rows_to_json(checks)}, indent=2))
+        except OSError as exc:
+            raise fail(f"--json {json_out}: {exc.strerror or exc}") from None
         console.print(f"wrote {json_out}")

@@ -146,6 +146,18 @@ class StepLog:
         """One column as floats (a copy)."""
         return self._data[name][: self._size].astype(float)
 
+    def time_mean(self, name: str) -> float:
+        """Mean of a column over time: each step weighted by its duration (NaN for an empty log).
+
+        Little's law speaks of time averages: a server's mean batch is its
+        arrival rate times the time a request spends in it.
+        """
+        weights = self.column("duration")
+        total = float(weights.sum())
+        if not self._size or total <= 0:
+            return float("nan")
+        return float(np.dot(self.column(name).astype(np.float64), weights) / total)
+
     def to_csv(self) -> str:
         """The log as CSV text: a header line, then one line per step."""
         out = io.StringIO()

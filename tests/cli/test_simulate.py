@@ -102,7 +102,7 @@ def test_a_request_too_large_for_the_batch_is_an_error_not_a_hang(tmp_path) -> N
 
 
 def test_sweep_prints_tables_and_writes_json_and_plot(tmp_path) -> None:
-    result = runner.invoke(app, ["sweep", "--dataset", "sharegpt", "--rates", "0.5,2", "--requests", "40",
+    result = runner.invoke(app, ["sweep", "--dataset", "sharegpt", "--rates", "0.5,2", "--duration", "30",
                                  "--managers", "paged-16,max", "--out", str(tmp_path)], env=NARROW)
     assert result.exit_code == 0, result.output
     assert "Sustained under 0.25 s/token" in result.output and "batch at 2 req/s" in result.output
@@ -115,7 +115,8 @@ def test_sweep_prints_tables_and_writes_json_and_plot(tmp_path) -> None:
 @pytest.mark.parametrize(("args", "expected"), [
     (["--rates", "1,-2"], ["--rates"]),
     (["--rates", "1,abc"], ["--rates", "abc"]),
-    (["--requests", "0"], ["--requests"]),
+    (["--duration", "0"], ["--duration"]),
+    (["--duration", "1e12"], ["--duration"]),
     (["--threshold", "0"], ["--threshold"]),
     (["--dataset", "nope"], ["--dataset"]),
     (["--managers", "nope"], ["--managers", "nope"]),
@@ -124,12 +125,13 @@ def test_sweep_prints_tables_and_writes_json_and_plot(tmp_path) -> None:
     (["--out", "/proc/nope"], ["--out"]),
 ])
 def test_sweep_mistakes_are_one_line(tmp_path, args, expected) -> None:
-    _one_line_error(["sweep", "--rates", "1", "--requests", "3", "--no-plots", "--out", str(tmp_path)] + args,
+    _one_line_error(["sweep", "--rates", "1", "--duration", "3", "--no-plots", "--out", str(tmp_path)] + args,
                     *expected)
 
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--size", "nope"], ["--size"]),
+    (["--time-model", "nope"], ["--time-model"]),
     (["--plots", "/proc/nope"], ["--plots"]),
     (["--json", "/nonexistent/c.json"], ["--json"]),
 ])

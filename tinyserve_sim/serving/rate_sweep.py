@@ -10,7 +10,12 @@ knee lies.
 
 :func:`sweep_rates` runs one workload per rate (the same seed at every rate)
 against each memory manager with the scheduler and its time model, and
-records each run's latency and batch. :meth:`RateSweep.sustainable_rate` reads
+records each run's latency and batch. Every run covers the same span of
+arrivals (``duration`` seconds, so ``rate x duration`` requests): past the
+knee the queue then grows for as long at every rate, and the latency a
+manager reaches there does not depend on how fast it is. With a fixed number
+of requests instead, a fast manager's overloaded runs would be shorter and
+look better than they are. :meth:`RateSweep.sustainable_rate` reads
 off the highest rate whose latency stays under a threshold, interpolating
 linearly between the two rates around the crossing; the ratio of two
 managers' sustainable rates is the paper's "vLLM sustains 1.7-2.7x higher
@@ -18,8 +23,11 @@ request rates than Orca (Oracle)". :meth:`RateSweep.batch` is Fig. 13's mean
 number of batched requests at one of the rates.
 
 Runs above a manager's knee only grow longer queues; once a manager has
-passed the threshold at two rates in a row, its larger rates are skipped
-(their latency is only higher), which saves most of a sweep's time.
+passed the threshold, its larger rates are skipped (their latency is only
+higher, and the crossing is already bracketed), which saves most of a
+sweep's time. The
+rates of Fig. 13 are never skipped: the paper reports every system's batch
+there.
 """
 
 from __future__ import annotations
@@ -30,14 +38,18 @@ from dataclasses import dataclass, field
 
 from tinyserve_sim.errors import InvalidArgumentError
 from tinyserve_sim.serving.catalog import make_memory
-from tinyserve_sim.serving.generator import PRESETS, WorkloadSpec, generate
+from tinyserve_sim.serving.generator import MAX_REQUESTS, PRESETS, WorkloadSpec, generate
 from tinyserve_sim.serving.scheduler import Scheduler, SchedulerConfig
 from tinyserve_sim.serving.timing import TimeModel
 
 
-def paper_rates(anchor: float, low: int, high: int) -> tuple[float, ...]:
-    """Rates ``anchor * 2**(k/4)`` for ``k`` in ``low..high``: even steps on a log scale, through ``anchor``."""
-    return tuple(round(anchor * 2 ** (k / 4), 4) for k in range(low, high + 1))
+def paper_rates(anchor: float, low: int, high: int, per_octave: int = 4) -> tuple[float, ...]:
+    """Rates ``anchor * 2**(k / per_octave)`` for ``k`` in ``low..high``: even steps on a log scale, through ``anchor``.
+
+    >>> paper_rates(2.0, -2, 1, per_octave=2)
+    (1.0, 1.4142, 2.0, 2.8284)
+    """
+    return tuple(round(anchor * 2 ** (k / per_octave), 4) for k in range(low, high + 1))
 
 
 #: Default rates (requests/s) of each dataset: through the paper's Fig. 13 rates (ShareGPT 2, Alpaca 30),
@@ -48,8 +60,8 @@ DEFAULT_RATES: dict[str, tuple[float, ...]] = {
 }
 #: The rates of the paper's Fig. 13 (batched requests), per dataset.
 FIG13_RATES: dict[str, float] = {"sharegpt": 2.0, "alpaca": 30.0}
-#: Requests per run: enough for the queue of an overloaded server to show (Alpaca requests are short).
-DEFAULT_REQUESTS: dict[str, int] = {"sharegpt": 1000, "alpaca": 3000}
+#: Seconds of arrivals per run: about 1,000 ShareGPT-like / 3,000 Alpaca-like requests at the Fig. 13 rates.
+DEFAULT_DURATION: dict[str, float] = {"sharegpt": 500.0, "alpaca": 100.0}
 #: Normalised latency (seconds per output token) above which a rate counts as not sustained.
 DEFAULT_THRESHOLD = 0.25
 #: vLLM's default cap on sequences per batch (``max_num_seqs``), which the paper's runs had.
@@ -61,20 +73,30 @@ class RatePoint:
     """One run of a sweep.
 
     Attributes:
-        manager, rate: what ran.
+        manager, rate: what ran; ``requests``: how many requests the run had.
         latency: mean normalised latency, seconds per output token.
         batch: mean requests in the batch over time (Fig. 13): each step
             weighted by its duration.
         batch_seqs: mean sequences in the batch over time.
         preemptions: requests preempted by recomputation.
+        token_states: share of the KV memory holding token states, mean over every step.
+        token_states_blocked: the same over the steps in which memory held a
+            request back (NaN if there were none).
+        blocked_steps: share of the steps in which memory held a request back.
+        throughput: output tokens per simulated second.
     """
 
     manager: str
     rate: float
+    requests: int
     latency: float
     batch: float
     batch_seqs: float
     preemptions: int
+    token_states: float = math.nan
+    token_states_blocked: float = math.nan
+    blocked_steps: float = math.nan
+    throughput: float = math.nan
 
 
 @dataclass
@@ -85,7 +107,8 @@ class RateSweep:
         dataset: the length preset.
         rates: the rates swept, ascending.
         managers: the managers, in the order given.
-        num_requests: requests per run; ``seed`` the workload's seed.
+        duration: seconds of arrivals per run (``rate x duration`` requests);
+            ``seed`` the workloads' seed.
         time_model: the name of the time model the runs used.
         threshold: the latency (s/token) that defines a sustained rate.
         points: ``(manager, rate) -> RatePoint``; rates skipped past a knee are absent.
@@ -94,7 +117,7 @@ class RateSweep:
     dataset: str
     rates: tuple[float, ...]
     managers: tuple[str, ...]
-    num_requests: int
+    duration: float
     seed: int
     time_model: str
     threshold: float
@@ -119,7 +142,8 @@ class RateSweep:
             return curve[0].rate, "<"
         for below, above in zip(curve, curve[1:]):
             if above.latency > limit:
-                share = (limit - below.latency) / (above.latency - below.latency)
+                # Past the knee latency grows about exponentially with the rate: interpolate its logarithm.
+                share = math.log(limit / below.latency) / math.log(above.latency / below.latency)
                 return below.rate + share * (above.rate - below.rate), ""
         return curve[-1].rate, ">="
 
@@ -142,7 +166,12 @@ class RateSweep:
         return point.batch if point is not None else math.nan
 
 
-def _check_sweep(dataset: str, rates: Sequence[float], managers: Sequence[str], num_requests: int,
+def requests_at(rate: float, duration: float) -> int:
+    """Requests of a run at ``rate`` covering ``duration`` seconds of arrivals (at least 1)."""
+    return max(1, round(rate * duration))
+
+
+def _check_sweep(dataset: str, rates: Sequence[float], managers: Sequence[str], duration: float,
                  threshold: float) -> None:
     if dataset not in PRESETS:
         raise InvalidArgumentError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
@@ -153,8 +182,12 @@ def _check_sweep(dataset: str, rates: Sequence[float], managers: Sequence[str], 
             raise InvalidArgumentError(f"every rate must be a positive finite number of requests/s, got {rate!r}")
     if not managers:
         raise InvalidArgumentError("a sweep needs at least one manager")
-    if isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1:
-        raise InvalidArgumentError(f"a sweep needs at least 1 request per run, got {num_requests!r}")
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not (
+        math.isfinite(duration) and duration > 0
+    ):
+        raise InvalidArgumentError(f"the duration must be a positive number of seconds, got {duration!r}")
+    if requests_at(max(rates), duration) > MAX_REQUESTS:
+        raise InvalidArgumentError(f"{max(rates):g} req/s for {duration:g} s is more than {MAX_REQUESTS:,} requests")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
         math.isfinite(threshold) and threshold > 0
     ):
@@ -165,7 +198,7 @@ def sweep_rates(
     dataset: str,
     managers: Sequence[str] = ("paged-16", "max", "pow2", "oracle"),
     rates: Sequence[float] | None = None,
-    num_requests: int | None = None,
+    duration: float | None = None,
     time_model: TimeModel | None = None,
     capacity: int | None = None,
     seed: int = 0,
@@ -177,34 +210,40 @@ def sweep_rates(
 
     Args:
         rates: requests/s (default :data:`DEFAULT_RATES`); sorted ascending.
-        num_requests: requests per run (default :data:`DEFAULT_REQUESTS`).
+        duration: seconds of arrivals per run (default :data:`DEFAULT_DURATION`).
         time_model: default: the scheduler's default, the paper's setting.
         capacity: KV slots (default: the time model's KV capacity).
         threshold: seconds per output token; used to skip runs past a knee.
         progress: called with a label before each run.
+
+    The dataset's Fig. 13 rate (:data:`FIG13_RATES`), if among ``rates``, runs for every manager.
     """
     rates = tuple(sorted(DEFAULT_RATES.get(dataset, ()) if rates is None else rates))
-    count = DEFAULT_REQUESTS.get(dataset, 1000) if num_requests is None else num_requests
-    _check_sweep(dataset, rates, managers, count, threshold)
+    span = DEFAULT_DURATION.get(dataset, 500.0) if duration is None else duration
+    _check_sweep(dataset, rates, managers, span, threshold)
     config = SchedulerConfig(max_running_seqs=max_running_seqs, time_model=time_model)
     timer = config.timer()
     slots = timer.kv_capacity_tokens if capacity is None else capacity
     memories = {name: make_memory(name, slots) for name in managers}  # checks every name before running
     del memories
-    sweep = RateSweep(dataset, rates, tuple(managers), count, seed, timer.name, threshold)
-    over = dict.fromkeys(managers, 0)  # consecutive rates over the threshold
+    sweep = RateSweep(dataset, rates, tuple(managers), span, seed, timer.name, threshold)
+    past_knee = dict.fromkeys(managers, False)
     for rate in rates:
+        count = requests_at(rate, span)
         workload = generate(WorkloadSpec(dataset, num_requests=count, rate=rate, seed=seed))
         for name in managers:
-            if over[name] >= 2:
-                continue  # past the knee: larger rates only queue longer
+            if past_knee[name] and rate != FIG13_RATES.get(dataset):
+                continue  # larger rates only queue longer
             if progress is not None:
                 progress(f"{dataset} {rate:g} req/s, {name}")
-            result = Scheduler(workload, make_memory(name, slots), config).run()
-            summary = result.summary
+            sched = Scheduler(workload, make_memory(name, slots), config)
+            summary = sched.run().summary
+            blocked = sched.result("saturated").summary if summary.saturated_steps else None
             sweep.points[name, rate] = RatePoint(
-                name, rate, summary.mean_latency_per_token, result.log.time_mean("running_requests"),
-                result.log.time_mean("running_seqs"), summary.preemptions,
+                name, rate, count, summary.mean_latency_per_token, sched.log.time_mean("running_requests"),
+                sched.log.time_mean("running_seqs"), summary.preemptions, summary.token_states,
+                blocked.token_states if blocked is not None else math.nan,
+                summary.saturated_steps / summary.steps if summary.steps else math.nan, summary.throughput,
             )
-            over[name] = over[name] + 1 if summary.mean_latency_per_token > threshold else 0
+            past_knee[name] = past_knee[name] or summary.mean_latency_per_token > threshold
     return sweep

@@ -22,8 +22,8 @@ from tinyserve_sim.errors import SimError
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import MAX_REQUESTS, PRESETS
 from tinyserve_sim.serving.rate_sweep import (
+    DEFAULT_DURATION,
     DEFAULT_RATES,
-    DEFAULT_REQUESTS,
     DEFAULT_THRESHOLD,
     FIG13_RATES,
     SWEEP_MAX_SEQS,
@@ -59,8 +59,9 @@ def sweep_command(
     rates: Annotated[Optional[str], typer.Option(
         help="Comma-separated requests/s (default: 16 rates from 0.25 to 3.4 for ShareGPT, 21 from 1.9 to 60 "
         "for Alpaca).", show_default=False)] = None,
-    requests: Annotated[Optional[int], typer.Option(
-        help="Requests per run (default: 1,000 ShareGPT-like, 3,000 Alpaca-like).", show_default=False)] = None,
+    duration: Annotated[Optional[float], typer.Option(
+        help="Seconds of arrivals per run, rate x duration requests (default: 500 for ShareGPT, 100 for Alpaca).",
+        show_default=False)] = None,
     threshold: Annotated[float, typer.Option(help="Latency (s/token) above which a rate is not sustained.")]
     = DEFAULT_THRESHOLD,
     time_model: Annotated[str, typer.Option(help=time_model_help())] = DEFAULT_TIME_MODEL,
@@ -78,8 +79,11 @@ def sweep_command(
     if dataset != "both" and dataset not in PRESETS:
         raise fail(f"--dataset must be one of {', '.join(PRESETS)} or both, got {dataset!r}")
     chosen = _parse_rates(rates) if rates is not None else None
-    if requests is not None:
-        check_count(requests, "--requests", 1, MAX_REQUESTS)
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise fail(f"--duration must be a positive number of seconds, got {duration}")
+    longest = max(chosen) if chosen else max(max(DEFAULT_RATES[ds]) for ds in datasets)
+    if duration is not None and longest * duration > MAX_REQUESTS:
+        raise fail(f"--duration {duration:g} s at {longest:g} req/s is more than {MAX_REQUESTS:,} requests")
     if not (math.isfinite(threshold) and threshold > 0):
         raise fail(f"--threshold must be a positive number of seconds per token, got {threshold}")
     check_count(max_seqs, "--max-seqs", 1, 2**31 - 1)
@@ -102,7 +106,7 @@ def sweep_command(
             grid = chosen or DEFAULT_RATES[ds]
             task = bar.add_task(ds, total=len(grid) * len(names))
             try:
-                sweep = sweep_rates(ds, names, grid, requests or DEFAULT_REQUESTS[ds], timer, slots, seed, threshold,
+                sweep = sweep_rates(ds, names, grid, duration or DEFAULT_DURATION[ds], timer, slots, seed, threshold,
                                     max_seqs, progress=lambda label, t=task: bar.update(t, advance=1, description=label))
             except SimError as exc:
                 raise fail(str(exc)) from None
@@ -126,7 +130,7 @@ def sweep_command(
 def latency_table(sweep: RateSweep) -> Table:
     """Latency (s/token) at each rate; '-' where a run past the knee was skipped."""
     table = Table(title=f"Latency (s/token), {sweep.dataset}-like", title_justify="left", caption_justify="left",
-                  caption=f"{sweep.num_requests:,} requests per run, {sweep.time_model}; -: skipped past the knee")
+                  caption=f"{sweep.duration:g} s of arrivals per run, {sweep.time_model}; -: skipped past the knee")
     table.add_column("req/s", justify="right")
     for name in sweep.managers:
         table.add_column(name, justify="right", no_wrap=True)
@@ -167,7 +171,7 @@ def sweep_to_json(sweep: RateSweep) -> dict:
     return {
         "dataset": sweep.dataset,
         "time_model": sweep.time_model,
-        "num_requests": sweep.num_requests,
+        "duration": sweep.duration,
         "seed": sweep.seed,
         "threshold": sweep.threshold,
         "rates": list(sweep.rates),

@@ -111,6 +111,6 @@ def plot_latency_vs_rate(sweeps: list[RateSweep], path: Path, ceiling: float = 1
         ax.set_xlim(0, sweep.rates[-1] * 1.02)
         ax.set_xlabel("request rate (requests/s)")
         ax.set_ylabel("normalised latency (s/token)")
-        ax.set_title(f"{sweep.dataset}-like, {sweep.num_requests:,} requests ({sweep.time_model})", fontsize=9)
+        ax.set_title(f"{sweep.dataset}-like, {sweep.duration:g} s of arrivals ({sweep.time_model})", fontsize=9)
         ax.legend(fontsize=7)
     return save_figure(fig, path)

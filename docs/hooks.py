@@ -221,7 +221,14 @@ _EXPERIMENTS = None
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Fill the claims page's table marker with the tables of this build's experiments."""
+    """Fill the claims page's table marker with the tables of this build's experiments, and the
+    serving-time page's marker with the time-model presets (from ``timing.py``)."""
+    if page.file.src_uri == "concepts/serving-time.md":
+        from tinyserve_sim.serving.timing import PRESETS_TABLE_MARKER, presets_markdown
+
+        if PRESETS_TABLE_MARKER not in markdown:
+            raise ValueError("serving-time.md lost its table marker " + PRESETS_TABLE_MARKER)
+        return markdown.replace(PRESETS_TABLE_MARKER, presets_markdown())
     if page.file.src_uri == "claims.md" and _EXPERIMENTS is not None:
         from tinyserve_sim.claims.verdicts import CLAIMS_TABLE_MARKER, claims_markdown
 

@@ -149,3 +149,21 @@ def test_unreadable_preset_files_are_our_error(tmp_path, content) -> None:
         load_time_model(tmp_path / "missing.json")
     with pytest.raises(InvalidArgumentError):
         time_model_from_json("a string")
+
+
+def test_the_docs_examples_of_a_preset_work(tmp_path) -> None:
+    """docs/concepts/serving-time.md shows a preset in Python and as JSON: both must run."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "concepts" / "serving-time.md").read_text()
+    (python,) = re.findall(r"```python\n(.*?)```", page, re.S)
+    namespace: dict = {}
+    exec(python, namespace)  # noqa: S102  (the page's own example)
+    assert namespace["config"].timer().overhead == 0.005
+    (text,) = re.findall(r"```json\n(.*?)```", page, re.S)
+    path = tmp_path / "my-gpu.json"
+    path.write_text(text)
+    mine = load_time_model(path)
+    assert mine.name == "llama3-8b-my-gpu" and mine.kv_capacity_tokens == 200_000
+    assert mine.step_time(StepWork(decode_tokens=8, decode_context=8000)) > mine.overhead

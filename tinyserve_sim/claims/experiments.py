@@ -19,8 +19,10 @@ nothing is typed in. The setting follows the vLLM paper's main experiment:
   contiguous baselines over a buddy allocator; first fit for comparison.
 
 ``size`` trades time for precision; ``docs/claims.md`` gives the measured run
-times. ``"quick"`` uses fewer requests and a coarser grid of rates than
-``"default"``; ``"full"`` uses more requests.
+times (``quick``: 29 s of CPU time, ``default``: 43 s, on a 2-core machine).
+``"quick"`` uses fewer requests in the saturated runs and a coarser grid of
+rates than ``"default"``, the same span of arrivals at each rate (the knees
+depend on it); ``"full"`` uses more requests and a finer grid.
 """
 
 from __future__ import annotations

@@ -45,7 +45,12 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_shares(summaries: list[Summary], path: Path, title: str = "Where the KV memory goes") -> Path:
-    """Stacked bars: each manager's memory split into the five categories."""
+    """Stacked bars: each manager's memory split into the five categories, saved to ``path``."""
+    return save_figure(draw_shares(summaries, title), path)
+
+
+def draw_shares(summaries: list[Summary], title: str = "Where the KV memory goes") -> plt.Figure:
+    """The figure of :func:`plot_shares`, not saved (a notebook shows it inline)."""
     fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.55 * len(summaries)))
     names = [s.manager for s in summaries]
     left = np.zeros(len(summaries))
@@ -57,11 +62,14 @@ def plot_shares(summaries: list[Summary], path: Path, title: str = "Where the KV
                 ax.text(x0 + v / 2, y, f"{v:.0f}", ha="center", va="center", fontsize=8)
         left += values
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of KV memory (mean over saturated steps)")
+    windows = {s.window for s in summaries}
+    over = "every step" if windows == {"all"} else "steps where memory held a request back"
+    ax.set_xlabel(f"% of KV memory (mean over {over})" if len(windows) == 1 else "% of KV memory")
     ax.invert_yaxis()
     ax.set_title(title)
     ax.legend(ncol=3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(summaries) < 5 else -0.18))
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def token_state_share(log: StepLog) -> np.ndarray:

@@ -411,7 +411,7 @@ H100_GQA = HardwareSpec(
 #: at 8 KV heads 0.60 of it and contiguous SDPA 1.01 (no log committed yet); same tensor cores as the H100.
 H200_GQA = HardwareSpec(
     "H200 (8 KV heads)", memory_bandwidth=4.15e12, matrix_flops=MATMUL_EFFICIENCY * 989e12,
-    attention_bandwidth=1.01 * 4.15e12, paged_attention_bandwidth=0.60 * 4.15e12, memory_bytes=141e9,
+    attention_bandwidth=1.01 * 4.15e12, paged_attention_bandwidth=0.60 * 4.15e12, memory_bytes=141 * GiB,
     source="project H200 run of 2026-11-28 (bench_kernels.py, 8 KV heads)",
 )
 
@@ -519,3 +519,30 @@ def load_time_model(path: str | Path) -> RooflineTime:
         raise InvalidArgumentError(f"{path}: {exc}") from None
     except TypeError as exc:  # a dataclass refusing its arguments: keep it ours
         raise InvalidArgumentError(f"{path}: {exc}") from None
+
+
+#: Where ``docs/concepts/serving-time.md`` wants the presets table; the docs build fills it in.
+PRESETS_TABLE_MARKER = "<!-- time-model-presets -->"
+
+
+def presets_markdown() -> str:
+    """The presets as a Markdown table (the docs page shows it, so it cannot drift from the code)."""
+    lines = [
+        "| preset | model | GPU | weights | KV per token | stream | matrix | attention contiguous / paged "
+        "| overhead | KV capacity |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in TIME_MODELS.items():
+        if isinstance(t, ConstantTime):
+            lines.append(f"| `{name}` | any | any | | | | | | {1000 * t.seconds:g} ms per step, always "
+                         f"| {t.kv_capacity_tokens:,} |")
+            continue
+        m, h = t.model, t.hardware
+        lines.append(
+            f"| `{name}` | {m.name} | {h.name} | {m.param_bytes / 1e9:.1f} GB | {m.kv_bytes_per_token / 1024:g} KiB "
+            f"| {h.memory_bandwidth / 1e12:.2f} TB/s | {h.matrix_flops / 1e12:.0f} TFLOP/s "
+            f"| {h.attention_bandwidth / 1e12:.2f} / {h.paged_attention_bandwidth / 1e12:.2f} TB/s "
+            f"| {1000 * t.overhead:g} ms | {t.kv_capacity_tokens:,} |"
+        )
+    return "\n".join(lines) + "\n"
+

@@ -129,8 +129,9 @@ def sweep_command(
 
 def latency_table(sweep: RateSweep) -> Table:
     """Latency (s/token) at each rate; '-' where a run past the knee was skipped."""
-    table = Table(title=f"Latency (s/token), {sweep.dataset}-like", title_justify="left", caption_justify="left",
-                  caption=f"{sweep.duration:g} s of arrivals per run, {sweep.time_model}; -: skipped past the knee")
+    table = Table(title=f"Latency (s/token), {sweep.dataset}-like, {sweep.time_model}", title_justify="left",
+                  caption_justify="left",
+                  caption=f"{sweep.duration:g} s of arrivals per run; -: not run (past the knee)")
     table.add_column("req/s", justify="right")
     for name in sweep.managers:
         table.add_column(name, justify="right", no_wrap=True)

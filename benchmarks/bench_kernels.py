@@ -2,15 +2,27 @@
 
 Run on a GPU machine (it never asserts on time; it prints figures)::
 
-    python benchmarks/bench_kernels.py            # everything
-    python benchmarks/bench_kernels.py --quick    # fewer repeats, no torch.compile baseline
+    python benchmarks/bench_kernels.py                 # every case, every baseline
+    python benchmarks/bench_kernels.py --quick         # fewer repeats, no FlexAttention (slow to compile)
+    python benchmarks/bench_kernels.py --cases gqa     # the grouped-query cases only
+    python benchmarks/bench_kernels.py --variants      # also each variant / V-staging choice of ours
 
 For each case: CUDA events around each launch, warm-up first, the median of
-several repeats, inputs larger than L2. Bytes are the fewest the kernel must
-move: every input byte read once, every output byte written once. Baselines,
-in the same run: PyTorch's scaled_dot_product_attention on the same K/V
-gathered into contiguous tensors, the gather followed by that call, and
-FlexAttention driven by PyTorch's paged-KV helper, compiled.
+several repeats, inputs larger than L2, pages scattered at random. Bytes are
+the fewest the kernel must move: every input byte read once, every output
+byte written once. Baselines, in the same run, on the same K/V:
+
+* PyTorch's ``scaled_dot_product_attention`` on K/V gathered into contiguous
+  tensors beforehand (the bar a paged kernel is measured against), and the
+  gather followed by that call;
+* FlexAttention driven by PyTorch's paged-KV helper, compiled, at the case's
+  page size and at 128-token pages (its best in our runs);
+* FlashInfer's ``BatchDecodeWithPagedKVCacheWrapper`` on the same pages (CSR
+  page table, NHD layout), when FlashInfer is importable (it is not a
+  dependency of the project: ``pip install flashinfer-python``).
+
+The last table gives, per case, ours as a fraction of copy bandwidth and the
+ratios ours / SDPA and ours / FlashInfer (> 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -19,12 +31,45 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import cupy as cp
 import numpy as np
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
 ROWS: list[tuple[str, float, float]] = []  # (name, seconds, fraction of copy)
+
+
+@dataclass(frozen=True)
+class Case:
+    B: int
+    L: int
+    Hq: int
+    Hkv: int
+    D: int = 128
+    bs: int = 16
+
+    @property
+    def tag(self) -> str:
+        return f"B={self.B} L={self.L} Hq={self.Hq} Hkv={self.Hkv} D={self.D} bs={self.bs}"
+
+
+#: The issue's cases: batch x context x heads, 16-token pages, and 128-token pages for the
+#: GQA shapes; head dims 64 and 256; a GQA-8 shape (64 query heads on 8 KV heads).
+CASES = {
+    "mha": [Case(64, 4096, 32, 32), Case(1, 65536, 32, 32), Case(8, 32768, 32, 32)],
+    "gqa": [Case(64, 4096, 32, 8), Case(1, 65536, 32, 8), Case(8, 32768, 32, 8), Case(64, 4096, 64, 8)],
+    "dims": [Case(64, 4096, 32, 8, D=64), Case(64, 4096, 32, 8, D=256)],
+    "pages": [Case(64, 4096, 32, 8, bs=128), Case(8, 32768, 32, 8, bs=128)],
+}
+
+
+@dataclass
+class Result:
+    case: Case
+    nbytes: int
+    times: dict[str, float] = field(default_factory=dict)
 
 
 def time_cupy(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
@@ -62,16 +107,16 @@ def time_torch(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
 def report(name: str, nbytes: float, seconds: float, copy_bw: float) -> None:
     bw = nbytes / seconds
     ROWS.append((name, seconds, bw / copy_bw))
-    print(f"{name:<58s} {seconds * 1e3:9.3f} ms {bw / 1e12:7.3f} TB/s {bw / copy_bw:6.2f} of copy", flush=True)
+    print(f"{name:<66s} {seconds * 1e3:9.3f} ms {bw / 1e12:7.3f} TB/s {bw / copy_bw:6.2f} of copy", flush=True)
 
 
 def copy_bandwidth(reps: int) -> float:
-    n = 1 << 30  # 1 GiB, far larger than the 50 MB L2
+    n = 1 << 30  # 1 GiB, far larger than the 50-60 MB L2
     a = cp.random.random(n // 4, dtype=cp.float32)
     b = cp.empty_like(a)
     t = time_cupy(lambda: cp.copyto(b, a), reps)
     bw = 2 * n / t
-    print(f"{'device-to-device copy (1 GiB, read + write)':<58s} {t * 1e3:9.3f} ms {bw / 1e12:7.3f} TB/s   1.00 of copy")
+    print(f"{'device-to-device copy (1 GiB, read + write)':<66s} {t * 1e3:9.3f} ms {bw / 1e12:7.3f} TB/s   1.00 of copy")
     return bw
 
 
@@ -99,8 +144,14 @@ def bench_copy_blocks(copy_bw: float, reps: int) -> None:
     report(f"copy_blocks        P={P} blocks of {block_bytes // 1024} KiB x 2 caches", 4 * P * block_bytes, time_cupy(launch, reps), copy_bw)
 
 
-def bench_attention(B: int, L: int, Hq: int, Hkv: int, copy_bw: float, reps: int, torch_ok: bool, flex: bool) -> None:
-    D, bs = 128, 16
+def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) -> Callable[[], object]:
+    """Our launcher, validated once, launched many times (the one place that knows its signature)."""
+    batch = DecodeBatch(kc.shape[1], tables, lens)
+    return launchers.prepare_paged_attention(q, kc, vc, batch, scale, variant, partition_size)
+
+
+def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:
+    B, L, Hq, Hkv, D, bs = c.B, c.L, c.Hq, c.Hkv, c.D, c.bs
     nblk = L // bs
     nb = B * nblk
     rng = np.random.default_rng(2)
@@ -110,13 +161,19 @@ def bench_attention(B: int, L: int, Hq: int, Hkv: int, copy_bw: float, reps: int
     tables = rng.permutation(nb).reshape(B, nblk).astype(np.int32)  # scattered pages
     lens = np.full(B, L, np.int32)
     nbytes = kc.nbytes + vc.nbytes + 2 * q.nbytes + tables.nbytes
-    tag = f"B={B} L={L} Hq={Hq} Hkv={Hkv}"
-    for variant, part in (("one_pass", 1024), ("split_k", 512), ("split_k", 1024), ("auto", 1024)):
-        launch = launchers.prepare_paged_attention(q, kc, vc, tables, lens, D**-0.5, variant, part)
-        name = f"paged_attention {variant}" + (f"/{part}" if variant == "split_k" else "")
-        report(f"{name:<26s} {tag}", nbytes, time_cupy(launch, reps), copy_bw)
-    if not torch_ok:
-        return
+    result = Result(c, nbytes)
+
+    def measure(label: str, seconds: float) -> None:
+        result.times[label] = seconds
+        report(f"{label:<30s} {c.tag}", nbytes, seconds, copy_bw)
+
+    measure("ours (auto)", time_cupy(ours(q, kc, vc, tables, lens, D**-0.5), reps))
+    if opts.variants:
+        for variant, part in (("one_pass", 1024), ("split_k", 256), ("split_k", 512), ("split_k", 1024), ("split_k", 2048)):
+            label = f"ours {variant}" + (f"/{part}" if variant == "split_k" else "")
+            measure(label, time_cupy(ours(q, kc, vc, tables, lens, D**-0.5, variant, part), reps))
+    if opts.no_torch:
+        return result
     import torch
     import torch.nn.functional as F
 
@@ -127,50 +184,91 @@ def bench_attention(B: int, L: int, Hq: int, Hkv: int, copy_bw: float, reps: int
     v_contig = tvc[tt].reshape(B, L, Hkv, D).transpose(1, 2).contiguous()
     gqa = Hq != Hkv
     sdpa = lambda: F.scaled_dot_product_attention(tq, k_contig, v_contig, enable_gqa=gqa)  # noqa: E731
-    report(f"{'torch SDPA, contiguous K/V':<26s} {tag}", nbytes, time_torch(sdpa, reps), copy_bw)
+    measure("torch SDPA, contiguous K/V", time_torch(sdpa, reps))
 
     def gather_sdpa():
         k = tkc[tt].reshape(B, L, Hkv, D).transpose(1, 2)
         v = tvc[tt].reshape(B, L, Hkv, D).transpose(1, 2)
         return F.scaled_dot_product_attention(tq, k, v, enable_gqa=gqa)
 
-    report(f"{'torch gather + SDPA':<26s} {tag}", nbytes, time_torch(gather_sdpa, reps), copy_bw)
-    del k_contig, v_contig
-    if flex:
+    measure("torch gather + SDPA", time_torch(gather_sdpa, reps))
+    if not opts.no_flashinfer:
         try:
-            fn = _flex_paged(tq, tkc, tvc, tables, B, L, Hq, Hkv, D, bs)
-            report(f"{'torch FlexAttention paged':<26s} {tag}", nbytes, time_torch(fn, reps), copy_bw)
-        except Exception as exc:  # experimental API: report, don't stop
-            print(f"torch FlexAttention paged {tag}: unavailable ({type(exc).__name__}: {str(exc)[:200]})")
+            measure("FlashInfer batch decode", time_torch(_flashinfer(tq, tkc, tvc, tables, c), reps))
+        except ImportError as exc:
+            print(f"FlashInfer batch decode {c.tag}: skipped, FlashInfer is not importable ({exc})")
+        except Exception as exc:  # noqa: BLE001 - report, don't stop the run
+            print(f"FlashInfer batch decode {c.tag}: failed ({type(exc).__name__}: {str(exc)[:300]})")
+    if opts.flex:
+        pages = [bs] if bs == 128 else [bs, 128]
+        for page in pages:
+            try:
+                fn = _flex_paged(tq, k_contig, v_contig, c, page)
+                measure(f"FlexAttention paged, {page}-tok pages", time_torch(fn, reps))
+            except Exception as exc:  # experimental API: report, don't stop
+                print(f"FlexAttention paged {c.tag} page {page}: unavailable ({type(exc).__name__}: {str(exc)[:200]})")
+    del k_contig, v_contig
+    return result
 
 
-def _flex_paged(tq, tkc, tvc, tables, B, L, Hq, Hkv, D, bs):
-    """FlexAttention over the same pages, through torch's experimental PagedAttention helper.
+def _flashinfer(tq, tkc, tvc, tables, c: Case):
+    """FlashInfer's paged decode on the same pages: CSR page table, kv_cache [pages, 2, page, Hkv, D] (NHD)."""
+    import flashinfer
+    import torch
 
-    Its cache layout is [1, H, n_pages * page_size, D]; the page table is the
-    same block table (page i of sequence b is physical block tables[b, i])."""
+    dev = tq.device
+    kv = torch.stack([tkc, tvc], dim=1)  # one extra copy of the cache, outside the timed call
+    nblk = tables.shape[1]
+    indptr = torch.arange(0, (c.B + 1) * nblk, nblk, dtype=torch.int32, device=dev)
+    indices = torch.as_tensor(tables.reshape(-1), dtype=torch.int32, device=dev)
+    last = torch.full((c.B,), c.L - (nblk - 1) * c.bs, dtype=torch.int32, device=dev)
+    workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=dev)
+    q = tq.view(c.B, c.Hq, c.D)
+    best = None
+    for tensor_cores in (False, True):  # report the faster of its two code paths
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=tensor_cores)
+        wrapper.plan(indptr, indices, last, c.Hq, c.Hkv, c.D, c.bs, q_data_type=torch.float16, kv_data_type=torch.float16)
+        fn = lambda w=wrapper: w.run(q, kv)  # noqa: E731
+        t = time_torch(fn, 5)
+        if best is None or t < best[0]:
+            best = (t, fn)
+    return best[1]
+
+
+def _flex_paged(tq, k_contig, v_contig, c: Case, page: int):
+    """FlexAttention over ``page``-token pages through torch's experimental PagedAttention helper.
+
+    The pages are laid out afresh (scattered at random) from the contiguous K/V,
+    so 128-token pages can be measured on the same data as 16-token ones."""
     import torch
     from torch.nn.attention.experimental._paged_attention import PagedAttention
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    n_pages = tkc.shape[0]
+    B, L, Hq, Hkv, D = c.B, c.L, c.Hq, c.Hkv, c.D
     dev = tq.device
-    pa = PagedAttention(n_pages, bs, B, device=dev)
-    table = torch.as_tensor(tables, device=dev, dtype=torch.int64)
-    pa.page_table[:, : table.shape[1]] = table
-    pa.physical_to_logical.scatter_(1, table, torch.arange(table.shape[1], device=dev).expand(B, -1).contiguous())
+    nblk = L // page
+    n_pages = B * nblk
+    perm = torch.randperm(n_pages, device=dev)
+    table = perm.view(B, nblk)
+    # [1, Hkv, n_pages * page, D]: page p of sequence b holds tokens p*page.. of b.
+    k_cache = torch.empty(1, Hkv, n_pages * page, D, dtype=tq.dtype, device=dev)
+    v_cache = torch.empty_like(k_cache)
+    slots = (table[:, :, None] * page + torch.arange(page, device=dev)).reshape(B, L)
+    for b in range(B):
+        k_cache[0, :, slots[b]] = k_contig[b]
+        v_cache[0, :, slots[b]] = v_contig[b]
+    pa = PagedAttention(n_pages, page, B, device=dev)
+    pa.page_table[:, :nblk] = table
+    pa.physical_to_logical.scatter_(1, table, torch.arange(nblk, device=dev).expand(B, -1).contiguous())
     pa.capacity[:] = L
-    k_cache = tkc.reshape(n_pages * bs, Hkv, D).transpose(0, 1).contiguous().unsqueeze(0)
-    v_cache = tvc.reshape(n_pages * bs, Hkv, D).transpose(0, 1).contiguous().unsqueeze(0)
-    logical = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx >= 0, B, None, 1, L, device=dev, BLOCK_SIZE=(128, bs))
+    logical = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx >= 0, B, None, 1, L, device=dev, BLOCK_SIZE=(128, page))
     mask = pa.convert_logical_block_mask(logical, torch.arange(B, device=dev))
     score_mod = pa.get_score_mod(None)
     compiled = torch.compile(flex_attention)
     gqa = Hq != Hkv
     errors = []
-    # Inductor picks its own tile sizes; with 16-token pages some shapes need
-    # smaller KV tiles, so try the default first, then 16-wide tiles.
-    for opts in (None, {"BLOCK_N": 16}, {"BLOCK_M": 16, "BLOCK_N": 16}):
+    # Inductor picks its own tile sizes; with small pages some shapes need smaller KV tiles.
+    for opts in (None, {"BLOCK_N": page}, {"BLOCK_M": 16, "BLOCK_N": min(page, 64)}):
         fn = lambda o=opts: compiled(tq, k_cache, v_cache, score_mod=score_mod, block_mask=mask, enable_gqa=gqa, kernel_options=o)  # noqa: E731
         try:
             fn()
@@ -183,33 +281,69 @@ def _flex_paged(tq, tkc, tvc, tables, B, L, Hq, Hkv, D, bs):
     raise RuntimeError("; ".join(errors))
 
 
+def summary(results: list[Result], copy_bw: float) -> None:
+    print("\nsummary: fraction of copy bandwidth, and ours / baseline as a throughput ratio (> 1: ours faster)")
+    print(f"  {'case':<44s} {'ours':>6s} {'SDPA':>6s} {'ours/SDPA':>10s} {'FlashInfer':>11s} {'ours/FI':>8s} {'best Flex':>10s}")
+    for r in results:
+        c, nbytes = r.case, r.nbytes
+        frac = {k: nbytes / t / copy_bw for k, t in r.times.items()}
+        ours_t = r.times["ours (auto)"]
+        sdpa = r.times.get("torch SDPA, contiguous K/V")
+        fi = r.times.get("FlashInfer batch decode")
+        flex = [t for k, t in r.times.items() if k.startswith("FlexAttention")]
+        cells = [
+            f"{frac['ours (auto)']:6.2f}",
+            f"{nbytes / sdpa / copy_bw:6.2f}" if sdpa else f"{'-':>6s}",
+            f"{sdpa / ours_t:9.2f}x" if sdpa else f"{'-':>10s}",
+            f"{nbytes / fi / copy_bw:11.2f}" if fi else f"{'-':>11s}",
+            f"{fi / ours_t:7.2f}x" if fi else f"{'-':>8s}",
+            f"{nbytes / min(flex) / copy_bw:10.2f}" if flex else f"{'-':>10s}",
+        ]
+        print(f"  {c.tag:<44s} " + " ".join(cells))
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--no-flex", action="store_true")
-    args = ap.parse_args()
-    reps = 5 if args.quick else 20
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 repeats instead of 20; no FlexAttention")
+    ap.add_argument("--cases", default="all", help=f"comma-separated groups: {', '.join(CASES)} or all")
+    ap.add_argument("--variants", action="store_true", help="also time each variant and partition size of ours")
+    ap.add_argument("--no-torch", action="store_true", help="ours only")
+    ap.add_argument("--no-flashinfer", action="store_true")
+    ap.add_argument("--no-flex", dest="flex", action="store_false", help="skip FlexAttention (compiles for minutes)")
+    ap.add_argument("--no-copy-kernels", action="store_true", help="skip reshape_and_cache and copy_blocks")
+    opts = ap.parse_args()
+    reps = 5 if opts.quick else 20
+    if opts.quick:
+        opts.flex = False
     dev = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device: {dev['name'].decode()}, {dev['multiProcessorCount']} SMs, L2 {dev['l2CacheSize'] >> 20} MiB; cupy {cp.__version__}")
-    torch_ok = not args.no_torch
-    if torch_ok:
+    if not opts.no_torch:
         try:
             import torch
 
             print(f"torch {torch.__version__}")
         except ImportError:
-            torch_ok = False
+            opts.no_torch = True
+            print("torch is not importable: ours only")
+    if not opts.no_torch and not opts.no_flashinfer:
+        try:
+            import flashinfer
+
+            print(f"flashinfer {flashinfer.__version__}")
+        except ImportError as exc:
+            print(f"FlashInfer is not importable ({exc}): its rows are skipped (pip install flashinfer-python)")
+            opts.no_flashinfer = True
     copy_bw = copy_bandwidth(reps)
-    bench_reshape_and_cache(copy_bw, reps)
-    bench_copy_blocks(copy_bw, reps)
-    for B, L in ((64, 4096), (1, 65536), (8, 32768)):
-        for Hkv in (32, 8):
-            bench_attention(B, L, 32, Hkv, copy_bw, reps, torch_ok, flex=not args.no_flex and not args.quick)
+    if not opts.no_copy_kernels:
+        bench_reshape_and_cache(copy_bw, reps)
+        bench_copy_blocks(copy_bw, reps)
+    groups = list(CASES) if opts.cases == "all" else opts.cases.split(",")
+    results = []
+    for group in groups:
+        for case in CASES[group]:
+            results.append(bench_attention(case, copy_bw, reps, opts))
             cp.get_default_memory_pool().free_all_blocks()
-    print("\nsummary (fraction of copy bandwidth):")
-    for name, t, frac in ROWS:
-        print(f"  {frac:5.2f}  {name}")
+    summary(results, copy_bw)
 
 
 if __name__ == "__main__":

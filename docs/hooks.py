@@ -7,7 +7,15 @@ the site, without writing anything into the source tree:
   the page ``tutorials/NN_*/``; mkdocs-jupyter then executes and renders it;
 * every picture under ``assets/generated/``, drawn by the simulator itself
   (:func:`tinyserve_sim.render.draw_state` and a few figures of its own below),
-  so a picture can never drift from the code;
+  so a picture can never drift from the code; a picture of a scenario written
+  with an empty alternative text (``![](...)``) gets the simulator's own
+  description of that state (:func:`tinyserve_sim.render.describe_state`);
+* ``players.md`` and ``players/NAME.html``: an interactive trace player for
+  every built-in scenario (:mod:`tinyserve_sim.render.html`);
+* the sample outputs of the getting-started page, by running them;
+* under the GPU cells of tutorials 4 and 6, when this machine has no GPU, what
+  those cells printed on a GPU machine (``docs/records/gpu-cells.json``,
+  written there by ``scripts/record_gpu_cells.py``);
 * ``reference/cli.md``, from the Typer app's own ``--help`` output;
 * ``reference/trace-format.md``, from the specification in ``trace.py``'s
   docstring, checked by parsing its example, plus every built-in scenario;
@@ -54,6 +62,9 @@ def on_files(files: Files, config) -> Files:
         files.append(File(f"tutorials/{path.name}", str(ROOT), config.site_dir, config.use_directory_urls))
     for name, content in _pictures().items():
         files.append(File.generated(config, f"{GENERATED}/{name}", content=content))
+    for name, content in _players().items():
+        files.append(File.generated(config, f"players/{name}.html", content=content))
+    files.append(File.generated(config, "players.md", content=_players_page()))
     files.append(File.generated(config, "reference/cli.md", content=_cli_page()))
     files.append(File.generated(config, "reference/trace-format.md", content=_trace_format_page()))
     return files
@@ -74,20 +85,31 @@ def _svg(fig) -> bytes:
     return buffer.getvalue()
 
 
+# The words for each generated picture of a scenario state, used as its alternative text.
+_ALT: dict[str, str] = {}
+
+
 def _pictures() -> dict[str, bytes]:
     from tinyserve_sim import BlockManager
-    from tinyserve_sim.render import draw_state
+    from tinyserve_sim.render import describe_state, draw_state
     from tinyserve_sim.scenarios import SCENARIOS
 
     out: dict[str, bytes] = {}
 
-    # Every step of every built-in scenario: scenario-NAME-step-NNN.svg (000 = before any step).
+    # Every operation of every built-in scenario: scenario-NAME-initial.svg before any, then
+    # scenario-NAME-op-NNN.svg after operation NNN (the number `tinyserve-sim demo` prints).
+    # Drawing the replay's manager keeps each sequence's colour across the pictures.
     for name, scenario in SCENARIOS.items():
         replay = scenario.trace().replay()
-        out[f"scenario-{name}-step-000.svg"] = _svg(draw_state(replay.manager, "initial state"))
-        for step in replay:
-            title = f"{name}, after step {step.index}: {step.op}"
-            out[f"scenario-{name}-step-{replay.position:03d}.svg"] = _svg(draw_state(replay.manager, title))
+        title = f"{name}: initial state"
+        out[f"scenario-{name}-initial.svg"] = _svg(draw_state(replay.manager, title))
+        _ALT[f"scenario-{name}-initial.svg"] = f"{title}. {describe_state(replay.manager)}"
+        for record in replay:
+            title = f"{name}, after operation {record.index}: {record.op}"
+            picture = f"scenario-{name}-op-{record.index:03d}.svg"
+            out[picture] = _svg(draw_state(replay.manager, title))
+            what = record.explain().split("  [")[0]
+            _ALT[picture] = f"{name}, after operation {record.index}, {what}. {describe_state(replay.manager)}"
         if replay.error is not None:  # a built-in scenario must run to the end
             raise RuntimeError(f"scenario {name!r} stopped: {replay.stop_message()}")
 
@@ -220,9 +242,26 @@ def _architecture_figure():
 _EXPERIMENTS = None
 
 
+_EMPTY_ALT = re.compile(r"!\[\]\(([^)\s]*?)([^/)\s]+\.(?:svg|png))\)")
+
+
+def _fill_alt_texts(markdown: str, page) -> str:
+    """``![](.../scenario-NAME-op-NNN.svg)``: the alternative text is the simulator's description."""
+    def fill(match: re.Match) -> str:
+        name = match.group(2)
+        if name not in _ALT:
+            raise ValueError(f"{page.file.src_uri}: the picture {name} has no alternative text: write one")
+        return f"![{_ALT[name]}]({match.group(1)}{name})"
+
+    return _EMPTY_ALT.sub(fill, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Fill the claims page's table marker with the tables of this build's experiments, and the
-    serving-time page's marker with the time-model presets (from ``timing.py``)."""
+    """Fill generated alternative texts, the getting-started outputs, the claims tables, and the
+    serving-time page's table of time-model presets (from ``timing.py``)."""
+    markdown = _fill_alt_texts(markdown, page)
+    if page.file.src_uri == "getting-started.md":
+        return _getting_started(markdown)
     if page.file.src_uri == "concepts/serving-time.md":
         from tinyserve_sim.serving.timing import PRESETS_TABLE_MARKER, presets_markdown
 
@@ -267,7 +306,7 @@ def _cli_page() -> str:
 
     from tinyserve_sim.cli import app
 
-    env = {"COLUMNS": "96", "TERM": "dumb", "NO_COLOR": "1"}
+    env = {"COLUMNS": "80", "TERM": "dumb", "NO_COLOR": "1"}  # the help fits 80 columns
 
     def run(*args: str) -> str:
         result = CliRunner().invoke(app, list(args), env=env, prog_name="tinyserve-sim")
@@ -283,9 +322,12 @@ def _cli_page() -> str:
         "    This page is generated from the Typer application in `tinyserve_sim/cli/app.py` when the",
         "    site is built: the help texts below are exactly what `--help` prints.",
         "",
-        "The package installs one command, `tinyserve-sim` (also `python -m tinyserve_sim`).",
-        "Errors in its input (a malformed trace, an unknown scenario) print one line and exit with",
-        "status 2; a trace that stops early (for example out of blocks) exits with status 1.",
+        "The package installs one command, `tinyserve-sim` (also `python -m tinyserve_sim`;",
+        "`tinyserve-sim --version` prints its version). Every mistake in its input (a wrong option,",
+        "a malformed trace, an unknown scenario, an output path that cannot be written) prints one",
+        "line, `error: ...`, on standard error and exits with status 2, never a traceback",
+        "(`tests/cli/test_errors.py` checks each command). A trace that stops early (for example",
+        "out of blocks) exits with status 1.",
         "",
         "```text",
         "$ tinyserve-sim --help",
@@ -350,3 +392,130 @@ def _trace_format_page() -> str:
     parts += ["See also: [how to write a trace by hand](../how-to/write-a-trace.md), "
               "the [`trace` module's API](api/trace.md) and [the command line](cli.md).", ""]
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------- players
+def _players() -> dict[str, str]:
+    """One self-contained player page per built-in scenario (tinyserve_sim.render.html)."""
+    from tinyserve_sim.render import player_html
+    from tinyserve_sim.scenarios import SCENARIOS
+
+    return {name: player_html(scenario.trace()) for name, scenario in SCENARIOS.items()}
+
+
+def _players_page() -> str:
+    from tinyserve_sim.scenarios import SCENARIOS
+
+    parts = [
+        "# Scenario player",
+        "",
+        "!!! note \"Generated\"",
+        "    Each player below is what `tinyserve-sim trace FILE --html OUT.html` writes for a built-in",
+        "    scenario: one self-contained HTML page, with every state computed by the simulator when",
+        "    the site was built. Click a player, then step with the buttons or the arrow keys",
+        "    (Home and End jump to the ends).",
+        "",
+        "The pictures use the colours of every other picture on this site: one colour per sequence,",
+        "for its whole life; pink for a block shared by several sequences (`xN` is its reference",
+        "count); yellow for a free block that keeps its content in the prefix cache; grey for a",
+        "free block. The outlined blocks are those the operation allocated, freed, copied or",
+        "evicted.",
+        "",
+    ]
+    for name, scenario in SCENARIOS.items():
+        parts += [
+            f"## {scenario.title}",
+            "",
+            f"`tinyserve-sim scenarios {name} --write {name}.jsonl` writes this trace;",
+            f"[open the player on its own](players/{name}.html).",
+            "",
+            f'<iframe class="trace-player" src="{name}.html" title="trace player: {name}" loading="lazy"></iframe>',
+            "",
+        ]
+    parts += ["See also: [the command line](reference/cli.md) and "
+              "[the trace file format](reference/trace-format.md).", ""]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------- getting started
+def _getting_started(markdown: str) -> str:
+    """Replace the page's two markers with outputs produced now, so they cannot go stale."""
+    import contextlib
+    import os
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from tinyserve_sim.cli import app
+
+    marker = "<!-- generated: demo excerpt -->"
+    if marker not in markdown:
+        raise ValueError("getting-started.md lost its marker " + marker)
+    result = CliRunner().invoke(app, ["demo"], env={"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
+    if result.exit_code != 0:
+        raise RuntimeError(f"tinyserve-sim demo failed:\n{result.output}")
+    lines = result.output.splitlines()
+    cut = next(i for i, line in enumerate(lines) if line.startswith("[  3]"))
+    excerpt = ["$ tinyserve-sim demo", *(line.rstrip() for line in lines[:cut]), "..."]
+    markdown = markdown.replace(marker, "```text\n" + "\n".join(excerpt) + "\n```")
+
+    marker = "<!-- generated: output of the python block above -->"
+    if marker not in markdown:
+        raise ValueError("getting-started.md lost its marker " + marker)
+    block = re.findall(r"```python\n(.*?)```", markdown.split(marker)[0], flags=re.S)[-1]
+    out = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="tinyserve-getting-started-") as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)  # the block writes state.svg: into a folder that goes away
+        try:
+            with contextlib.redirect_stdout(out):
+                exec(compile(block, "getting-started.md", "exec"), {})
+        finally:
+            os.chdir(cwd)
+    text = "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+    return markdown.replace(marker, "```text\n" + text + "\n```")
+
+
+# ----------------------------------------------------------- GPU cells, as recorded
+GPU_TUTORIALS = ("04_paged_attention_numpy_to_cuda", "06_hunting_a_kernel_bug")
+GPU_RECORD = ROOT / "docs" / "records" / "gpu-cells.json"
+
+
+def on_post_page(output: str, page, config) -> str:
+    """Under a GPU cell that skipped (no GPU here), show what it printed where there was one."""
+    name = page.file.src_uri.removeprefix("tutorials/").removesuffix(".py")
+    skipped = "No CUDA GPU here"
+    if name not in GPU_TUTORIALS or skipped not in output:
+        return output
+    where = output.index(skipped)
+    next_cell = output.find('<div class="jp-Cell ', where)
+    if next_cell < 0:
+        raise ValueError(f"{page.file.src_uri}: no cell after the GPU cell")
+    return output[:next_cell] + _gpu_record_html(name) + output[next_cell:]
+
+
+def _gpu_record_html(name: str) -> str:
+    import html
+    import json
+
+    if not GPU_RECORD.exists():
+        return ('<div class="admonition warning"><p class="admonition-title">No GPU record yet</p>'
+                "<p>Run <code>python scripts/record_gpu_cells.py</code> on a machine with a CUDA device "
+                "and commit <code>docs/records/gpu-cells.json</code>: this page then shows what the GPU "
+                "cell printed there.</p></div>")
+    record = json.loads(GPU_RECORD.read_text())
+    cell = record["tutorials"][name]
+    device = record["device"]
+    title = f"Recorded on a GPU: {device['name']}"
+    lines = "\n".join(html.escape(line) for line in cell["lines"])
+    verdict = "every comparison held" if cell["all_held"] else "NOT every comparison held"
+    return (
+        f'<div class="admonition success gpu-record"><p class="admonition-title">{html.escape(title)}</p>'
+        "<p>This site was built without a GPU, so the cell above skipped. On a GPU it printed:</p>"
+        f"<pre><code>{lines}</code></pre>"
+        f"<p>Recorded {html.escape(record['date'])} at commit <code>{html.escape(record['commit'][:12])}</code> "
+        f"by <code>{html.escape(record['recorded_with'])}</code> on {html.escape(device['name'])} "
+        f"(compute capability {html.escape(device['compute_capability'])}, CUDA driver "
+        f"{html.escape(device['driver_cuda_version'])}, CuPy {html.escape(device['cupy'])}): "
+        f"{verdict}.</p></div>"
+    )

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import cupy as cp
 import numpy as np
 
-from tinyserve_sim.data.block_allocation import BatchAllocation, check_requests
-from tinyserve_sim.errors import (
-    BlockIdError,
-    ConfigError,
-    DoubleFreeError,
-    KernelInputError,
+from tinyserve_sim.data.block_allocation import (
+    BatchAllocation,
+    check_free_ids,
+    check_num_blocks,
+    check_requests,
 )
+from tinyserve_sim.errors import DoubleFreeError, KernelInputError
 
 from .build import get_module
 
@@ -35,8 +35,7 @@ class GpuFifoAllocator:
     """Device-resident FIFO free queue (ring buffer), batched allocation."""
 
     def __init__(self, num_blocks: int) -> None:
-        if num_blocks < 1 or num_blocks >= 2**31:
-            raise ConfigError("num_blocks must be in 1 .. 2**31 - 1")
+        num_blocks = check_num_blocks(num_blocks)
         self.num_blocks = num_blocks
         self.ring = cp.arange(num_blocks, dtype=cp.int32)
         self.state = cp.asarray(np.array([0, num_blocks], dtype=np.int32))  # head, count
@@ -70,13 +69,9 @@ class GpuFifoAllocator:
 
     def free(self, block_ids: Sequence[int] | np.ndarray) -> None:
         """Append ids at the tail in order; checks range, duplicates and double frees first."""
-        ids = np.asarray(block_ids, dtype=np.int64).reshape(-1)
+        ids = check_free_ids(block_ids, self.num_blocks)
         if ids.size == 0:
             return
-        if int(ids.min()) < 0 or int(ids.max()) >= self.num_blocks:
-            raise BlockIdError(f"block id outside 0..{self.num_blocks - 1}")
-        if np.unique(ids).size != ids.size:
-            raise DoubleFreeError("a block appears twice in one free batch")
         ids_d = cp.asarray(ids.astype(np.int32))
         errors = cp.zeros(1, dtype=cp.int32)
         _fn("fifo_check_free_kernel")(
@@ -107,8 +102,8 @@ def racing_allocate(ref_counts: cp.ndarray, num_requests: int) -> cp.ndarray:
         raise KernelInputError("ref_counts must be a 1-D int32 cupy array")
     if not ref_counts.flags.c_contiguous or ref_counts.size == 0:
         raise KernelInputError("ref_counts must be C-contiguous and non-empty")
-    if num_requests < 0:
-        raise KernelInputError("num_requests must be >= 0")
+    if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)) or not 0 <= num_requests < 2**31:
+        raise KernelInputError(f"num_requests must be an integer in 0 .. 2**31 - 1, got {num_requests!r}")
     result = cp.full(num_requests, -2, dtype=cp.int32)  # poison: -2 is never a valid answer
     if num_requests:
         _fn("racing_allocate_kernel")(

@@ -19,9 +19,11 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.geometry import (
-    CHUNK_TOKENS,
+    MAX_GRID_YZ,
     NUM_THREADS,
+    check_launch_limits,
     make_plan,
     resolve_variant,
 )
@@ -35,7 +37,7 @@ from tinyserve_sim.data.validation import (
 from tinyserve_sim.errors import KernelInputError
 
 from .build import CTYPE as _CTYPE
-from .build import get_module, paged_attention_names
+from .build import get_module, paged_attention_kernel_name, paged_attention_names
 
 
 def _device(a: Any, name: str) -> cp.ndarray:
@@ -96,8 +98,19 @@ def prepare_copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) ->
     # Enough pieces per pair that even a few copies fill 132 SMs (>= 4 blocks each).
     pieces = max(1, min(-(-block_vecs // 1024), -(-528 // pairs)))
     kernel = get_module("copy_blocks.cu").get_function("copy_blocks_kernel")
-    args = (key_cache, value_cache, _index(mapping), np.int64(block_vecs))
-    return lambda: kernel((pieces, pairs), (256,), args)
+    mapping_d = _index(mapping)
+    # One launch per 65,535 pairs (CUDA's gridDim.y limit); the pairs are
+    # independent, so cutting the list changes nothing.
+    launches = [
+        ((pieces, min(MAX_GRID_YZ, pairs - first)), (key_cache, value_cache, mapping_d[first:], np.int64(block_vecs)))
+        for first in range(0, pairs, MAX_GRID_YZ)
+    ]
+
+    def launch() -> None:
+        for grid, args in launches:
+            kernel(grid, (256,), args)
+
+    return launch
 
 
 def copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) -> None:
@@ -110,19 +123,20 @@ def prepare_paged_attention(
     query: Any,
     key_cache: Any,
     value_cache: Any,
-    block_tables: Any,
-    seq_lens: Any,
+    batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
 ) -> Callable[[], cp.ndarray]:
-    """Validate everything now; return a function that launches and returns ``out``."""
-    tables_h, lens_h = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
+    """Validate everything now (and upload the batch's tables once); return a function
+    that launches and returns ``out``."""
+    _, lens_h = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
     variant = resolve_variant(variant, partition_size, S, Hkv, lens_h)
+    check_launch_limits(S, lens_h, partition_size if variant == "split_k" else None)
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
     dtype = np.dtype(query.dtype)
@@ -131,17 +145,23 @@ def prepare_paged_attention(
         return lambda: out
     G = Hq // Hkv
     plan = make_plan(D, dtype, G)
-    GT = plan.head_tile
-    n_tiles = -(-G // GT)
-    names = paged_attention_names(dtype, plan.lanes, plan.vecs_per_lane)
-    module = get_module("paged_attention.cu", names)
+    HB = plan.heads_per_block
+    n_tiles = -(-G // HB)
+    module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"
-    main = module.get_function(
-        f"paged_attention_kernel<{t}, {plan.vec}, {plan.lanes}, {plan.vecs_per_lane}, {GT}, {'true' if split else 'false'}>"
-    )
-    tables_d, lens_d = _index(tables_h), _index(lens_h)
-    smem = 4 * (GT * D + GT * CHUNK_TOKENS + 4 * GT * D) + 16 * CHUNK_TOKENS  # + token row offsets, x2 buffers
+    main = module.get_function(paged_attention_kernel_name(plan, dtype, split))
+    # The batch's own arrays: [S, W] and [S] (shared tables) or [S, Hkv, W] and
+    # [S, Hkv] (one per KV head); the kernel finds a (sequence, KV head)'s row
+    # through the two strides.
+    tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
+    seq_stride, head_stride = (np.int32(x) for x in batch.row_strides(Hkv))
+    # The kernel's shared memory, in its order: staged K and V tiles (16-byte vectors), the
+    # token row offsets (two buffers of int64), the query, the logits and the row-combine scratch.
+    num_vecs = D // plan.vec
+    smem = 2 * plan.chunk * num_vecs * 16 + 2 * plan.chunk * 8 + 4 * (HB * D + HB * plan.chunk + 4 * plan.head_tile * D)
+    if smem > 48 * 1024:  # above the default: the kernel must be allowed more (once per kernel)
+        main.max_dynamic_shared_size_bytes = smem
     max_parts = -(-int(lens_h.max()) // partition_size) if split else 1
     if split:
         part_out = cp.empty((S, Hq, max_parts, D), dtype=np.float32)
@@ -152,8 +172,8 @@ def prepare_paged_attention(
         part_out = part_m = part_l = cp.empty((1,), dtype=np.float32)  # unused
     args = (
         out, part_out, part_m, part_l, query, key_cache, value_cache, tables_d, lens_d, scale32,
-        np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(tables_h.shape[1]),
-        np.int32(partition_size), np.int32(max_parts),
+        np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(batch.max_blocks),
+        seq_stride, head_stride, np.int32(partition_size), np.int32(max_parts),
     )
     grid = (Hkv * n_tiles, S, max_parts)
 
@@ -162,8 +182,8 @@ def prepare_paged_attention(
         if split:
             reduce(
                 (Hq, S), (NUM_THREADS,),
-                (out, part_out, part_m, part_l, lens_d, np.int32(Hq), np.int32(D),
-                 np.int32(partition_size), np.int32(max_parts)),
+                (out, part_out, part_m, part_l, lens_d, np.int32(Hq), np.int32(Hkv), np.int32(D),
+                 seq_stride, head_stride, np.int32(partition_size), np.int32(max_parts)),
                 shared_mem=4 * (max_parts + 4),  # + 4: slack for vectorised reads of w_s
             )
         return out
@@ -175,14 +195,11 @@ def paged_attention(
     query: Any,
     key_cache: Any,
     value_cache: Any,
-    block_tables: Any,
-    seq_lens: Any,
+    batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
     partition_size: int = 1024,
     out: Any = None,
 ) -> cp.ndarray:
     """GPU paged attention (decode), bit-identical to ``tinyserve_sim.data.paged_attention``."""
-    return prepare_paged_attention(
-        query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size, out
-    )()
+    return prepare_paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size, out)()

@@ -3,8 +3,8 @@
 
 Builds the site (``mkdocs build --strict``) unless ``--site DIR`` names a built
 one, serves it on 127.0.0.1 with :mod:`http.server` in a background thread, and
-has headless Chromium (Debian's ``chromium`` package) screenshot the home page
-and a tutorial page. Everything stops by itself: the server when the script
+has headless Chromium (Debian's ``chromium`` package) screenshot the home page,
+a tutorial page and the scenario player. Everything stops by itself: the server when the script
 ends, each Chromium run after ``--timeout`` seconds at most.
 
     python scripts/screenshot_docs.py                   # build, serve, screenshot
@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PAGES = ("", "tutorials/01_first_block_table/")
+DEFAULT_PAGES = ("", "tutorials/01_first_block_table/", "players/")
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", type=Path, help="a built site to serve (default: build one in a temp folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "site-screenshots", help="where the PNGs go")
-    parser.add_argument("--page", action="append", help="page path to shoot (repeatable); default: home and tutorial 1")
+    parser.add_argument("--page", action="append", help="page path to shoot (repeatable); default: home, tutorial 1 and the scenario player")
     parser.add_argument("--window-size", default="1280,2000")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per screenshot, at most")
     args = parser.parse_args(argv)

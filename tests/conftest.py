@@ -38,17 +38,23 @@ elif not os.environ.get("CI"):
 
 
 def _gpu_skip_reason() -> str | None:
-    """Return why GPU tests cannot run here, or None when they can."""
+    """Return why GPU tests cannot run here, or None when they can.
+
+    The reason is the GPU backend's own (``tinyserve_sim.gpu.backend``): "no CUDA
+    device" where there is no NVIDIA driver or device at all, the CUDA error where
+    a driver is there but does not work (a real driver mismatch).
+    """
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a broken CUDA install
         return f"CuPy is not importable ({exc.__class__.__name__}: {exc})"
+    from tinyserve_sim.errors import BackendUnavailableError
+    from tinyserve_sim.gpu.backend import _require_gpu
+
     try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"no usable CUDA device ({exc.__class__.__name__}: {exc})"
-    if count < 1:
-        return "no CUDA device found"
+        _require_gpu()
+    except BackendUnavailableError as exc:
+        return str(exc)
     return None
 
 

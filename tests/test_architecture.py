@@ -38,3 +38,19 @@ def test_a_planted_forbidden_import_breaks_the_check(tmp_path: Path, module: str
     assert result.returncode != 0
     broken = [line for line in result.stdout.splitlines() if line.rstrip().endswith("BROKEN")]
     assert any(line.startswith(contract) for line in broken), result.stdout
+
+
+def test_every_package_ships():
+    """pyproject.toml lists the packages by hand (gpu/ ships as tinyserve_sim.gpu): a package
+    missing from the list would be missing from the wheel while an editable install hides it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(("tinyserve_sim", *init.parent.relative_to(ROOT / "tinyserve_sim").parts))
+        for init in (ROOT / "tinyserve_sim").rglob("__init__.py")
+    }
+    on_disk |= {".".join(("tinyserve_sim.gpu", *init.parent.relative_to(ROOT / "gpu").parts)).rstrip(".")
+                for init in (ROOT / "gpu").rglob("__init__.py")}
+    on_disk.add("tinyserve_sim.gpu.kernels")  # CUDA sources only, shipped as package data
+    assert on_disk == listed, (on_disk - listed, listed - on_disk)

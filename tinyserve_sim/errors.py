@@ -50,6 +50,22 @@ class InvalidTokenCountError(InvalidArgumentError):
     """A prompt or an append has zero or a negative number of tokens, or bad token ids."""
 
 
+class PageTableError(InvalidArgumentError):
+    """An imported page table (FlashInfer's CSR arrays, vLLM's block tables) is malformed.
+    The message names the array and the position.
+
+    Attributes:
+        field: the offending array's name (``"kv_indptr"``, ``"kv_indices"``...).
+        index: the position in it (an int, or a ``(row, column)`` pair), or ``None``
+            when the array as a whole is wrong (its type, its length).
+    """
+
+    def __init__(self, message: str, field: str, index: int | tuple[int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.index = index
+
+
 class BlockIdError(SimError, IndexError):
     """A block id is outside ``0 .. num_blocks - 1``."""
 

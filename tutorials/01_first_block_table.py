@@ -21,27 +21,19 @@
 #
 # ## Set up
 #
-# We need the block manager, two renderers, and a folder for the pictures. The small
-# `picture` helper saves the state as an SVG file (with `save_state`) and returns the
-# same drawing, which a notebook shows below the cell.
+# We need the block manager and two renderers. `show_state(manager, title)` draws the
+# state; a notebook shows the drawing below the cell, with a description in words for
+# readers who cannot see it. To keep a picture, `show_state(...).save("state.svg")` (or
+# `save_state(manager, "state.svg")`) writes it to a file. As a plain script, this
+# tutorial prints its text and writes nothing.
 
 # %%
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["svg"]
-import tempfile
-from pathlib import Path
-
 from tinyserve_sim import BlockManager
 from tinyserve_sim.errors import OutOfBlocksError
-from tinyserve_sim.render import draw_state, print_state, save_state
+from tinyserve_sim.render import print_state, show_state
 
-pictures = Path(tempfile.mkdtemp(prefix="tinyserve-tutorial-01-"))
-
-
-def picture(manager, name, title):
-    """Save the manager's state as pictures/NAME.svg and return the figure."""
-    save_state(manager, pictures / f"{name}.svg", title)
-    return draw_state(manager, title)
 
 
 # %% [markdown]
@@ -63,22 +55,22 @@ print("the free queue, next block first:", m.snapshot().free_queue)
 # ## A request arrives
 #
 # Request `a` brings a 6-token prompt. Six tokens need `ceil(6 / 4) = 2` blocks: the first
-# one full, the second half full. `add` allocates them and returns a **step record** that
-# says exactly what it did.
+# one full, the second half full. `add` allocates them and returns an **operation
+# record** (`OpRecord`) that says exactly what it did.
 
 # %%
-step = m.add("a", 6)
-print(step.explain())
-print("allocated:", step.allocated)
+record = m.add("a", 6)
+print(record.explain())
+print("allocated:", record.allocated)
 print("a's block table:", m.block_table("a"))
 
 # %% [markdown]
 # The **block table** maps each *logical* block of `a` (its tokens 0-3, then 4-7) to a
-# *physical* block. The step also says where the data plane must write the 6 new tokens'
+# *physical* block. The record also says where the data plane must write the 6 new tokens'
 # keys and values: one **slot** per token, `block * block_size + offset`.
 
 # %%
-print("slot mapping:", step.slot_mapping)
+print("slot mapping:", record.slot_mapping)
 
 # %% [markdown]
 # Here is the state as a picture. On the left, each sequence's block table; on the right,
@@ -86,7 +78,7 @@ print("slot mapping:", step.slot_mapping)
 # sequence's colour; grey blocks are free.
 
 # %%
-picture(m, "1-add-a", "after add('a', 6)")
+show_state(m, "after add('a', 6)")
 
 # %% [markdown]
 # ## A second request
@@ -105,9 +97,9 @@ print("b's block table:", m.block_table("b"))
 # next token fits in its last block: nothing is allocated.
 
 # %%
-step = m.append("a", 1)
-print(step.explain())
-print("slot of the new token:", step.slot_mapping)
+record = m.append("a", 1)
+print(record.explain())
+print("slot of the new token:", record.slot_mapping)
 
 # %% [markdown]
 # Two more tokens: the first fills block 1, the second needs a new block. That block is
@@ -115,10 +107,10 @@ print("slot of the new token:", step.slot_mapping)
 # other in memory. It does not matter: the block table says where each piece is.
 
 # %%
-step = m.append("a", 2)
-print(step.explain())
-print("a's block table:", m.block_table("a"), " slots:", step.slot_mapping)
-picture(m, "2-append", "after appending 3 tokens to 'a'")
+record = m.append("a", 2)
+print(record.explain())
+print("a's block table:", m.block_table("a"), " slots:", record.slot_mapping)
+show_state(m, "after appending 3 tokens to 'a'")
 
 # %% [markdown]
 # The same state in the terminal view, which `tinyserve-sim` prints (`print_state`): the
@@ -160,8 +152,8 @@ print("state unchanged:", m.snapshot() == before)
 # never used are handed out before them.
 
 # %%
-step = m.free("a")
-print(step.explain())
+record = m.free("a")
+print(record.explain())
 print("free queue, next first:", m.snapshot().free_queue)
 
 # %% [markdown]
@@ -169,7 +161,7 @@ print("free queue, next first:", m.snapshot().free_queue)
 
 # %%
 print(m.add("c", 5).explain())
-picture(m, "3-free-and-add", "after free('a') and add('c', 5)")
+show_state(m, "after free('a') and add('c', 5)")
 
 # %% [markdown]
 # ## Everything adds up
@@ -181,7 +173,6 @@ picture(m, "3-free-and-add", "after free('a') and add('c', 5)")
 # %%
 m.check_invariants()
 print(f"invariants hold: {m.num_used} blocks used, {m.num_free} free")
-print(f"pictures written to {pictures}")
 
 # %% [markdown]
 # ## Recap
@@ -190,7 +181,7 @@ print(f"pictures written to {pictures}")
 #   blocks to physical ones, anywhere in memory.
 # - `add` and `append` allocate a block only when the last one is full, so the only
 #   unused slots are in each sequence's last block.
-# - Each operation returns a **step** that says what it did, including the **slot
+# - Each operation returns a **record** that says what it did, including the **slot
 #   mapping** the data plane needs.
 # - A request that does not fit is refused before anything changes.
 #

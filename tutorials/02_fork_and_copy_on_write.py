@@ -21,25 +21,15 @@
 #
 # ## Set up
 #
-# The same helper as in tutorial 1: it saves each picture with `save_state` and returns
-# it for the notebook to show.
+# As in tutorial 1, `show_state` draws the state for the notebook to show (and
+# `.save(path)` would write it to a file).
 
 # %%
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["svg"]
-import tempfile
-from pathlib import Path
-
 from tinyserve_sim import BlockManager
-from tinyserve_sim.render import draw_state, save_state
+from tinyserve_sim.render import show_state
 
-pictures = Path(tempfile.mkdtemp(prefix="tinyserve-tutorial-02-"))
-
-
-def picture(manager, name, title):
-    """Save the manager's state as pictures/NAME.svg and return the figure."""
-    save_state(manager, pictures / f"{name}.svg", title)
-    return draw_state(manager, title)
 
 
 def ref_counts(manager, seq_id):
@@ -68,11 +58,11 @@ print("A1's table:", m.block_table("A1"), " ref counts:", ref_counts(m, "A1"))
 
 # %%
 free_before = m.num_free
-step = m.fork("A1", "A2")
-print(step.explain())
+record = m.fork("A1", "A2")
+print(record.explain())
 print("A2's table:", m.block_table("A2"), " ref counts:", ref_counts(m, "A2"))
 print("free blocks before and after:", free_before, m.num_free)
-picture(m, "1-fork", "after fork('A1', 'A2'): both blocks shared (x2)")
+show_state(m, "after fork('A1', 'A2'): both blocks shared (x2)")
 
 # %% [markdown]
 # Pink blocks are shared; the `x2` is their reference count.
@@ -84,22 +74,22 @@ picture(m, "1-fork", "after fork('A1', 'A2'): both blocks shared (x2)")
 # gives A1 a private copy of that block, then writes into the copy.
 
 # %%
-step = m.append("A1", [18])  # "fathers"
-print(step.explain())
-print("copies for the data plane:", step.copies)
+record = m.append("A1", [18])  # "fathers"
+print(record.explain())
+print("copies for the data plane:", record.copies)
 print("A1's table:", m.block_table("A1"), " A2's table:", m.block_table("A2"))
 
 # %% [markdown]
-# The step record carries the work for the GPU, **in order**: first copy block
-# `src` into block `dst` (all the copies of a step go into one `copy_blocks` launch),
+# The operation's record carries the work for the GPU, **in order**: first copy block
+# `src` into block `dst` (all the copies of an operation go into one `copy_blocks` launch),
 # then write the new token into the slot given by the slot mapping, which is in the
 # *new* block:
 
 # %%
-(src, dst), = step.copies
+(src, dst), = record.copies
 print(f"1. copy block {src} -> block {dst}")
-print(f"2. write the new token at slot {step.slot_mapping[0]} = block {step.slot_mapping[0] // 4}, offset {step.slot_mapping[0] % 4}")
-picture(m, "2-copy-on-write", "after A1 appends: block 1 copied into block 2")
+print(f"2. write the new token at slot {record.slot_mapping[0]} = block {record.slot_mapping[0] // 4}, offset {record.slot_mapping[0] % 4}")
+show_state(m, "after A1 appends: block 1 copied into block 2")
 
 # %% [markdown]
 # Block 0 is still shared (it is full, so nobody will ever write into it again). Block 1
@@ -111,9 +101,9 @@ picture(m, "2-copy-on-write", "after A1 appends: block 1 copied into block 2")
 # writes in place. No copy.
 
 # %%
-step = m.append("A2", [19])  # "mothers"
-print(step.explain())
-print("copies:", step.copies)
+record = m.append("A2", [19])  # "mothers"
+print(record.explain())
+print("copies:", record.copies)
 
 # %% [markdown]
 # ## Both continue
@@ -125,7 +115,7 @@ print("copies:", step.copies)
 print(m.append("A1", [20]).explain())  # "brought"
 print(m.append("A2", [20]).explain())  # "brought"
 m.check_invariants()
-picture(m, "3-diverged", "both samples continue on their own blocks")
+show_state(m, "both samples continue on their own blocks")
 
 # %% [markdown]
 # The two samples hold 9 tokens each, 18 in all, in 5 blocks. Without sharing they would
@@ -174,10 +164,9 @@ for prompt_len, n in [(20, 4), (161, 4), (161, 8), (1000, 8)]:
 m2 = BlockManager(num_blocks=8, block_size=4)
 m2.add("s0", 8)  # two full blocks
 m2.fork("s0", "s1")
-step = m2.free("s0")
-print(step.explain())
+record = m2.free("s0")
+print(record.explain())
 print("s1's table:", m2.block_table("s1"), " ref counts:", ref_counts(m2, "s1"))
-print(f"pictures written to {pictures}")
 
 # %% [markdown]
 # Nothing was freed: every block of `s0` is still used by `s1`.
@@ -186,7 +175,7 @@ print(f"pictures written to {pictures}")
 #
 # - `fork` copies a block *table* and increments reference counts; it never allocates.
 # - A sequence writing into a **partly filled, shared** last block first gets a private
-#   copy: the step's `copies` tell the data plane to copy before it writes.
+#   copy: the record's `copies` tell the data plane to copy before it writes.
 # - A block whose count drops to 1 is written in place again; full blocks stay shared.
 # - `free` counts blocks down; only blocks that reach 0 return to the pool.
 #

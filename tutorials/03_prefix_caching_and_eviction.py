@@ -22,20 +22,10 @@
 # %%
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["svg"]
-import tempfile
-from pathlib import Path
-
 from tinyserve_sim import BlockManager
 from tinyserve_sim.control.prefix_cache import hash_block, hash_blocks
-from tinyserve_sim.render import draw_state, save_state
+from tinyserve_sim.render import show_state
 
-pictures = Path(tempfile.mkdtemp(prefix="tinyserve-tutorial-03-"))
-
-
-def picture(manager, name, title):
-    """Save the manager's state as pictures/NAME.svg and return the figure."""
-    save_state(manager, pictures / f"{name}.svg", title)
-    return draw_state(manager, title)
 
 
 # %% [markdown]
@@ -66,9 +56,9 @@ print("the same as hashing it by hand:", after_x[1] == hash_block(after_x[0], sa
 m = BlockManager(num_blocks=12, block_size=4, prefix_caching=True)
 system = list(range(100, 108))
 
-step = m.add("r1", system + [1, 2, 3])
-print(step.explain())
-print("cache misses (full blocks looked up, not found):", step.cache_misses)
+record = m.add("r1", system + [1, 2, 3])
+print(record.explain())
+print("cache misses (full blocks looked up, not found):", record.cache_misses)
 
 # %% [markdown]
 # The first request found nothing, and its two full blocks are now cached. A second
@@ -76,10 +66,10 @@ print("cache misses (full blocks looked up, not found):", step.cache_misses)
 # physical blocks, whose reference counts go to 2. Only its own last block is new.
 
 # %%
-step = m.add("r2", system + [4, 5, 6])
-print(step.explain())
+record = m.add("r2", system + [4, 5, 6])
+print(record.explain())
 print("r1's table:", m.block_table("r1"), " r2's table:", m.block_table("r2"))
-picture(m, "1-shared-prefix", "r2 reuses r1's two system-prompt blocks")
+show_state(m, "r2 reuses r1's two system-prompt blocks")
 
 # %% [markdown]
 # ## Finished, but not forgotten
@@ -91,14 +81,14 @@ picture(m, "1-shared-prefix", "r2 reuses r1's two system-prompt blocks")
 # %%
 print(m.free("r1").explain())
 print(m.free("r2").explain())
-snap = m.snapshot()
-print("free queue:", snap.free_queue)
-print("cached free blocks, next eviction first:", snap.evictable)
-picture(m, "2-cached", "both requests finished: blocks 0 and 1 stay cached")
+both_finished = m.snapshot()
+print("free queue:", both_finished.free_queue)
+print("cached free blocks, next eviction first:", both_finished.evictable)
+show_state(m, "both requests finished: blocks 0 and 1 stay cached")
 
 # %%
-step = m.add("r3", system + [9])
-print(step.explain())
+record = m.add("r3", system + [9])
+print(record.explain())
 
 # %% [markdown]
 # Blocks 0 and 1 were reused although no live request held them: the work of computing
@@ -109,8 +99,8 @@ print(step.explain())
 # prompt of exactly the 8 system tokens therefore reuses only one block:
 
 # %%
-step = m.add("r4", system)
-print(step.explain())
+record = m.add("r4", system)
+print(record.explain())
 print(m.free("r3").explain())
 print(m.free("r4").explain())
 
@@ -122,12 +112,12 @@ print(m.free("r4").explain())
 # does it **evict** cached blocks, least recently used first.
 
 # %%
-snap = m.snapshot()
-print(f"free: {len(snap.free_queue)}, cached: {len(snap.evictable)} {snap.evictable}")
-step = m.add("big", list(range(500, 544)))  # 44 tokens: 11 blocks
-print(step.explain())
-print("evicted:", step.evicted)
-picture(m, "3-evicted", "a 44-token request evicted the least recently used cached block")
+before_big = m.snapshot()  # taken now, after r3 and r4 have come and gone
+print(f"free: {len(before_big.free_queue)}, cached: {len(before_big.evictable)} {before_big.evictable}")
+record = m.add("big", list(range(500, 544)))  # 44 tokens: 11 blocks
+print(record.explain())
+print("evicted:", record.evicted)
+show_state(m, "a 44-token request evicted the least recently used cached block")
 
 # %% [markdown]
 # The request needed 11 blocks; the free queue had 10, so the last one came from the
@@ -140,9 +130,9 @@ picture(m, "3-evicted", "a 44-token request evicted the least recently used cach
 
 # %%
 print(m.free("big").explain())
-step = m.add("r5", system + [1])
-print(step.explain())
-print("hits:", step.cache_hits, " misses:", step.cache_misses)
+record = m.add("r5", system + [1])
+print(record.explain())
+print("hits:", record.cache_hits, " misses:", record.cache_misses)
 m.check_invariants()
 
 # %% [markdown]
@@ -159,9 +149,8 @@ print(m.free("r5").explain())
 print("cached before:", m.snapshot().evictable)
 print(m.evict(3).explain())
 print("cached after:", m.snapshot().evictable)
-print(f"cache statistics: {m.snapshot().cache_hits} hits, {m.snapshot().cache_misses} misses, "
-      f"{m.snapshot().evictions} evictions")
-print(f"pictures written to {pictures}")
+final = m.snapshot()
+print(f"cache statistics: {final.cache_hits} hits, {final.cache_misses} misses, {final.evictions} evictions")
 
 # %% [markdown]
 # ## Recap

@@ -26,15 +26,15 @@ import numpy as np
 
 from tinyserve_sim import BlockManager
 from tinyserve_sim.data import (
+    DecodeBatch,
     KVCache,
     attention_error_bound,
-    pack_block_tables,
     paged_attention,
     reference_paged_attention,
 )
 from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
-from tinyserve_sim.render import draw_state
+from tinyserve_sim.render import show_state
 
 rng = np.random.default_rng(0)
 
@@ -59,7 +59,7 @@ def new_kv(num_tokens):
     return rng.standard_normal(shape).astype(np.float16), rng.standard_normal(shape).astype(np.float16)
 
 
-# Each step of the control plane is applied to the data plane: copies first, then the new tokens.
+# Each operation of the control plane is applied to the data plane: copies first, then the new tokens.
 for seq, tokens in [("a", 20), ("b", 30), ("c", 9)]:
     cache.apply(m.add(seq, tokens), *new_kv(tokens))
 cache.apply(m.free("b"))
@@ -68,27 +68,28 @@ for seq, tokens in [("a", 15), ("c", 40)]:
 
 for seq in m.seq_ids():
     print(f"{seq}: {m.num_tokens(seq):3} tokens in blocks {m.block_table(seq)}")
-draw_state(m, "three requests, one finished: scattered block tables")
+show_state(m, "three requests, one finished: scattered block tables")
 
 # %% [markdown]
 # `apply` is where the two planes meet: each `OpRecord` says which blocks to copy
-# (`step.copies`, none here) and which slots the new tokens go to
-# (`step.slot_mapping`); the data plane's `copy_blocks` and `reshape_and_cache` do it.
+# (`record.copies`, none here) and which slots the new tokens go to
+# (`record.slot_mapping`); the data plane's `copy_blocks` and `reshape_and_cache` do it.
 #
 # ## The kernel's inputs
 #
-# The kernel reads the block tables as one padded int32 matrix, and one query per
-# sequence (a decode step).
+# What the control plane hands the data plane for a decode step is a `DecodeBatch`: the
+# block tables as one padded int32 matrix (`-1` past each sequence's last block, never
+# read), the sequence lengths, and the slots this step wrote. `from_manager` takes them
+# from the manager's current state. Add one query per sequence (a decode step).
 
 # %%
 seqs = m.seq_ids()
-block_tables = pack_block_tables([m.block_table(s) for s in seqs])
-seq_lens = np.array([m.num_tokens(s) for s in seqs], dtype=np.int32)
+batch = DecodeBatch.from_manager(m)
 query = rng.standard_normal((len(seqs), NUM_Q_HEADS, HEAD_DIM)).astype(np.float16)
 key_cache, value_cache = cache.to_numpy()
 scale = 1 / np.sqrt(HEAD_DIM)
-print("block_tables =\n", block_tables)
-print("seq_lens =", seq_lens)
+print("block_tables =\n", batch.block_tables)
+print("seq_lens =", batch.seq_lens)
 
 # %% [markdown]
 # ## The twin
@@ -99,9 +100,8 @@ print("seq_lens =", seq_lens)
 # `split_k` (long sequences cut into partitions, combined at the end).
 
 # %%
-out_one_pass = paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale, variant="one_pass")
-out_split_k = paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale,
-                              variant="split_k", partition_size=128)
+out_one_pass = paged_attention(query, key_cache, value_cache, batch, scale, variant="one_pass")
+out_split_k = paged_attention(query, key_cache, value_cache, batch, scale, variant="split_k", partition_size=128)
 print(out_one_pass.shape, out_one_pass.dtype)
 
 # %% [markdown]
@@ -112,8 +112,8 @@ print(out_one_pass.shape, out_one_pass.dtype)
 # provably stay within. Both variants are inside it:
 
 # %%
-reference = reference_paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale)
-bound = attention_error_bound(query, key_cache, value_cache, block_tables, seq_lens, scale, partition_size=128)
+reference = reference_paged_attention(query, key_cache, value_cache, batch, scale)
+bound = attention_error_bound(query, key_cache, value_cache, batch, scale, partition_size=128)
 for name, out in [("one_pass", out_one_pass), ("split_k", out_split_k)]:
     error = np.abs(out.astype(np.float64) - reference)
     print(f"{name:8}: max error {error.max():.2e}, max bound {bound.max():.2e}, "
@@ -133,8 +133,8 @@ print("the two variants agree bit for bit:", np.array_equal(out_one_pass, out_sp
 
 # %%
 def dense_attention(s):
-    t = np.arange(seq_lens[s])
-    slots = block_tables[s, t // BLOCK_SIZE] * BLOCK_SIZE + t % BLOCK_SIZE
+    t = np.arange(batch.seq_lens[s])
+    slots = batch.block_tables[s, t // BLOCK_SIZE] * BLOCK_SIZE + t % BLOCK_SIZE
     k = key_cache.reshape(-1, NUM_KV_HEADS, HEAD_DIM)[slots].astype(np.float64)  # [L, Hkv, D]
     v = value_cache.reshape(-1, NUM_KV_HEADS, HEAD_DIM)[slots].astype(np.float64)
     out = np.empty((NUM_Q_HEADS, HEAD_DIM))
@@ -154,25 +154,29 @@ print("max |dense - reference|:", np.abs(dense - reference).max())
 #
 # The GPU backend launches the real kernel on device arrays. It needs CuPy and a CUDA
 # device; `get_backend("cupy")` raises `BackendUnavailableError`, with the reason, when
-# either is missing, and this cell then says so and skips the comparison.
+# either is missing, and this cell then says so and skips the comparison. (The site is
+# built without a GPU: below the message it shows what this cell printed on a GPU
+# machine, recorded there by `scripts/record_gpu_cells.py`.)
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
     gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
     gpu = None
-    print(f"No CUDA GPU here ({reason}).")
+    print(f"No CUDA GPU here: {reason}.")
     print("The GPU cells are skipped; run this tutorial on a machine with a CUDA device to see them.")
 
 if gpu is not None:
     out_gpu = {}
     for variant, size in [("one_pass", 512), ("split_k", 128)]:
         result = gpu.paged_attention(gpu.asarray(query), gpu.asarray(key_cache), gpu.asarray(value_cache),
-                                     block_tables, seq_lens, scale, variant=variant, partition_size=size)
+                                     batch, scale, variant=variant, partition_size=size)
         out_gpu[variant] = gpu.to_numpy(result)
     for variant, twin in [("one_pass", out_one_pass), ("split_k", out_split_k)]:
         same = np.array_equal(out_gpu[variant].view(np.uint16), twin.view(np.uint16))
-        print(f"{variant:8}: GPU and twin identical bit for bit: {same}")
+        gpu_lines.append(f"{variant:8}: GPU and twin identical bit for bit: {same}")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # On a GPU, both lines print `True`: the kernel and its twin do the same float32
@@ -183,10 +187,10 @@ if gpu is not None:
 #
 # ## Recap
 #
-# - The control plane's steps drive the data plane: `copy_blocks`, then
-#   `reshape_and_cache` at the step's slots.
-# - `paged_attention` follows the block tables; the result does not depend on where the
-#   blocks are.
+# - The control plane's operation records drive the data plane: `copy_blocks`, then
+#   `reshape_and_cache` at the record's slots.
+# - `paged_attention` takes a `DecodeBatch` (the block tables, the lengths) and follows its
+#   tables; the result does not depend on where the blocks are.
 # - The twin is checked against a float64 reference and a proven error bound; the kernel
 #   is checked against the twin, bit for bit.
 #

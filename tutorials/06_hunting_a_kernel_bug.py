@@ -23,11 +23,15 @@
 # ## Set up
 
 # %%
+import tempfile
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tinyserve_sim.data import (
+    DecodeBatch,
     attention_error_bound,
     paged_attention,
     reference_paged_attention,
@@ -36,6 +40,11 @@ from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.errors import BackendUnavailableError
 
 NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM = 1, 2, 32
+
+# Hypothesis keeps a cache in ./.hypothesis; this tutorial leaves nothing behind, so the
+# cache goes to a temporary folder that is removed when the tutorial ends.
+hypothesis_scratch = tempfile.TemporaryDirectory(prefix="tinyserve-tutorial-06-")
+set_hypothesis_home_dir(hypothesis_scratch.name)
 
 # %% [markdown]
 # ## A deliberately buggy kernel
@@ -47,11 +56,11 @@ NUM_KV_HEADS, NUM_Q_HEADS, HEAD_DIM = 1, 2, 32
 # not crash outright on short sequences; bugs that crash are easy).
 
 # %%
-def buggy_paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale):
-    block_size = key_cache.shape[1]
-    full_blocks = np.maximum(seq_lens // block_size, 1)  # BUG: should round up
-    truncated = np.minimum(seq_lens, full_blocks * block_size).astype(np.int32)
-    return paged_attention(query, key_cache, value_cache, block_tables, truncated, scale)
+def buggy_paged_attention(query, key_cache, value_cache, batch, scale):
+    block_size = batch.block_size
+    full_blocks = np.maximum(batch.seq_lens // block_size, 1)  # BUG: should round up
+    truncated = np.minimum(batch.seq_lens, full_blocks * block_size).astype(np.int32)
+    return paged_attention(query, key_cache, value_cache, DecodeBatch(block_size, batch.block_tables, truncated), scale)
 
 
 # %% [markdown]
@@ -70,8 +79,9 @@ def make_case(seq_len, block_size, seed):
     key_cache = rng.standard_normal(shape).astype(np.float32)
     value_cache = rng.standard_normal(shape).astype(np.float32)
     block_tables = rng.permutation(num_blocks).astype(np.int32)[None, :]
+    batch = DecodeBatch(block_size, block_tables, np.array([seq_len], dtype=np.int32))
     query = rng.standard_normal((1, NUM_Q_HEADS, HEAD_DIM)).astype(np.float32)
-    return query, key_cache, value_cache, block_tables, np.array([seq_len], dtype=np.int32), 1 / np.sqrt(HEAD_DIM)
+    return query, key_cache, value_cache, batch, 1 / np.sqrt(HEAD_DIM)
 
 
 def check_within_bound(kernel):
@@ -136,26 +146,29 @@ except AssertionError as failure:
 #
 # The same property holds for the CUDA kernel, and a stricter one too: its output equals
 # the twin's, bit for bit. Where a CUDA device is present, this cell runs the property
-# against the GPU backend; elsewhere it says so and skips.
+# against the GPU backend; elsewhere it says so and skips. (The site is built without a
+# GPU: below the message it shows what this cell printed on a GPU machine, recorded there
+# by `scripts/record_gpu_cells.py`.)
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
     gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
     gpu = None
-    print(f"No CUDA GPU here ({reason}); the GPU property is skipped.")
+    print(f"No CUDA GPU here: {reason}; the GPU property is skipped.")
 
 if gpu is not None:
-    def gpu_paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale):
-        out = gpu.paged_attention(gpu.asarray(query), gpu.asarray(key_cache), gpu.asarray(value_cache),
-                                  block_tables, seq_lens, scale)
+    def gpu_paged_attention(query, key_cache, value_cache, batch, scale):
+        out = gpu.paged_attention(gpu.asarray(query), gpu.asarray(key_cache), gpu.asarray(value_cache), batch, scale)
         out = gpu.to_numpy(out)
-        twin = paged_attention(query, key_cache, value_cache, block_tables, seq_lens, scale)
+        twin = paged_attention(query, key_cache, value_cache, batch, scale)
         assert np.array_equal(out.view(np.uint32), twin.view(np.uint32)), "GPU and twin differ"
         return out
 
     check_within_bound(gpu_paged_attention)()
-    print("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    gpu_lines.append("CUDA kernel: within the bound, and identical to the twin, on 200 generated cases")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # ## Recap

@@ -1,33 +1,45 @@
 // paged_attention.cu -- decode attention over a paged KV cache, bit-identical
 // to its NumPy twin tinyserve_sim/data/paged_attention.py (read its docstring
-// first: it states the exact order of every float operation done here).
+// first: it states the exact order of every float operation done here), with
+// the geometry of tinyserve_sim/data/geometry.py (AttentionPlan).
 //
 // Grid (one thread block per work item):
-//   x: kv_head * n_tiles + tile  -- a KV head and a tile of its GQA group's
-//                                   query heads: K/V are read once per tile
+//   x: kv_head * n_tiles + tile  -- a KV head and a tile of HS * HT of its GQA
+//                                   group's query heads
 //   y: sequence
 //   z: partition (split-K; 1 for the one-pass variant)
-// Block: NT = 128 threads = ROWS rows of LANES lanes. A row handles one token
-// at a time; lane i of a row owns the 16-byte vectors i, i+LANES, ... of the
-// head_dim elements (VPL of them), for both K and V.
+// Block: NT = 128 threads in HS head slices (whole warps). A slice owns HT query
+// heads and is ROWS rows of LANES lanes. A row handles one token at a time;
+// lane i of a row owns the 16-byte vectors i, i+LANES, ... of the head_dim
+// elements (VPL of them). Every slice reads the same keys and values.
 //
-// Per 128-token chunk (online softmax, as FlashAttention/FlashDecoding):
-//   A. logits: each row computes q.k for its tokens (lane partials, then a
-//      butterfly), into shared memory.
+// Keys and values travel through shared memory, one CHUNK of tokens at a time,
+// copied by cp.async (global -> shared without registers) ahead of their use:
+//   K of chunk c+1 is copied while chunk c computes probabilities and
+//   accumulates V; V of chunk c+1 while chunk c+1 computes its logits.
+// So the memory system always has a chunk in flight, and the threads never
+// wait on a global load inside the loop.
+//
+// Per chunk (online softmax, as FlashAttention / FlashDecoding):
+//   A. logits: each row computes q.k for its tokens (lane partials with fused
+//      multiply-adds, then a reduce-scatter butterfly), into shared memory.
 //   B. chunk max -> m_new, alpha = exp(m_old - m_new)      (one warp per head)
 //   C. p = exp(x - m_new), in place in shared memory
-//   D. each row: l_r, acc_r *= alpha; then += p_j, p_j * v_j for its tokens.
-// Finally rows are combined by a butterfly / pairwise tree and divided by l.
-// split-K writes (o, m, l) per partition; paged_attention_reduce combines.
+//   D. each row: l_r, acc_r *= alpha; then l_r += p_j, acc_r = fma(p_j, v_j, acc_r)
+//      for its tokens.
+// Finally each slice's rows are combined by a butterfly inside a warp and a
+// pairwise tree across its warps, and divided by l. split-K writes (o, m, l)
+// per partition; paged_attention_reduce_kernel combines them.
 #include <cuda_fp16.h>
 #include "exact_math.cuh"
 
 namespace {
 
-constexpr int NT = 128;       // threads per block
+constexpr int NT = 128;        // threads per block
 constexpr int NWARPS = NT / 32;
-constexpr int CHUNK = 128;    // tokens per online-softmax step (twin: CHUNK_TOKENS)
-constexpr int UNROLL = 4;     // tokens whose loads are issued together
+constexpr int MAX_HEADS = 32;  // HS * HT at most (4 slices of 8 heads)
+
+template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
 
 // 16 bytes of the cache, converted exactly to float.
 __device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
@@ -45,15 +57,42 @@ __device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
     out[2] = __uint_as_float(raw.z);
     out[3] = __uint_as_float(raw.w);
 }
+// N consecutive floats of shared memory (N = 1, 2, 4, 8; 4N-byte aligned) in the fewest loads.
+template <int N>
+__device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
+    if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(src + i);
+            dst[i] = v.x; dst[i + 1] = v.y; dst[i + 2] = v.z; dst[i + 3] = v.w;
+        }
+    } else if constexpr (N == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(src);
+        dst[0] = v.x; dst[1] = v.y;
+    } else {
+        dst[0] = src[0];
+    }
+}
 __device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float load_float(const float* p) { return *p; }
 __device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 
+// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers
+// (and L1: .cg). Copies are grouped by commit; wait<N> returns once at most N
+// of this thread's groups are still in flight (groups complete in order).
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int GT, bool SPLIT>
-__global__ void __launch_bounds__(NT) paged_attention_kernel(
+template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool SPLIT, bool EVEN>
+__global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
     float* __restrict__ part_m,          // split-K: [S, Hq, max_parts]
@@ -61,168 +100,192 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
     const T* __restrict__ query,         // [S, Hq, D]
     const T* __restrict__ key_cache,     // [num_blocks, block_size, Hkv, D]
     const T* __restrict__ value_cache,
-    const int* __restrict__ block_tables,  // [S, max_blocks]
-    const int* __restrict__ seq_lens,      // [S]
+    const int* __restrict__ block_tables,  // [rows, max_blocks]: [S] or [S, Hkv] rows
+    const int* __restrict__ seq_lens,      // [rows]
     const float scale,
     const int num_heads, const int num_kv_heads, const int head_dim,
     const int block_size, const int max_blocks,
+    const int row_seq_stride, const int row_head_stride,  // (1, 0) shared tables, (Hkv, 1) per head
     const int partition_size, const int max_parts)
 {
-    constexpr int ROWS = NT / LANES;
+    constexpr int SLICE = NT / HS;             // threads of one head slice
+    constexpr int ROWS = SLICE / LANES;        // token rows of one slice
     constexpr int TPR = CHUNK / ROWS;          // tokens per row per chunk
     constexpr int EPL = VPL * VEC;             // elements per lane
-    constexpr int RPW = 32 / LANES;            // rows per warp (1 when LANES == 32)
-    static_assert(TPR % UNROLL == 0 || TPR < UNROLL, "chunk must split evenly");
-    constexpr int UN = TPR < UNROLL ? TPR : UNROLL;
+    constexpr int WPS = SLICE / 32;            // warps per slice
+    constexpr int HB = HT * HS;                // query heads of the block
+    constexpr int CROWS = NT / LANES;          // rows when all 128 threads copy
+    static_assert(SLICE % 32 == 0 && ROWS >= 1 && CHUNK % ROWS == 0, "slices are whole warps");
+    static_assert(CHUNK % CROWS == 0 && CHUNK % 32 == 0 && HB <= MAX_HEADS, "geometry");
+    static_assert(HT * EPL <= 32, "accumulators and query in registers");
 
-    extern __shared__ float smem[];
-    float* q_s = smem;                          // [GT][D]   query, as float
-    float* x_s = q_s + GT * head_dim;           // [GT][CHUNK] logits, then p
-    float* red_s = x_s + GT * CHUNK;            // [NWARPS][GT][D] row-combine scratch
-    long long* base_s = reinterpret_cast<long long*>(red_s + NWARPS * GT * head_dim);  // [2][CHUNK]
-    __shared__ float m_s[GT], alpha_s[GT], lred_s[NWARPS][GT];
+    // ---- shared memory: staged K and V tiles first (16-byte aligned) ----------
+    extern __shared__ uint4 smem_u4[];
+    // Vectors per token row: a compile-time constant when EVEN, so that every
+    // shared-memory address below is a constant offset from a per-thread base.
+    const int num_vecs = EVEN ? LANES * VPL : head_dim / VEC;
+    uint4* k_s = smem_u4;                       // [CHUNK][num_vecs] keys of the chunk
+    uint4* v_s = k_s + CHUNK * num_vecs;        // [CHUNK][num_vecs] values
+    long long* base_s = reinterpret_cast<long long*>(v_s + CHUNK * num_vecs);  // [2][CHUNK] row byte offsets
+    float* q_s = reinterpret_cast<float*>(base_s + 2 * CHUNK);                 // [HB][D] query, as float
+    float* x_s = q_s + HB * head_dim;           // [CHUNK][HB] logits, then p (a token's heads together)
+    float* red_s = x_s + HB * CHUNK;            // [NWARPS][HT][D] row-combine scratch
+    __shared__ float m_s[MAX_HEADS], alpha_s[MAX_HEADS], lred_s[NWARPS][HT];
 
     const int tid = threadIdx.x;
-    const int row = tid / LANES;
+    const int slice = tid / SLICE;              // which HT heads this thread accumulates
+    const int row = (tid % SLICE) / LANES;      // its token row inside the slice
     const int lane = tid % LANES;
     const int warp = tid / 32;
     const int group = num_heads / num_kv_heads;
-    const int n_tiles = (group + GT - 1) / GT;
+    const int n_tiles = (group + HB - 1) / HB;
     const int kv_head = blockIdx.x / n_tiles;
-    const int g0 = kv_head * group + (blockIdx.x % n_tiles) * GT;  // first query head
-    const int gcount = min(GT, kv_head * group + group - g0);
+    const int g0 = kv_head * group + (blockIdx.x % n_tiles) * HB;  // first query head of the block
+    const int hcount = min(HB, kv_head * group + group - g0);       // real heads of the block
     const int seq = blockIdx.y;
-    const int len = seq_lens[seq];
+    // The table and length of this (sequence, KV head): one row per sequence
+    // (head stride 0) or one per KV head (query-aware selection).
+    const long long table_row = static_cast<long long>(seq) * row_seq_stride + static_cast<long long>(kv_head) * row_head_stride;
+    const int len = seq_lens[table_row];
     const int a = SPLIT ? blockIdx.z * partition_size : 0;
-    if (a >= len) return;  // split-K: this sequence has fewer partitions (uniform exit)
+    if (a >= len) return;  // split-K: this row has fewer partitions (uniform exit)
     const int b = SPLIT ? min(a + partition_size, len) : len;
-    const int num_vecs = head_dim / VEC;
-    const int* table = block_tables + static_cast<long long>(seq) * max_blocks;
+    const int* table = block_tables + table_row * max_blocks;
 
-    // Stage the tile's query heads as float (exact conversion).
-    for (int i = tid; i < GT * head_dim; i += NT) {
+    // Element offset of this lane's i-th owned vector, or -1 if it owns none.
+    // EVEN (head_dim == LANES * VPL * VEC): every lane owns all VPL vectors, no check.
+    auto vec_off = [&](int i) {
+        const int c = lane + i * LANES;
+        return (EVEN || c < num_vecs) ? c * VEC : -1;
+    };
+
+    // Stage the block's query heads as float (exact conversion); heads past the
+    // group (a partial tile) get zeros, alpha 1 and p 0, so they compute
+    // harmless values that are never stored.
+    for (int i = tid; i < HB * head_dim; i += NT) {
         const int g = i / head_dim;
-        q_s[i] = g < gcount ? load_float(query + (static_cast<long long>(seq) * num_heads + g0 + g) * head_dim + i % head_dim) : 0.0f;
+        q_s[i] = g < hcount ? load_float(query + (static_cast<long long>(seq) * num_heads + g0 + g) * head_dim + i % head_dim) : 0.0f;
     }
-    if (tid < GT) m_s[tid] = TS_NEG_INF;
+    if (tid < HB) {
+        m_s[tid] = TS_NEG_INF;
+        alpha_s[tid] = 1.0f;
+    }
+    for (int i = tid; i < HB * CHUNK; i += NT) x_s[i] = 0.0f;  // heads past the group keep p = 0
 
-    // Keep this lane's query elements in registers when they are few (small
-    // GQA tiles): reading them from shared memory for every key costs more
-    // shared-memory bandwidth than the key itself costs DRAM bandwidth.
-    constexpr bool QREG = GT * EPL <= 32;
-    float qr[QREG ? GT : 1][QREG ? EPL : 1];
-    float acc[GT][EPL];
-    float lrow[GT];
+    // Byte offset of token t's row for this KV head, from the start of a cache:
+    // one integer division per token, done once, for K and V alike.
+    auto token_base = [&](int t) {
+        const long long blk = table[t / block_size];
+        return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * head_dim
+               * static_cast<long long>(sizeof(T));
+    };
+    // The copies: all 128 threads as CROWS rows of LANES lanes, each lane its
+    // own vectors of every CROWS-th token of the chunk. Padding tokens (past b)
+    // are not copied; their stale shared memory is never used for a result.
+    auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0) {
+        const char* src = reinterpret_cast<const char*>(cache);
+        const int crow = tid / LANES;
+        const bool full = c0 + CHUNK <= b;
 #pragma unroll
-    for (int g = 0; g < GT; ++g) {
+        for (int k = 0; k < CHUNK / CROWS; ++k) {
+            const int j = k * CROWS + crow;
+            if (!full && c0 + j >= b) break;
+#pragma unroll
+            for (int i = 0; i < VPL; ++i) {
+                const int off = vec_off(i);
+                if (EVEN || off >= 0) cp_async16(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
+            }
+        }
+        cp_async_commit();
+    };
+
+    float qr[HT][EPL];   // this lane's query elements of the slice's heads
+    float acc[HT][EPL];  // this row's running sum of p * v
+    float lrow[HT];      // and of p
+#pragma unroll
+    for (int g = 0; g < HT; ++g) {
         lrow[g] = 0.0f;
 #pragma unroll
         for (int e = 0; e < EPL; ++e) acc[g][e] = 0.0f;
     }
+    if (tid < CHUNK && a + tid < b) base_s[tid] = token_base(a + tid);
     __syncthreads();
-
-    // Element offset of this lane's i-th owned vector, or -1 if it owns none.
-    auto vec_off = [&](int i) { const int c = lane + i * LANES; return c < num_vecs ? c * VEC : -1; };
-    if constexpr (QREG) {
 #pragma unroll
-        for (int g = 0; g < (QREG ? GT : 1); ++g)
+    for (int g = 0; g < HT; ++g)
 #pragma unroll
-            for (int i = 0; i < VPL; ++i)
+        for (int i = 0; i < VPL; ++i)
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    const int off = vec_off(i);
-                    qr[g][i * VEC + e] = off >= 0 ? q_s[g * head_dim + off + e] : 0.0f;
-                }
-    }
-    // Element offset of token t's row for this KV head.
-    auto token_base = [&](int t) {
-        const long long blk = table[t / block_size];
-        return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * head_dim;
-    };
+            for (int e = 0; e < VEC; ++e) {
+                const int off = vec_off(i);
+                qr[g][i * VEC + e] = off >= 0 ? q_s[(slice * HT + g) * head_dim + off + e] : 0.0f;
+            }
+    // The pipeline starts: K and V of the first chunk.
+    copy_tile(k_s, key_cache, base_s, a);
+    copy_tile(v_s, value_cache, base_s, a);
 
-    // Where each token lives: one integer division per token, done once and
-    // shared by the K and the V phase. Double-buffered: chunk c+1's offsets
-    // are written during chunk c, so no extra barrier is needed.
-    static_assert(CHUNK == NT, "one token per thread");
-    if (a + tid < b) base_s[tid] = token_base(a + tid);
-    __syncthreads();
-
-    for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {
-        const long long* bases = base_s + buf * CHUNK;
-        // next chunk's offsets, into the other buffer (last read two barriers ago)
-        if (c0 + CHUNK + tid < b) base_s[(buf ^ 1) * CHUNK + tid] = token_base(c0 + CHUNK + tid);
+    // One chunk of the online softmax. FULL: every token of the chunk is real
+    // (c0 + CHUNK <= b), so no token needs a bounds check or a padding select;
+    // the same body is compiled a second time, with the checks, for the last,
+    // partial chunk. The arithmetic is the same in both.
+    auto run_chunk = [&](const int c0, const int buf, auto full) {
+        constexpr bool FULL = decltype(full)::value;
+        auto real = [&](int j) { return FULL || c0 + j < b; };  // token c0 + j exists
+        const bool more = c0 + CHUNK < b;                        // a next chunk exists
+        long long* next_bases = base_s + (buf ^ 1) * CHUNK;
+        cp_async_wait<1>();  // K of this chunk has landed (V may still be in flight)
+        __syncthreads();     // ... for every thread's copies
+        // Row offsets of the next chunk, for its copies below. Their buffer was last
+        // read to copy the previous chunk's V, before the barrier above.
+        if (more && tid < CHUNK && c0 + CHUNK + tid < b) next_bases[tid] = token_base(c0 + CHUNK + tid);
         // ---- A. logits -------------------------------------------------
 #pragma unroll
-        for (int k0 = 0; k0 < TPR; k0 += UN) {
-            uint4 kr[UN][VPL];
+        for (int kk = 0; kk < TPR; ++kk) {
+            const int j = kk * ROWS + row;
+            float kf[VPL][VEC];
 #pragma unroll
-            for (int u = 0; u < UN; ++u) {     // issue all loads first
-                const int t = c0 + (k0 + u) * ROWS + row;
-                const long long base = t < b ? bases[(k0 + u) * ROWS + row] : 0;
-#pragma unroll
-                for (int i = 0; i < VPL; ++i) {
-                    const int off = vec_off(i);
-                    kr[u][i] = (t < b && off >= 0)
-                        ? *reinterpret_cast<const uint4*>(key_cache + base + off)
-                        : make_uint4(0u, 0u, 0u, 0u);
-                }
+            for (int i = 0; i < VPL; ++i) {
+                const int off = vec_off(i);
+                const uint4 raw = (EVEN || off >= 0) ? k_s[j * num_vecs + off / VEC] : make_uint4(0u, 0u, 0u, 0u);
+                to_float(raw, kf[i], T());
             }
+            float part[HT];  // one partial dot product per head, sequential over this lane's elements
 #pragma unroll
-            for (int u = 0; u < UN; ++u) {
-                const int j = (k0 + u) * ROWS + row;
-                float kf[VPL][VEC];
+            for (int g = 0; g < HT; ++g) {
+                part[g] = 0.0f;
 #pragma unroll
-                for (int i = 0; i < VPL; ++i) to_float(kr[u][i], kf[i], T());
-                float part[GT];                // one partial dot product per head
+                for (int i = 0; i < VPL; ++i)
 #pragma unroll
-                for (int g = 0; g < GT; ++g) {
-                    part[g] = 0.0f;            // sequential over this lane's elements
-                    if (g >= gcount) continue; // heads past the group stay 0
+                    for (int e = 0; e < VEC; ++e)  // one fused multiply-add, one rounding (twin: fma_f32)
+                        part[g] = __fmaf_rn(qr[g][i * VEC + e], kf[i][e], part[g]);
+            }
+            // Sum the LANES partials of every head with a reduce-scatter butterfly
+            // (masks LANES/2, ..., 1): the tree is the twin's halving_sum.
+            int head;
+            const float* tot = ts_reduce_scatter_sum<LANES, HT>(part, lane, head);
+            if ((lane & (LANES / ts_min(LANES, HT) - 1)) == 0) {
 #pragma unroll
-                    for (int i = 0; i < VPL; ++i) {
-                        const int off = vec_off(i);
-                        if (off < 0) continue;
-                        const float* qv = q_s + g * head_dim + off;
-#pragma unroll
-                        for (int e = 0; e < VEC; ++e) {
-                            const float qe = QREG ? qr[QREG ? g : 0][QREG ? i * VEC + e : 0] : qv[e];
-                            // float16 x float16 is exact in float32 (22 significant
-                            // bits, no under/overflow), so one fused multiply-add
-                            // rounds exactly like the twin's multiply then add.
-                            // Not so for float32 inputs: there, two roundings.
-                            if constexpr (sizeof(T) == 2) part[g] = __fmaf_rn(qe, kf[i][e], part[g]);
-                            else part[g] = part[g] + qe * kf[i][e];
-                        }
-                    }
-                }
-                // Sum the LANES partials of every head with a reduce-scatter
-                // butterfly (masks LANES/2, LANES/4, ..., 1): fewer shuffles
-                // than one butterfly per head; the tree is the twin's halving_sum.
-                int head;
-                const float* tot = ts_reduce_scatter_sum<LANES, GT>(part, lane, head);
-                if ((lane & (LANES / ts_min(LANES, GT) - 1)) == 0) {
-#pragma unroll
-                    for (int c = 0; c < ts_max(1, GT / LANES); ++c)
-                        if (head + c < gcount)
-                            x_s[(head + c) * CHUNK + j] = (c0 + j < b) ? tot[c] * scale : TS_NEG_INF;
+                for (int c = 0; c < ts_max(1, HT / LANES); ++c) {
+                    const int h = slice * HT + head + c;
+                    if (h < hcount) x_s[j * HB + h] = real(j) ? tot[c] * scale : TS_NEG_INF;
                 }
             }
         }
-        __syncthreads();
+        __syncthreads();  // logits complete; nobody reads k_s any more
+        if (more) copy_tile(k_s, key_cache, next_bases, c0 + CHUNK);  // the next chunk's K, in flight from now
         // ---- B+C. chunk max, rescale factor, probabilities: warp w owns heads
         //          w, w+4, ...; no block barrier between max and exp ------
-        for (int g = warp; g < gcount; g += NWARPS) {
+        for (int g = warp; g < hcount; g += NWARPS) {
             float x[CHUNK / 32];
             float mx = TS_NEG_INF;
 #pragma unroll
             for (int i = 0; i < CHUNK / 32; ++i) {
-                x[i] = x_s[g * CHUNK + i * 32 + tid % 32];
-                mx = fmaxf(mx, x[i]);          // max is exact in any order
+                x[i] = x_s[(i * 32 + tid % 32) * HB + g];
+                mx = fmaxf(mx, x[i]);  // max is exact in any order
             }
             mx = ts_butterfly_max<32>(mx);
             const float m_old = m_s[g];
             const float m_new = fmaxf(m_old, mx);
-            __syncwarp();                      // every lane has read m_old
+            __syncwarp();  // every lane has read m_old
             if (tid % 32 == 0) {
                 alpha_s[g] = ts_exp(m_old - m_new);
                 m_s[g] = m_new;
@@ -230,58 +293,55 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
 #pragma unroll
             for (int i = 0; i < CHUNK / 32; ++i) {
                 const int jj = i * 32 + tid % 32;
-                x_s[g * CHUNK + jj] = (c0 + jj < b) ? ts_exp(x[i] - m_new) : 0.0f;
+                x_s[jj * HB + g] = real(jj) ? ts_exp(x[i] - m_new) : 0.0f;
             }
         }
+        // V of this chunk has landed: wait for it (the next K may stay in flight).
+        if (more) cp_async_wait<1>();
+        else cp_async_wait<0>();
         __syncthreads();
         // ---- D. rescale, then accumulate p * v, row by row ---------------
 #pragma unroll
-        for (int g = 0; g < GT; ++g) {
-            const float al = g < gcount ? alpha_s[g] : 1.0f;
+        for (int g = 0; g < HT; ++g) {
+            const float al = alpha_s[slice * HT + g];
             lrow[g] = lrow[g] * al;
 #pragma unroll
             for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * al;
         }
 #pragma unroll
-        for (int k0 = 0; k0 < TPR; k0 += UN) {
-            uint4 vr[UN][VPL];
+        for (int kk = 0; kk < TPR; ++kk) {  // tokens in increasing j: the twin's order
+            const int j = kk * ROWS + row;
+            if (!real(j)) continue;  // padding token: no add at all
+            float vf[VPL][VEC];
 #pragma unroll
-            for (int u = 0; u < UN; ++u) {
-                const int t = c0 + (k0 + u) * ROWS + row;
-                const long long base = t < b ? bases[(k0 + u) * ROWS + row] : 0;
-#pragma unroll
-                for (int i = 0; i < VPL; ++i) {
-                    const int off = vec_off(i);
-                    vr[u][i] = (t < b && off >= 0)
-                        ? *reinterpret_cast<const uint4*>(value_cache + base + off)
-                        : make_uint4(0u, 0u, 0u, 0u);
-                }
+            for (int i = 0; i < VPL; ++i) {
+                const int off = vec_off(i);
+                const uint4 raw = (EVEN || off >= 0) ? v_s[j * num_vecs + off / VEC] : make_uint4(0u, 0u, 0u, 0u);
+                to_float(raw, vf[i], T());
             }
+            float p_j[HT];  // this token's probability for each head of the slice, in one load
+            load_heads<HT>(x_s + j * HB + slice * HT, p_j);
 #pragma unroll
-            for (int u = 0; u < UN; ++u) {     // tokens in increasing j: the twin's order
-                const int j = (k0 + u) * ROWS + row;
-                if (c0 + j >= b) continue;     // padding token: no add at all
-                float vf[VPL][VEC];
+            for (int g = 0; g < HT; ++g) {
+                const float p = p_j[g];
+                lrow[g] = lrow[g] + p;
 #pragma unroll
-                for (int i = 0; i < VPL; ++i) to_float(vr[u][i], vf[i], T());
-#pragma unroll
-                for (int g = 0; g < GT; ++g) {
-                    if (g >= gcount) break;
-                    const float p = x_s[g * CHUNK + j];
-                    lrow[g] = lrow[g] + p;
-#pragma unroll
-                    for (int i = 0; i < VPL; ++i)
-#pragma unroll
-                        for (int e = 0; e < VEC; ++e) acc[g][i * VEC + e] = acc[g][i * VEC + e] + p * vf[i][e];
-                }
+                for (int e = 0; e < EPL; ++e)  // acc = fma(p, v, acc): one instruction, one rounding
+                    acc[g][e] = __fmaf_rn(p, vf[e / VEC][e % VEC], acc[g][e]);
             }
         }
-        __syncthreads();  // x_s is rewritten by the next chunk
+        __syncthreads();  // x_s and v_s are rewritten next
+        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK);  // the next chunk's V
+    };
+
+    for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {
+        if (c0 + CHUNK <= b) run_chunk(c0, buf, ts_bool<true>());
+        else run_chunk(c0, buf, ts_bool<false>());
     }
 
-    // ---- combine rows: butterfly inside the warp, pairwise across warps ---
+    // ---- combine a slice's rows: butterfly inside the warp, pairwise across its warps ---
 #pragma unroll
-    for (int g = 0; g < GT; ++g) {
+    for (int g = 0; g < HT; ++g) {
 #pragma unroll
         for (int mask = LANES; mask < 32; mask <<= 1) {
             lrow[g] = lrow[g] + __shfl_xor_sync(0xffffffffu, lrow[g], mask);
@@ -291,32 +351,37 @@ __global__ void __launch_bounds__(NT) paged_attention_kernel(
     }
     if (tid % 32 < LANES) {  // the first row of each warp now holds the warp's sum
 #pragma unroll
-        for (int g = 0; g < GT; ++g) {
-            if (g >= gcount) break;
+        for (int g = 0; g < HT; ++g) {
             if (lane == 0) lred_s[warp][g] = lrow[g];
 #pragma unroll
             for (int i = 0; i < VPL; ++i) {
                 const int off = vec_off(i);
                 if (off < 0) continue;
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) red_s[(warp * GT + g) * head_dim + off + e] = acc[g][i * VEC + e];
+                for (int e = 0; e < VEC; ++e) red_s[(warp * HT + g) * head_dim + off + e] = acc[g][i * VEC + e];
             }
         }
     }
     __syncthreads();
-    static_assert(NWARPS == 4, "the cross-warp tree below is written for 4 warps");
-    for (int i = tid; i < gcount * head_dim; i += NT) {
-        const int g = i / head_dim;
+    // Warp w of slice s is warp s * WPS + w; the tree over a slice's warps is
+    // pairwise: (w0 + w1) + (w2 + w3) for four, w0 + w1 for two, w0 for one.
+    auto slice_sum = [&](auto value) {
+        if constexpr (WPS == 4) return (value(0) + value(1)) + (value(2) + value(3));
+        else if constexpr (WPS == 2) return value(0) + value(1);
+        else return value(0);
+    };
+    for (int i = tid; i < hcount * head_dim; i += NT) {
+        const int h = i / head_dim;  // head of the block
         const int d = i % head_dim;
-        const float l = (lred_s[0][g] + lred_s[1][g]) + (lred_s[2][g] + lred_s[3][g]);
-        const float s = (red_s[(0 * GT + g) * head_dim + d] + red_s[(1 * GT + g) * head_dim + d])
-                      + (red_s[(2 * GT + g) * head_dim + d] + red_s[(3 * GT + g) * head_dim + d]);
-        const float o = s / l;
-        const long long head = static_cast<long long>(seq) * num_heads + g0 + g;
+        const int s = h / HT, g = h % HT;
+        const float l = slice_sum([&](int w) { return lred_s[s * WPS + w][g]; });
+        const float sum = slice_sum([&](int w) { return red_s[((s * WPS + w) * HT + g) * head_dim + d]; });
+        const float o = sum / l;
+        const long long head = static_cast<long long>(seq) * num_heads + g0 + h;
         if (SPLIT) {
             const long long pi = head * max_parts + blockIdx.z;
             part_out[pi * head_dim + d] = o;
-            if (d == 0) { part_m[pi] = m_s[g]; part_l[pi] = l; }
+            if (d == 0) { part_m[pi] = m_s[h]; part_l[pi] = l; }
         } else {
             store_out(out + head * head_dim + d, o);
         }
@@ -330,13 +395,17 @@ __global__ void __launch_bounds__(NT) paged_attention_reduce_kernel(
     const float* __restrict__ part_out,    // [S, Hq, max_parts, D]
     const float* __restrict__ part_m,      // [S, Hq, max_parts]
     const float* __restrict__ part_l,
-    const int* __restrict__ seq_lens,
-    const int num_heads, const int head_dim,
+    const int* __restrict__ seq_lens,      // [rows], as in the main kernel
+    const int num_heads, const int num_kv_heads, const int head_dim,
+    const int row_seq_stride, const int row_head_stride,
     const int partition_size, const int max_parts)
 {
     extern __shared__ float w_s[];         // [max_parts] weights w_i
     const long long head = static_cast<long long>(blockIdx.y) * num_heads + blockIdx.x;
-    const int n = (seq_lens[blockIdx.y] + partition_size - 1) / partition_size;
+    const int kv_head = blockIdx.x / (num_heads / num_kv_heads);
+    const long long table_row = static_cast<long long>(blockIdx.y) * row_seq_stride + static_cast<long long>(kv_head) * row_head_stride;
+    // This row's partition count (its own length, with per-head tables).
+    const int n = static_cast<int>((static_cast<long long>(seq_lens[table_row]) + partition_size - 1) / partition_size);
     const float* m = part_m + head * max_parts;
     const float* l = part_l + head * max_parts;
     float gmax = TS_NEG_INF;                // max is exact in any order
@@ -346,8 +415,8 @@ __global__ void __launch_bounds__(NT) paged_attention_reduce_kernel(
     float den = 0.0f;                      // sequential, i = 0, 1, ...
     for (int i = 0; i < n; ++i) den = den + w_s[i];
     for (int d = threadIdx.x; d < head_dim; d += NT) {
-        float num = 0.0f;
-        for (int i = 0; i < n; ++i) num = num + w_s[i] * part_out[(head * max_parts + i) * head_dim + d];
+        float num = 0.0f;                  // num = fma(w_i, o_i, num), i = 0, 1, ...
+        for (int i = 0; i < n; ++i) num = __fmaf_rn(w_s[i], part_out[(head * max_parts + i) * head_dim + d], num);
         store_out(out + head * head_dim + d, num / den);
     }
 }

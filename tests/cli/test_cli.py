@@ -31,7 +31,8 @@ def test_trace_until_and_render(tmp_path):
     pics = tmp_path / "pics"
     result = runner.invoke(app, ["trace", str(out), "--until", "3", "--render", str(pics), "--format", "png"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in pics.iterdir()) == [f"step-{i:03d}.png" for i in range(4)]
+    # A picture is named after the operation it shows: op-002 is the state after "[  2]".
+    assert sorted(p.name for p in pics.iterdir()) == ["initial.png", "op-000.png", "op-001.png", "op-002.png"]
     assert "[  2] append 1 token(s) to 'A1'" in result.output and "[  3]" not in result.output
 
 

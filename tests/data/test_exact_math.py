@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tinyserve_sim.data.exact_math import (
     exp_f32,
+    fma_f32,
     halving_sum,
     pairwise_sum,
     sequential_sum,
@@ -69,3 +74,128 @@ def test_sequential_sum_adds_left_to_right_from_zero(a):
     for v in a:
         acc = F32(acc + v)
     assert sequential_sum(a) == acc
+
+
+# ----------------------------------------------------------------------------- fma_f32
+def _round_to_f32(x: Fraction) -> float:
+    """The float32 nearest to the exact rational ``x`` (ties to even), overflow to inf, subnormals kept."""
+    if x == 0:
+        return 0.0
+    sign = -1 if x < 0 else 1
+    m = abs(x)
+    e = m.numerator.bit_length() - m.denominator.bit_length()  # 2**e <= m < 2**(e+2)
+    if Fraction(2) ** e > m:
+        e -= 1
+    quantum = Fraction(2) ** (max(e, -126) - 23)  # a unit in the last place of m's binade
+    q = m / quantum
+    n = q.numerator // q.denominator
+    rest = q - n
+    if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and n % 2 == 1):
+        n += 1
+    value = n * quantum
+    if value >= Fraction(2) ** 128:
+        return sign * math.inf
+    return sign * float(value)
+
+
+def _exact_fma(a: np.float32, b: np.float32, c: np.float32) -> float:
+    if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c)):
+        return float(np.float64(a) * np.float64(b) + np.float64(c))  # IEEE special cases, exact in float64
+    product = Fraction(float(a)) * Fraction(float(b))
+    exact = product + Fraction(float(c))
+    if exact == 0:
+        # Round to nearest: an exact zero is +0, unless both terms are zeros of the same negative sign.
+        negative_product = np.signbit(a) != np.signbit(b)
+        return -0.0 if (product == 0 and c == 0 and negative_product and np.signbit(c)) else 0.0
+    return _round_to_f32(exact)
+
+
+def _same_bits(x: np.float32, y: float) -> bool:
+    return np.float32(x).view(np.uint32) == np.float32(y).view(np.uint32) or (np.isnan(x) and np.isnan(y))
+
+
+f32s = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@st.composite
+def near_cancellation(draw):
+    """c close to -a*b, so that the exact sum keeps only the low bits of the product."""
+    a, b = draw(f32s), draw(f32s)
+    c = -np.float32(np.float64(a) * np.float64(b))
+    ulps = draw(st.integers(-3, 3))
+    if np.isfinite(c) and ulps:
+        c = np.nextafter(c, np.float32(np.inf) if ulps > 0 else np.float32(-np.inf), dtype=np.float32)
+    return np.float32(a), np.float32(b), np.float32(c)
+
+
+@st.composite
+def fp16_and_probability_operands(draw):
+    """The kernel's PV product: a probability p in [0, 1] times a float16 value, plus an accumulator."""
+    p = np.float32(draw(st.floats(0, 1, width=32)))
+    v = np.float32(np.float16(draw(st.floats(-65504, 65504, width=16))))
+    acc = np.float32(draw(f32s.filter(lambda x: abs(x) < 1e30)))
+    return p, v, acc
+
+
+@example((np.float32(1 + 2**-12), np.float32(1 + 2**-12), np.float32(-(1 + 2**-11))))  # the docstring's tie
+@example((np.float32(2**-75), np.float32(2**-75), np.float32(0)))  # a subnormal result
+@example((np.float32(3e38), np.float32(2), np.float32(-3e38)))  # product overflows float32, sum does not
+@example((np.float32(3.4e38), np.float32(1.0000001), np.float32(3.4e38)))  # overflow to +inf
+@example((np.float32(-0.0), np.float32(1), np.float32(-0.0)))  # signed zeros
+@given(st.tuples(f32s, f32s, f32s) | near_cancellation() | fp16_and_probability_operands())
+def test_fma_f32_is_the_correctly_rounded_fused_multiply_add(abc):
+    a, b, c = (np.float32(x) for x in abc)
+    with np.errstate(over="ignore"):
+        got = fma_f32(a, b, c)
+    assert _same_bits(got, _exact_fma(a, b, c)), (a, b, c, got)
+
+
+@pytest.mark.parametrize("scale", [-100, -40, 0, 30, 100])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_fma_f32_rounds_once_where_float64_lands_on_a_float32_tie(scale, sign):
+    # a*b = 2**-24 + 2**-60 exactly, so a*b + 1 = 1 + 2**-24 + 2**-60. float64 rounds that to
+    # 1 + 2**-24, exactly halfway between two float32 values, and the tie then goes down to 1:
+    # computing in float64 and rounding gives 1.0. The correctly rounded answer is 1 + 2**-23.
+    # Only the round-to-odd step gets this right (scaled and mirrored to other binades).
+    a = np.float32(sign * (1 + 2**-12) * 2.0 ** (scale - 24))
+    b = np.float32(1 - 4095 * 2**-24)
+    c = np.float32(sign * 2.0**scale)
+    expected = _exact_fma(a, b, c)
+    assert expected == sign * (1 + 2**-23) * 2.0**scale
+    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) != expected  # double rounding fails
+    assert _same_bits(fma_f32(a, b, c), expected)
+
+
+def test_fma_f32_rounds_once_on_a_tie_in_the_float32_subnormal_range():
+    # The same trap below the smallest normal float32, where the tie sits at half of 2**-149:
+    # exactly, a*b + c = 2**-127 + 2**-150 + 2**-186; float64 drops the 2**-186 and leaves a tie.
+    a = np.float32((1 + 2**-12) * 2.0**-75)
+    b = np.float32((1 - 4095 * 2**-24) * 2.0**-75)
+    c = np.float32(2.0**-127)
+    expected = _exact_fma(a, b, c)
+    assert expected == 2.0**-127 + 2.0**-149
+    assert np.float32(np.float64(a) * np.float64(b) + np.float64(c)) != expected
+    assert _same_bits(fma_f32(a, b, c), expected)
+
+
+def test_fma_f32_special_values_and_broadcasting():
+    inf, nan = np.float32(np.inf), np.float32(np.nan)
+    got = fma_f32(np.array([inf, 0, nan, 1, inf], F32), np.array([0, inf, 1, 1, 1], F32),
+                  np.array([1, 1, 1, inf, -inf], F32))
+    assert np.isnan(got[0]) and np.isnan(got[1]) and np.isnan(got[2]) and got[3] == inf and np.isnan(got[4])
+    out = fma_f32(np.ones((3, 1), F32), np.arange(4, dtype=F32), F32(0.5))
+    assert out.shape == (3, 4) and out.dtype == F32 and (out == np.arange(4) + 0.5).all()
+
+
+def test_fma_f32_differs_from_two_roundings_where_it_must():
+    # A test that can fail: on random probability-times-fp16 products the single rounding must differ from
+    # multiply-then-add somewhere (otherwise fma_f32 would be a plain multiply-add in disguise).
+    rng = np.random.default_rng(1)
+    p = rng.random(100_000).astype(F32)
+    v = rng.standard_normal(100_000).astype(np.float16).astype(F32)
+    acc = (rng.standard_normal(100_000) * 10).astype(F32)
+    fused, twice = fma_f32(p, v, acc), acc + p * v
+    differ = fused != twice
+    assert 0 < differ.mean() < 0.5
+    exact = [_exact_fma(p[i], v[i], acc[i]) for i in np.flatnonzero(differ)[:200]]
+    assert all(_same_bits(fused[i], x) for i, x in zip(np.flatnonzero(differ)[:200], exact))

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from kv_strategies import AttentionCase, attention_cases
+from kv_strategies import BAD_ATTENTION_INPUTS, AttentionCase, attention_cases, good_attention_args, select_pages
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data import (
     attention_error_bound,
+    external_kernel_error_bound,
     make_plan,
     paged_attention,
     reference_paged_attention,
 )
-from tinyserve_sim.data.exact_math import exp_f32
-from tinyserve_sim.data.geometry import CHUNK_TOKENS
+from tinyserve_sim.data.exact_math import exp_f32, fma_f32  # fma_f32 is checked against exact rationals
+
 from tinyserve_sim.errors import KernelInputError
 
 F32 = np.float32
@@ -43,14 +45,16 @@ def _pairwise(vals: list[np.float32]) -> np.float32:
 def spec_partition(q, keys, values, scale, plan):
     """One partition of one (sequence, head), written literally from the
     module docstring with scalar float32 operations (slow, independent of the
-    twin's vectorisation). Returns (o, m, l)."""
+    twin's vectorisation; its fused multiply-adds are scalar ``fma_f32`` calls,
+    which tests/data/test_exact_math.py checks against exact rational arithmetic).
+    Returns (o, m, l)."""
     D = q.size
     rows = plan.rows
     m = F32(-np.inf)
     l_r = [F32(0)] * rows
     acc = [[F32(0)] * D for _ in range(rows)]
-    for c0 in range(0, len(keys), CHUNK_TOKENS):
-        ks, vs = keys[c0 : c0 + CHUNK_TOKENS], values[c0 : c0 + CHUNK_TOKENS]
+    for c0 in range(0, len(keys), plan.chunk):
+        ks, vs = keys[c0 : c0 + plan.chunk], values[c0 : c0 + plan.chunk]
         xs = []
         for k in ks:
             parts = []
@@ -60,7 +64,7 @@ def spec_partition(q, keys, values, scale, plan):
                     vec = lane + i * plan.lanes
                     if vec < plan.num_vecs:
                         for d in range(vec * plan.vec, (vec + 1) * plan.vec):
-                            p = F32(p + F32(q[d]) * F32(k[d]))
+                            p = fma_f32(q[d], k[d], p)  # one rounding, as __fmaf_rn
                 parts.append(p)
             xs.append(F32(_halving(parts) * scale))
         m_new = F32(max(m, max(xs)))
@@ -71,7 +75,7 @@ def spec_partition(q, keys, values, scale, plan):
             acc[r] = [F32(a * alpha) for a in acc[r]]
             for j in range(r, len(ks), rows):
                 l_r[r] = F32(l_r[r] + ps[j])
-                acc[r] = [F32(a + F32(ps[j] * F32(vs[j][d]))) for d, a in enumerate(acc[r])]
+                acc[r] = [fma_f32(ps[j], vs[j][d], a) for d, a in enumerate(acc[r])]
         m = m_new
     l_tot = _pairwise(l_r)
     o = [F32(_pairwise([acc[r][d] for r in range(rows)]) / l_tot) for d in range(D)]
@@ -102,7 +106,7 @@ def spec_attention(case: AttentionCase, variant: str) -> np.ndarray:
                 num, den = [F32(0)] * D, F32(0)
                 for o_i, m_i, l_i in parts:
                     w = F32(l_i * exp_f32(F32(m_i - gmax)))
-                    num = [F32(n + F32(w * o_i[d])) for d, n in enumerate(num)]
+                    num = [fma_f32(w, o_i[d], n) for d, n in enumerate(num)]
                     den = F32(den + w)
                 o = [F32(n / den) for n in num]
             out[s, h] = np.array(o, dtype=F32).astype(case.query.dtype)
@@ -167,8 +171,14 @@ def test_output_depends_only_on_logical_content_not_on_physical_placement(case, 
 @given(case=attention_cases(max_len=300, max_seqs=2))
 def test_gqa_equals_attention_over_replicated_kv_heads(case):
     """Grouped-query attention is ordinary attention with each KV head repeated
-    for its group: same bits (the per-head arithmetic does not depend on tiling)."""
+    for its group: same bits, as long as both use the same rows and chunk (the
+    per-head arithmetic depends on the geometry, not on how heads are tiled).
+    Large groups are split into head slices with fewer rows each, so they are
+    left out here; the GPU tests cover them against the twin."""
     G = case.query.shape[1] // case.key_cache.shape[2]
+    D, dtype = case.query.shape[2], case.query.dtype
+    gqa, mha = make_plan(D, dtype, G), make_plan(D, dtype, 1)
+    assume((gqa.rows, gqa.chunk) == (mha.rows, mha.chunk))
     rep = AttentionCase(
         case.query, np.ascontiguousarray(np.repeat(case.key_cache, G, axis=2)),
         np.ascontiguousarray(np.repeat(case.value_cache, G, axis=2)),
@@ -189,7 +199,7 @@ def test_one_dominant_token_wins_the_softmax():
     kc[137, 0, 0, :] = 40.0  # logit 40*40*64/8 = 12800 above a typical one
     tables = np.arange(L, dtype=np.int32)[None, :]
     for variant in ("one_pass", "split_k"):
-        out = paged_attention(q, kc, vc, tables, np.array([L], np.int32), D**-0.5, variant, 128)
+        out = paged_attention(q, kc, vc, DecodeBatch(1, tables, np.array([L], np.int32)), D**-0.5, variant, 128)
         np.testing.assert_array_equal(out[0, 0], vc[137, 0, 0])
 
 
@@ -199,32 +209,130 @@ def test_length_one_and_exact_block_multiples():
     vc = rng.standard_normal((8, 16, 1, 32)).astype(np.float16)
     q = rng.standard_normal((2, 1, 32)).astype(np.float16)
     tables = np.array([[3, 1, 4, 0], [5, 2, 6, 7]], np.int32)
-    out = paged_attention(q, kc, vc, tables, np.array([1, 64], np.int32), 1.0)
+    batch = DecodeBatch(16, tables, np.array([1, 64], np.int32))
+    out = paged_attention(q, kc, vc, batch, 1.0)
     np.testing.assert_array_equal(out[0, 0], vc[3, 0, 0])  # one token: softmax weight exactly 1
-    ref = reference_paged_attention(q, kc, vc, tables, np.array([1, 64], np.int32), 1.0)
+    ref = reference_paged_attention(q, kc, vc, batch, 1.0)
     assert np.abs(out.astype(np.float64) - ref).max() < 2e-3
 
 
-@pytest.mark.parametrize(
-    "change, match",
-    [
-        (lambda a: a.update(seq_lens=np.array([65], np.int32)), "does not fit"),
-        (lambda a: a.update(seq_lens=np.array([0], np.int32)), "at least 1"),
-        (lambda a: a.update(block_tables=np.array([[0, 9, 1, 2]], np.int32)), "outside"),
-        (lambda a: a.update(block_tables=np.array([[0, 1, 2, 3]], np.int64)), "dtype"),
-        (lambda a: a.update(query=np.zeros((1, 3, 32), np.float16)), "multiple"),
-        (lambda a: a.update(query=np.zeros((1, 2, 32), np.float32)), "dtype"),
-        (lambda a: a.update(scale=float("nan")), "finite"),
-        (lambda a: a.update(partition_size=100), "multiple of 128"),
-        (lambda a: a.update(variant="v3"), "variant"),
-    ],
-)
-def test_bad_inputs_raise_before_any_work(change, match):
-    args = dict(
-        query=np.zeros((1, 2, 32), np.float16), key_cache=np.zeros((4, 16, 2, 32), np.float16),
-        value_cache=np.zeros((4, 16, 2, 32), np.float16), block_tables=np.array([[0, 1, 2, 3]], np.int32),
-        seq_lens=np.array([60], np.int32), scale=1.0, variant="auto", partition_size=128,
-    )
+@pytest.mark.parametrize("case", BAD_ATTENTION_INPUTS)
+@pytest.mark.parametrize("function", ["twin", "reference", "bound"])
+def test_bad_inputs_raise_before_any_work(case, function):
+    """The twin, the reference and the bound accept exactly the same inputs, and
+    refuse every bad one with KernelInputError naming it."""
+    change, match, applies = (*case, "twin reference bound")[:3]
+    if function not in applies.split():
+        pytest.skip(f"{function} takes no such argument")
+    args = good_attention_args()
     change(args)
+    if function != "twin":
+        args.pop("variant")
+        if function == "reference":
+            args.pop("partition_size")
+    fn = {"twin": paged_attention, "reference": reference_paged_attention, "bound": attention_error_bound}[function]
     with pytest.raises(KernelInputError, match=match):
-        paged_attention(**args)
+        fn(**args)
+
+
+# ------------------------------------------------- per-(sequence, KV head) tables
+@HEAVY
+@given(case=attention_cases(max_len=400), variant=st.sampled_from(["one_pass", "split_k"]))
+def test_every_head_given_the_full_table_is_the_shared_call_bit_for_bit(case, variant):
+    per_head = case.batch.broadcast_heads(case.key_cache.shape[2])
+    assert per_head.per_head
+    shared = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    heads = paged_attention(
+        case.query, case.key_cache, case.value_cache, per_head, case.scale, variant, case.partition_size
+    )
+    assert (_bits(shared) == _bits(heads)).all()
+
+
+@HEAVY
+@given(case=attention_cases(max_len=500), variant=st.sampled_from(["one_pass", "split_k"]), seed=st.integers(0, 2**32 - 1))
+def test_a_head_given_a_subset_of_pages_is_the_twin_on_a_batch_of_only_those_pages(case, variant, seed):
+    """Head h's outputs from a per-head batch equal, bit for bit, the same heads of a
+    plain (shared-table) call whose tables hold only head h's pages."""
+    selected = select_pages(case, seed)
+    out = paged_attention(*selected.args(), variant=variant, partition_size=case.partition_size)
+    Hkv = case.key_cache.shape[2]
+    G = case.query.shape[1] // Hkv
+    for h in range(Hkv):
+        only_h = DecodeBatch(
+            case.key_cache.shape[1], np.ascontiguousarray(selected.block_tables[:, h]),
+            np.ascontiguousarray(selected.seq_lens[:, h]),
+        )
+        alone = paged_attention(case.query, case.key_cache, case.value_cache, only_h, case.scale, variant,
+                                case.partition_size)
+        assert (_bits(out[:, h * G : (h + 1) * G]) == _bits(alone[:, h * G : (h + 1) * G])).all()
+
+
+@HEAVY
+@given(case=attention_cases(max_len=500), variant=st.sampled_from(["one_pass", "split_k"]), seed=st.integers(0, 2**32 - 1))
+def test_per_head_twin_is_within_the_derived_float64_bound(case, variant, seed):
+    selected = select_pages(case, seed)
+    out = paged_attention(*selected.args(), variant=variant, partition_size=case.partition_size).astype(np.float64)
+    ref = reference_paged_attention(*selected.args())
+    bound = attention_error_bound(*selected.args(), partition_size=case.partition_size)
+    assert (np.abs(out - ref) <= bound).all()
+
+
+def test_per_head_lengths_change_the_split_k_partition_count_per_row():
+    """Head 0 attends to 300 tokens (3 partitions of 128), head 1 to 40 (one): the
+    split-K result of each equals its own one-row call, and differs from the other's."""
+    rng = np.random.default_rng(11)
+    kc = rng.standard_normal((24, 16, 2, 32)).astype(np.float32)
+    vc = rng.standard_normal((24, 16, 2, 32)).astype(np.float32)
+    q = rng.standard_normal((1, 2, 32)).astype(np.float32)
+    tables = np.full((1, 2, 19), -1, np.int32)
+    tables[0, 0] = np.arange(19)
+    tables[0, 1, :3] = [20, 21, 22]
+    batch = DecodeBatch(16, tables, np.array([[300, 40]], np.int32))
+    out = paged_attention(q, kc, vc, batch, 0.2, "split_k", 128)
+    for h, (row, n) in enumerate([(tables[0, 0], 300), (tables[0, 1], 40)]):
+        alone = paged_attention(q, kc, vc, DecodeBatch(16, row[None, :], np.array([n], np.int32)), 0.2, "split_k", 128)
+        assert (_bits(out[:, h]) == _bits(alone[:, h])).all()
+    ref = reference_paged_attention(q, kc, vc, batch, 0.2)
+    assert (np.abs(out - ref) <= attention_error_bound(q, kc, vc, batch, 0.2, 128)).all()
+
+
+# ---------------------------------------- the bound for kernels outside the project
+@HEAVY
+@given(case=attention_cases(max_len=500, dtypes=(np.float16,)))
+def test_the_twin_also_meets_the_external_kernel_bound(case):
+    """The external bound only assumes what any decent kernel does; this project's twin
+    does all of it (and better), so it must be inside that bound too."""
+    out = paged_attention(*case.args(), partition_size=case.partition_size).astype(np.float64)
+    ref = reference_paged_attention(*case.args())
+    assert (np.abs(out - ref) <= external_kernel_error_bound(*case.args())).all()
+
+
+def test_the_agreement_bound_still_catches_a_wrong_page():
+    """The GPU agreement tests allow |theirs - ours| <= external bound + our bound. That
+    must stay small enough to see a kernel that reads one page in the wrong place."""
+    rng = np.random.default_rng(2)
+    S, Hkv, G, D, bs, L = 2, 2, 4, 128, 16, 1000
+    nb = S * (-(-L // bs))
+    kc = (rng.standard_normal((nb, bs, Hkv, D)) * 4).astype(np.float16)
+    vc = rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16)
+    q = (rng.standard_normal((S, Hkv * G, D)) * 4).astype(np.float16)
+    tables = rng.permutation(nb).reshape(S, -1).astype(np.int32)
+    good = DecodeBatch(bs, tables, np.full(S, L, np.int32))
+    wrong = tables.copy()
+    wrong[0, [3, 40]] = wrong[0, [40, 3]]  # two pages of sequence 0 swapped: tokens in the wrong places
+    scale = D**-0.5
+    ours = paged_attention(q, kc, vc, good, scale).astype(np.float64)
+    allowed = external_kernel_error_bound(q, kc, vc, good, scale) + attention_error_bound(q, kc, vc, good, scale)
+    assert (np.abs(ours - reference_paged_attention(q, kc, vc, good, scale)) <= allowed).all()
+    # same tokens, same set of pages: only positions differ, and attention has no positions...
+    swapped = paged_attention(q, kc, vc, DecodeBatch(bs, wrong, good.seq_lens), scale).astype(np.float64)
+    assert (np.abs(swapped - ours) <= allowed).all()
+    # ...but a page read from the wrong block is caught: take the page holding the
+    # token that dominates query head 0 of sequence 0, and read sequence 1's instead.
+    t = np.arange(L)
+    keys = kc[tables[0, t // bs], t % bs, 0].astype(np.float64)
+    page = int(np.argmax(keys @ q[0, 0].astype(np.float64))) // bs
+    foreign = tables.copy()
+    foreign[0, page] = tables[1, page]
+    bad = paged_attention(q, kc, vc, DecodeBatch(bs, foreign, good.seq_lens), scale).astype(np.float64)
+    assert (np.abs(bad - ours) > allowed).any()

@@ -45,7 +45,7 @@ def _inputs(T=3, dtype=np.float16):
 
 @pytest.mark.parametrize(
     "slots, match",
-    [([0, 1, 8], "out of range"), ([0, 1, 1], "twice"), ([0, 1], "shape")],
+    [([0, 1, 8], "out of range"), ([0, 1, 1], "twice"), ([0, 1], "3 tokens but slot_mapping has 2")],
 )
 def test_bad_slot_mappings_are_rejected(slots, match):
     k, v, kc, vc = _inputs()

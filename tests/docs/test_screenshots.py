@@ -1,4 +1,4 @@
-"""The built site opens in a real browser: scripts/screenshot_docs.py shoots two pages in headless Chromium."""
+"""The built site opens in a real browser: scripts/screenshot_docs.py shoots three pages in headless Chromium."""
 
 import subprocess
 import sys
@@ -22,4 +22,4 @@ def test_screenshots(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     shots = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert shots == ["home.png", "tutorials_01_first_block_table.png"]
+    assert shots == ["home.png", "players.png", "tutorials_01_first_block_table.png"]

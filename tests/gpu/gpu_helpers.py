@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kv"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data"))
 
 #: Optional override of the number of examples (a short run under compute-sanitizer):
 #: ``TS_GPU_MAX_EXAMPLES=5 pytest -m gpu ...``. Otherwise the Hypothesis profile decides.

@@ -13,22 +13,32 @@ from tinyserve_sim.gpu import build
 MODULES = build.all_paged_attention_modules()
 
 
+def _args(name: str) -> list[str]:
+    return [a.strip() for a in name[name.index("<") + 1 : name.rindex(">")].split(",")]
+
+
 def _representative_names() -> tuple[str, ...]:
-    """All kernels of every module would take minutes to compile on 2 cores; by
-    default take one instantiation per module (head tiles rotating through
-    1, 2, 4, 8, variants alternating) plus every reduce kernel, so that every
-    (dtype, lanes, vecs_per_lane), every head tile and both variants compile.
-    ``TS_COMPILE_ALL=1`` compiles everything."""
-    names: list[str] = []
-    for i, module in enumerate(MODULES):
-        if os.environ.get("TS_COMPILE_ALL"):
-            names += module
-            continue
-        gt = (1, 2, 4, 8)[i % 4]
-        split = ("false", "true")[(i // 4) % 2]
-        names += [n for n in module if n.endswith(f", {gt}, {split}>")]
-        names += [n for n in module if "reduce" in n]
-    return tuple(dict.fromkeys(names))  # the reduce kernels repeat across modules
+    """All kernels of every module would take many minutes to compile on 2 cores; by
+    default take one kernel per family (dtype, vec, lanes, vecs per lane, chunk,
+    evenness), rotating through the head tiles, slices and both variants, so that
+    every family, every head tile, every slice count and both variants compile,
+    plus every reduce kernel. ``TS_COMPILE_ALL=1`` compiles everything."""
+    kernels = [n for module in MODULES for n in module if n.startswith("paged_attention_kernel")]
+    reduces = [n for module in MODULES for n in module if "reduce" in n]
+    if os.environ.get("TS_COMPILE_ALL"):
+        return tuple(dict.fromkeys(kernels + reduces))
+    families: dict[tuple[str, ...], list[str]] = {}
+    for name in kernels:
+        a = _args(name)
+        families.setdefault((a[0], a[1], a[2], a[3], a[6], a[8]), []).append(name)
+    picked = [names[i % len(names)] for i, names in enumerate(families.values())]
+    covered = {(_args(n)[4], _args(n)[5], _args(n)[7]) for n in picked}
+    for name in kernels:  # make sure every (head tile, slices, variant) appears at least once
+        key = (_args(name)[4], _args(name)[5], _args(name)[7])
+        if key not in covered:
+            picked.append(name)
+            covered.add(key)
+    return tuple(dict.fromkeys(picked + reduces))
 
 
 def test_build_options_are_the_contract():
@@ -59,3 +69,14 @@ def test_a_broken_source_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "KERNEL_DIR", tmp_path)
     with pytest.raises(build.CompileError):
         build.compile_check("broken.cu")
+
+
+def test_the_gpu_build_compiles_machine_code_with_the_contract_options():
+    # load_module compiles exactly this way for the GPU (sm_90 here: a CUBIN), with the
+    # contract's options only: not through CuPy's compiler, which appends -ftz=true.
+    source = 'extern "C" __global__ void k(float* x) { x[0] = __fmaf_rn(x[1], x[2], x[3]); }'
+    cubin, lowered = build.nvrtc_compile(source, "k.cu", (), "sm_90")
+    assert cubin[:4] == b"\x7fELF" and lowered == {}
+    assert "-ftz=false" in build.compile_options() and "-ftz=true" not in build.compile_options()
+    ptx, _ = build.nvrtc_compile(source, "k.cu", (), "compute_90")
+    assert "fma.rn.f32" in ptx.decode() and "fma.rn.ftz" not in ptx.decode()

@@ -97,14 +97,13 @@ def test_trace_replay_on_both_backends(seed, block_size, dtype, head_dim):
             assert_bits_equal(a, b)
         live = manager.seq_ids()
         if live:  # and attention over every live sequence, both variants
-            from tinyserve_sim.data import pack_block_tables
+            from tinyserve_sim.control.batch import DecodeBatch
 
-            tables = pack_block_tables([manager.block_table(s) for s in live])
-            lens = np.array([manager.num_tokens(s) for s in live], np.int32)
+            batch = DecodeBatch.from_manager(manager, slot_mapping=step.slot_mapping)
             q = rng.standard_normal((len(live), 2 * heads, head_dim)).astype(dtype)
             for variant in ("one_pass", "split_k"):
-                o_gpu = gpu.attention(q, tables, lens, variant=variant, partition_size=128)
-                o_cpu = cpu.attention(q, tables, lens, variant=variant, partition_size=128)
+                o_gpu = gpu.attention(q, batch, variant=variant, partition_size=128)
+                o_cpu = cpu.attention(q, batch, variant=variant, partition_size=128)
                 assert_bits_equal(gpu.backend.to_numpy(o_gpu), o_cpu)
         checked.append(step.op)
 

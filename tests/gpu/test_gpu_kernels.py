@@ -10,7 +10,7 @@ import pytest
 from gpu_helpers import GPU_SETTINGS, assert_bits_equal
 from hypothesis import given
 from hypothesis import strategies as st
-from kv_strategies import AttentionCase, attention_cases
+from kv_strategies import AttentionCase, attention_cases, select_pages
 
 from tinyserve_sim.data import copy_blocks, paged_attention, reshape_and_cache
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
@@ -97,10 +97,10 @@ def _run_both(case: AttentionCase, variant: str) -> tuple[np.ndarray, np.ndarray
     from tinyserve_sim.gpu import launchers
 
     out = cp.full(case.query.shape, np.nan, dtype=case.query.dtype)  # poison
-    gpu = launchers.paged_attention(
+    gpu = launchers.prepare_paged_attention(
         cp.asarray(case.query), cp.asarray(case.key_cache), cp.asarray(case.value_cache),
-        case.block_tables, case.seq_lens, case.scale, variant, case.partition_size, out=out,
-    ).get()
+        case.batch, case.scale, variant, case.partition_size, out=out,
+    )().get()
     twin = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
     return gpu, twin
 
@@ -116,7 +116,8 @@ def test_paged_attention_matches_twin(case: AttentionCase, variant: str):
 @pytest.mark.parametrize("variant", ["one_pass", "split_k"])
 @pytest.mark.parametrize(
     "S,Hq,Hkv,D,bs,L",
-    [(2, 8, 2, 128, 16, 1000), (1, 32, 1, 80, 7, 333), (3, 4, 4, 96, 256, 256), (1, 1, 1, 256, 1, 129)],
+    [(2, 8, 2, 128, 16, 1000), (1, 32, 1, 80, 7, 333), (3, 4, 4, 96, 256, 256), (1, 1, 1, 256, 1, 129),
+     (2, 64, 8, 128, 16, 700), (1, 64, 2, 64, 128, 1100)],  # GQA-8 (two head slices), GQA-32 (tiles x slices)
 )
 def test_paged_attention_fixed_shapes(variant, S, Hq, Hkv, D, bs, L):
     rng = np.random.default_rng(L)
@@ -130,3 +131,26 @@ def test_paged_attention_fixed_shapes(variant, S, Hq, Hkv, D, bs, L):
     )
     gpu, twin = _run_both(case, variant)
     assert_bits_equal(gpu, twin)
+
+
+# --------------------------------------------- per-(sequence, KV head) tables
+@GPU_SETTINGS
+@given(case=attention_cases(), variant=st.sampled_from(["one_pass", "split_k"]), seed=st.integers(0, 2**32 - 1))
+def test_paged_attention_with_per_head_tables_matches_twin(case: AttentionCase, variant: str, seed: int):
+    """Each KV head reads its own selected pages (and its own length, hence its own
+    split-K partition count): kernel and twin agree bit for bit."""
+    gpu, twin = _run_both(select_pages(case, seed), variant)
+    assert not np.isnan(twin).any()
+    assert_bits_equal(gpu, twin)
+
+
+@GPU_SETTINGS
+@given(case=attention_cases(), variant=st.sampled_from(["one_pass", "split_k"]))
+def test_per_head_tables_that_repeat_the_shared_table_give_the_shared_bits(case: AttentionCase, variant: str):
+    shared, _ = _run_both(case, variant)
+    Hkv = case.key_cache.shape[2]
+    heads = case.batch.broadcast_heads(Hkv)
+    per_head = AttentionCase(case.query, case.key_cache, case.value_cache, heads.block_tables, heads.seq_lens,
+                             case.scale, case.partition_size)
+    gpu, _ = _run_both(per_head, variant)
+    assert_bits_equal(gpu, shared)

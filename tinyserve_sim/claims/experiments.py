@@ -30,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tinyserve_sim.claims.hit_rate import hit_rate_experiment
 from tinyserve_sim.errors import WorkloadError
+from tinyserve_sim.selection.hit_rates import HitRateRow
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import Request, Workload, WorkloadSpec, generate
 from tinyserve_sim.serving.memory import KVMemory
@@ -60,7 +62,7 @@ class Size:
     alpaca: int  # Alpaca runs (short requests: more of them keep the server busy as long)
     sweep: int  # each block size (ShareGPT; Alpaca runs 10x as many: they are short)
     sharing: int  # each sharing width
-    per_octave: int  # rates per doubling of the rate in the latency sweeps (every size: the same arrivals)
+    per_octave: int = 4  # rates per doubling of the rate in the latency sweeps (every size: the same arrivals)
     load_scale: float = 1.0  # scales the seconds of arrivals of each run at a rate (tests only: it moves the knees)
 
     def requests(self, dataset: str) -> int:
@@ -112,6 +114,8 @@ class Experiments:
             :data:`LATENCY_BLOCK_SIZES` (managers ``paged-8`` ...), at the
             dataset's Fig. 13 rate only (§7.2's latency side).
         time_model: the name of the time model every run used.
+        hit_rates: the fast tier's hit rate per eviction policy (query-aware selection,
+            :mod:`~tinyserve_sim.claims.hit_rate`).
     """
 
     size: Size
@@ -123,6 +127,7 @@ class Experiments:
     rate_sweeps: dict[str, RateSweep] = field(default_factory=dict)
     block_latency: dict[str, RateSweep] = field(default_factory=dict)
     time_model: str = ""
+    hit_rates: list[HitRateRow] = field(default_factory=list)
 
 
 MAIN_MANAGERS: tuple[str, ...] = ("paged-16", "max", "pow2", "oracle")
@@ -192,6 +197,9 @@ def run_experiments(
 
     tick("long context")
     out.long_context = long_context_run()
+
+    tick("cache hit rate (query-aware selection)")
+    out.hit_rates = hit_rate_experiment(sz.name)
     return out
 
 

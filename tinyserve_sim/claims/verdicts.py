@@ -13,8 +13,11 @@ Verdicts:
 * **holds** - true in every scenario simulated;
 * **holds under stated conditions** - true in some scenarios (named);
 * **does not hold** - false in every scenario simulated;
-* **cannot be checked by a memory simulator** - with the reason;
-* **waits for query-aware selection (not yet built)** - the hit-rate claim.
+* **cannot be checked by a memory simulator** - with the reason.
+
+The hit-rate claim is checked with the query-aware selection feature
+(:mod:`tinyserve_sim.selection`): the fast tier of a two-tier cache, evicting
+by selection score against LRU (:mod:`~tinyserve_sim.claims.hit_rate`).
 
 Every row says under which conditions it was measured: ``[memory,
 saturated]`` (every request at once, shares over the steps in which memory
@@ -179,16 +182,55 @@ def seed_claims(e: Experiments) -> list[ClaimRow]:
         why,
     ))
 
-    # 8. Cache hit rate: needs query-aware selection.
-    rows.append(ClaimRow(
-        "Cache Hit Rate: 15-25% improvement with Query-Aware Cache Selection",
-        "nothing yet",
-        "-",
-        "waits for query-aware selection (not yet built)",
-        "the hit rate of a query-aware selection depends on attention scores, which need the selection "
-        "feature (and the data plane's keys); this table will check it once that exists",
-    ))
+    # 8. Cache hit rate: score-aware eviction against LRU in a two-tier cache fed by query-aware selection.
+    rows.append(hit_rate_claim(e))
     return rows
+
+
+#: The claimed hit-rate improvement, read as relative: hit(score-aware) / hit(lru) - 1 >= 15%.
+HIT_RATE_CLAIM = 0.15
+
+
+def hit_rate_claim(e: Experiments) -> ClaimRow:
+    """The "15-25% better cache hit rate" row, from the policy study (claims/hit_rate.py)."""
+    from tinyserve_sim.claims.hit_rate import CLAIM_SETTING
+
+    rows = e.hit_rates
+    claim = "Cache Hit Rate: 15-25% improvement with Query-Aware Cache Selection"
+    if not rows:
+        return ClaimRow(claim, "not run", "-", "cannot be checked by a memory simulator", "the study was not run")
+    checks = [(f"{r.condition} ({100 * r.improvement:+.1f}%)", r.improvement >= HIT_RATE_CLAIM) for r in rows]
+    verdict, why = _verdict(checks)
+    gains = [r.improvement for r in rows]
+    lru = [r.hit_rates["lru"] for r in rows]
+    headroom = max(r.headroom for r in rows)
+    setting = CLAIM_SETTING
+    return ClaimRow(
+        claim,
+        f"two-tier KV cache (fast tier of {min(r.capacity_factor for r in rows):g}-"
+        f"{max(r.capacity_factor for r in rows):g}x the pages one step selects, slow host tier) fed by "
+        f"Quest-style selection at budgets " + ", ".join(f"1/{round(1 / b)}" for b in setting["budgets"])
+        + f" of {setting['num_seqs']} x {setting['context_len']:,}-token contexts ({setting['block_size']}-token "
+        f"pages, {rows[0].steps} decode steps); synthetic attention with sinks, recency and needles whose "
+        "topic stays with probability " + " or ".join(f"{p:g}" for p in setting["topic_stays"])
+        + "; improvement = hit(score-aware) / hit(LRU) - 1",
+        f"score-aware vs LRU: {100 * min(gains):+.1f}% to {100 * max(gains):+.1f}% "
+        f"(LRU hits {_pct(min(lru))}-{_pct(max(lru))}); best possible (Belady, knows the future): "
+        f"at most {100 * headroom:+.1f}% over LRU",
+        verdict,
+        why + ". " + _hit_rate_explanation(min(lru), headroom),
+    )
+
+
+def _hit_rate_explanation(lru_low: float, headroom: float) -> str:
+    """Why the hit-rate row came out as it did: how much room LRU leaves to any policy."""
+    if headroom < HIT_RATE_CLAIM:
+        return (f"Consecutive decode steps select mostly the same pages, so LRU already hits {_pct(lru_low)} or "
+                f"more, and even the offline optimum gains at most {100 * headroom:.1f}% over it: no eviction "
+                "policy can gain 15% here. A 15% gain needs a regime where LRU misses far more often "
+                "(selections that change completely from step to step), which the attention simulated does not have")
+    return (f"LRU hits as little as {_pct(lru_low)}, and the offline optimum gains up to {100 * headroom:.1f}% "
+            "over it: there is room for a 15% gain, and the row says whether score-aware eviction takes it")
 
 
 #: Where ``docs/claims.md`` wants the tables; the docs build replaces it with :func:`claims_markdown`.

@@ -13,8 +13,8 @@ from tinyserve_sim.claims.experiments import SIZES, run_experiments
 from tinyserve_sim.claims.paper import paper_checks
 from tinyserve_sim.claims.rows import ClaimRow, rows_to_json
 from tinyserve_sim.claims.verdicts import seed_claims
-from tinyserve_sim.cli.common import console, fail, progress
-from tinyserve_sim.cli.simulate import resolve_time_model, time_model_help, writable_file, writable_folder
+from tinyserve_sim.cli.common import console, fail, output_file, output_folder, progress, writing
+from tinyserve_sim.cli.simulate import resolve_time_model, time_model_help
 from tinyserve_sim.serving.timing import DEFAULT_TIME_MODEL
 
 
@@ -43,9 +43,9 @@ def claims_command(
         raise fail(f"--size must be one of {', '.join(SIZES)}, got {chosen!r}")
     timer = resolve_time_model(time_model, None)
     if plots is not None:
-        writable_folder(plots, "--plots")
+        output_folder(plots, "--plots")
     if json_out is not None:
-        writable_file(json_out, "--json")
+        output_file(json_out, "--json")
     with progress() as bar:
         task = bar.add_task("simulating", total=None)
         experiments = run_experiments(chosen, lambda label: bar.update(task, advance=1, description=label), timer)
@@ -55,15 +55,11 @@ def claims_command(
     if plots is not None:
         from tinyserve_sim.claims.plots import write_claim_plots
 
-        try:
+        with writing(plots, "--plots"):
             for path in write_claim_plots(experiments, plots):
                 console.print(f"wrote {path}")
-        except OSError as exc:
-            raise fail(f"--plots {plots}: {exc.strerror or exc}") from None
     if json_out is not None:
-        try:
+        with writing(json_out, "--json"):
             json_out.write_text(json.dumps({"size": chosen, "claims": rows_to_json(claims),
                                             "paper_checks": rows_to_json(checks)}, indent=2))
-        except OSError as exc:
-            raise fail(f"--json {json_out}: {exc.strerror or exc}") from None
         console.print(f"wrote {json_out}")

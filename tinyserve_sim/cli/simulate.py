@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from tinyserve_sim.cli.common import console, fail, progress
+from tinyserve_sim.cli.common import console, fail, output_file, output_folder, progress, writing
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import MAX_REQUESTS, MAX_WIDTH, PRESETS, WorkloadSpec, generate
@@ -32,27 +31,6 @@ DEFAULT_MANAGERS = "paged-16,max,pow2,oracle"
 
 
 # ------------------------------------------------------------------------ checks shared by the serving commands
-def writable_folder(path: Path, flag: str) -> None:
-    """Create ``path`` if needed; fail in one line if it cannot hold new files."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"{flag} {path}: cannot create this folder ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise fail(f"{flag} {path}: this folder is not writable")
-
-
-def writable_file(path: Path, flag: str) -> None:
-    """Fail in one line unless ``path`` names a file that can be created or overwritten."""
-    if path.is_dir():
-        raise fail(f"{flag} {path}: this is a folder, give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise fail(f"{flag} {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise fail(f"{flag} {path}: cannot write here")
-
-
 def check_count(value: int, flag: str, low: int, high: int) -> None:
     """Fail in one line, naming the flag, unless ``low <= value <= high``."""
     if not low <= value <= high:
@@ -135,9 +113,9 @@ def simulate_command(
         memories = [make_memory(name, slots, prefix_caching) for name in names]
     except SimError as exc:
         raise fail(f"--managers: {exc}") from None
-    writable_folder(out, "--out")
+    output_folder(out, "--out")
     if save_trace is not None:
-        writable_file(save_trace, "--save-trace")
+        output_file(save_trace, "--save-trace")
         for i, memory in enumerate(memories):
             if isinstance(memory, PagedMemory):
                 memories[i] = PagedMemory(slots, memory.block_size, prefix_caching, record_trace=True)
@@ -163,18 +141,17 @@ def simulate_command(
                 from tinyserve_sim.serving.plots import token_state_share
 
                 shares[memory.name] = token_state_share(result.log)
-            try:
+            with writing(out, "--out"):
                 with open(out / f"steps_{memory.name}.csv", "w", encoding="utf-8", newline="") as f:
                     result.log.write_csv(f)
-                if isinstance(memory, PagedMemory) and memory.trace is not None and save_trace is not None:
+            if isinstance(memory, PagedMemory) and memory.trace is not None and save_trace is not None:
+                with writing(save_trace, "--save-trace"):
                     memory.trace.save(save_trace)
-                    console.print(f"wrote trace {save_trace} ({len(memory.trace.ops):,} operations)")
-            except OSError as exc:
-                raise fail(f"cannot write the results: {exc}") from None
+                console.print(f"wrote trace {save_trace} ({len(memory.trace.ops):,} operations)")
             del sched, result  # the step log can go: it is on disk
 
     rows = [s.to_dict() for s in summaries]
-    try:
+    with writing(out, "--out"):
         if fmt == "json":
             payload = {"workload": workload.to_json()["spec"], "time_model": timer.name, "capacity": slots,
                        "window": window, "results": rows}
@@ -190,8 +167,6 @@ def simulate_command(
 
             plot_shares(summaries, out / "shares.png")
             plot_timeline(shares, out / "timeline.png")
-    except OSError as exc:
-        raise fail(f"cannot write the results: {exc}") from None
 
     load = "saturated" if rate == 0 else f"{rate:g} req/s"
     over = "every step" if window == "all" else "the steps in which memory held a request back"

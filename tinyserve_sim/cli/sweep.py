@@ -10,14 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tinyserve_sim.cli.common import console, fail, progress
-from tinyserve_sim.cli.simulate import (
-    check_count,
-    resolve_capacity,
-    resolve_time_model,
-    time_model_help,
-    writable_folder,
-)
+from tinyserve_sim.cli.common import console, fail, output_folder, progress, writing
+from tinyserve_sim.cli.simulate import check_count, resolve_capacity, resolve_time_model, time_model_help
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import MAX_REQUESTS, PRESETS
@@ -98,7 +92,7 @@ def sweep_command(
             make_memory(name, slots)
     except SimError as exc:
         raise fail(f"--managers: {exc}") from None
-    writable_folder(out, "--out")
+    output_folder(out, "--out")
 
     sweeps: list[RateSweep] = []
     with progress() as bar:
@@ -116,14 +110,12 @@ def sweep_command(
     for sweep in sweeps:
         console.print(latency_table(sweep))
         console.print(sustained_table(sweep))
-    try:
+    with writing(out, "--out"):
         (out / "sweep.json").write_text(json.dumps([sweep_to_json(s) for s in sweeps], indent=2))
         if plots:
             from tinyserve_sim.serving.plots import plot_latency_vs_rate
 
             plot_latency_vs_rate(sweeps, out / "latency_vs_rate.png")
-    except OSError as exc:
-        raise fail(f"cannot write the results: {exc}") from None
     console.print(f"wrote {out}/sweep.json" + (f" and {out}/latency_vs_rate.png" if plots else ""))
 
 

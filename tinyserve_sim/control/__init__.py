@@ -11,10 +11,14 @@ Read it in this order:
 * :mod:`~tinyserve_sim.control.records` - what each operation did
   (:class:`OpRecord`) and the state it left (:class:`Snapshot`);
 * :mod:`~tinyserve_sim.control.trace` - the trace file format: load, save,
-  replay, record.
+  replay, record;
+* :mod:`~tinyserve_sim.control.batch` - :class:`DecodeBatch`, what a decode
+  step hands the data plane (block tables, lengths, slot mapping);
+* :mod:`~tinyserve_sim.control.formats` - that batch as vLLM's block tables or
+  FlashInfer's CSR page table, and such a table imported back into a manager.
 
 What leaves this package for the data plane is plain data: slot mappings,
-``(src, dst)`` copy lists and block tables. It imports nothing but the
+``(src, dst)`` copy lists and block tables (gathered in a :class:`DecodeBatch`). It imports nothing but the
 standard library, NumPy and :mod:`tinyserve_sim.errors` (a contract checked in
 CI by import-linter; see ``pyproject.toml``).
 """

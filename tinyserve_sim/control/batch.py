@@ -29,15 +29,24 @@ For example, two sequences in a pool of 4-token blocks::
     >>> batch.seq_lens, batch.slot_mapping      # each sequence's newest token
     (array([6, 3], dtype=int32), array([ 5, 10]))
 
-A batch is immutable (its arrays are read-only), so it can be handed to the
-NumPy twins and the GPU launchers alike and compared afterwards.
+A batch is immutable (its arrays are read-only copies), so it can be handed to
+the NumPy twins and the GPU launchers alike and compared afterwards. Its
+constructor checks only the *structure* (dtypes, shapes); whether the block ids
+fit a particular cache is checked by the data plane, which knows the cache
+(:func:`~tinyserve_sim.data.validation.check_paged_attention`), and by the
+exports to real servers' formats (:mod:`~tinyserve_sim.control.formats`).
+
+One design covers both kinds of tables: the kernels read the table of
+(sequence ``s``, KV head ``h``) at row ``s * seq_stride + h * head_stride`` of
+the flattened tables, with ``(seq_stride, head_stride) = (1, 0)`` for shared
+tables and ``(Hkv, 1)`` for per-head ones (:meth:`DecodeBatch.row_strides`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +54,7 @@ from tinyserve_sim.control.records import SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from tinyserve_sim.control.formats import FlashInferBatch, VllmBatch
     from tinyserve_sim.control.manager import BlockManager
 
 #: Value of the unused entries of a block table (never read by a kernel).
@@ -65,8 +75,23 @@ def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = 
         raise InvalidArgumentError(f"a block table has {width} entries, more than max_blocks={max_blocks}")
     out = np.full((len(tables), max_blocks), PAD_BLOCK, dtype=np.int32)
     for i, table in enumerate(tables):
-        out[i, : len(table)] = table
+        try:
+            out[i, : len(table)] = table
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidArgumentError(f"block table {i} is not a list of int32 block ids: {table!r}") from None
     return out
+
+
+def _no_slots() -> np.ndarray:
+    return np.empty(0, dtype=np.int64)
+
+
+def _host_array(name: str, a: Any) -> np.ndarray:
+    """``a`` as a NumPy array, or InvalidArgumentError naming it (a CuPy array, a ragged list...)."""
+    try:
+        return np.asarray(a)
+    except Exception:  # noqa: BLE001 - ragged lists, device arrays, objects: one clear error
+        raise InvalidArgumentError(f"{name} must be a host (NumPy) integer array, got {type(a).__name__}") from None
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -81,8 +106,9 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class DecodeBatch:
     """One decode step's block tables, sequence lengths and slot mapping (see the module doc).
 
-    Build it with :meth:`from_manager` (the usual way) or :meth:`from_tables`;
-    the constructor checks shapes and dtypes and freezes the arrays.
+    Build it with :meth:`from_manager` (the usual way), :meth:`from_tables`
+    (ragged lists), or the constructor (arrays); the constructor checks shapes
+    and dtypes and freezes the arrays.
 
     Attributes:
         block_size: tokens per block.
@@ -95,29 +121,35 @@ class DecodeBatch:
     block_size: int
     block_tables: np.ndarray
     seq_lens: np.ndarray
-    slot_mapping: np.ndarray
+    slot_mapping: np.ndarray = field(default_factory=_no_slots)
     seq_ids: tuple[SeqId, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
+        if not isinstance(self.block_size, (int, np.integer)) or isinstance(self.block_size, bool) or self.block_size < 1:
             raise InvalidArgumentError(f"block_size must be a positive integer, got {self.block_size!r}")
-        tables, lens, slots = (np.asarray(a) for a in (self.block_tables, self.seq_lens, self.slot_mapping))
+        object.__setattr__(self, "block_size", int(self.block_size))
+        tables = _host_array("block_tables", self.block_tables)
+        lens = _host_array("seq_lens", self.seq_lens)
+        slots = _host_array("slot_mapping", self.slot_mapping)
         if tables.dtype != np.int32 or tables.ndim not in (2, 3):
             raise InvalidArgumentError(
                 f"block_tables must be int32 [S, W] or [S, Hkv, W], got {tables.dtype} {tables.shape}"
             )
+        if tables.ndim == 3 and tables.shape[1] < 1:
+            raise InvalidArgumentError(f"per-head block_tables need at least one KV head, got shape {tables.shape}")
         if lens.dtype != np.int32 or lens.shape != tables.shape[:-1]:
             raise InvalidArgumentError(
                 f"seq_lens must be int32 of shape {tables.shape[:-1]}, got {lens.dtype} {lens.shape}"
             )
         if slots.dtype != np.int64 or slots.ndim != 1:
             raise InvalidArgumentError(f"slot_mapping must be int64 [T], got {slots.dtype} {slots.shape}")
-        if self.seq_ids and len(self.seq_ids) != tables.shape[0]:
-            raise InvalidArgumentError(f"{len(self.seq_ids)} seq_ids for {tables.shape[0]} table rows")
+        ids = tuple(self.seq_ids) if isinstance(self.seq_ids, (tuple, list)) else None
+        if ids is None or (ids and len(ids) != tables.shape[0]):
+            raise InvalidArgumentError(f"seq_ids must be a tuple with one id per table row ({tables.shape[0]})")
         object.__setattr__(self, "block_tables", _frozen(tables))
         object.__setattr__(self, "seq_lens", _frozen(lens))
         object.__setattr__(self, "slot_mapping", _frozen(slots))
-        object.__setattr__(self, "seq_ids", tuple(self.seq_ids))
+        object.__setattr__(self, "seq_ids", ids)
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -130,7 +162,8 @@ class DecodeBatch:
         """The batch of ``seq_ids`` (default: every live sequence) in ``manager``'s current state.
 
         ``slot_mapping`` defaults to the slot of each sequence's newest token,
-        the one a decode step has just written.
+        the one a decode step has just written. Pass a step's
+        ``record.slot_mapping`` to describe exactly what that step wrote.
         """
         ids = manager.seq_ids() if seq_ids is None else list(seq_ids)
         tables = [manager.block_table(seq) for seq in ids]  # raises UnknownSequenceError first
@@ -142,7 +175,7 @@ class DecodeBatch:
             manager.block_size,
             pack_block_tables(tables),
             np.asarray(lens, dtype=np.int32),
-            np.asarray(slot_mapping, dtype=np.int64),
+            np.asarray(slot_mapping, dtype=np.int64).reshape(-1),
             tuple(ids),
         )
 
@@ -154,13 +187,19 @@ class DecodeBatch:
         block_size: int,
         slot_mapping: Sequence[int] = (),
     ) -> DecodeBatch:
-        """A batch from ragged block tables and lengths (no manager needed)."""
-        return cls(
-            block_size,
-            pack_block_tables(tables),
-            np.asarray(seq_lens, dtype=np.int32).reshape(len(tables)),
-            np.asarray(slot_mapping, dtype=np.int64).reshape(-1),
-        )
+        """A batch from ragged block tables and lengths (no manager needed).
+
+        >>> DecodeBatch.from_tables([[4, 2], [7]], [5, 1], block_size=4).block_tables
+        array([[ 4,  2],
+               [ 7, -1]], dtype=int32)
+        """
+        lens = _host_array("seq_lens", seq_lens)
+        if lens.ndim != 1 or len(lens) != len(tables) or (lens.size and lens.dtype.kind not in "iu"):
+            raise InvalidArgumentError(f"seq_lens must list one integer length per table ({len(tables)})")
+        slots = _host_array("slot_mapping", slot_mapping)
+        if slots.size and slots.dtype.kind not in "iu":
+            raise InvalidArgumentError("slot_mapping must hold integer slots")
+        return cls(block_size, pack_block_tables(tables), lens.astype(np.int32), slots.astype(np.int64).reshape(-1))
 
     def with_head_tables(self, block_tables: np.ndarray, seq_lens: np.ndarray) -> DecodeBatch:
         """The same batch with one table per (sequence, KV head): ``[S, Hkv, W]`` and ``[S, Hkv]``.
@@ -168,7 +207,37 @@ class DecodeBatch:
         Query-aware selection returns its choice this way: each row lists the
         selected pages of one head, compacted, the newest (partly filled) page last.
         """
-        return DecodeBatch(self.block_size, block_tables, seq_lens, self.slot_mapping, self.seq_ids)
+        tables = _host_array("block_tables", block_tables)
+        if tables.ndim != 3 or tables.shape[0] != self.num_seqs:
+            raise InvalidArgumentError(
+                f"per-head block_tables must have shape [{self.num_seqs}, Hkv, W], got {tables.shape}"
+            )
+        return DecodeBatch(self.block_size, tables, seq_lens, self.slot_mapping, self.seq_ids)
+
+    def broadcast_heads(self, num_kv_heads: int) -> DecodeBatch:
+        """This batch with a head axis where every KV head gets its sequence's full table.
+
+        The kernels give it exactly the bits of the shared-table batch (a tested property).
+
+        >>> b = DecodeBatch.from_tables([[4, 2]], [5], block_size=4).broadcast_heads(2)
+        >>> b.block_tables.shape, b.seq_lens.tolist()
+        ((1, 2, 2), [[5, 5]])
+        """
+        tables, lens = self.head_tables(num_kv_heads)
+        return self.with_head_tables(np.ascontiguousarray(tables), np.ascontiguousarray(lens))
+
+    # ------------------------------------------------------------- exports
+    def to_vllm(self, **options: Any) -> VllmBatch:
+        """vLLM's ``block_tables``/``seq_lens``/``slot_mapping``: :func:`~tinyserve_sim.control.formats.to_vllm`."""
+        from tinyserve_sim.control.formats import to_vllm
+
+        return to_vllm(self, **options)
+
+    def to_flashinfer(self) -> FlashInferBatch:
+        """FlashInfer's CSR page table: :func:`~tinyserve_sim.control.formats.to_flashinfer`."""
+        from tinyserve_sim.control.formats import to_flashinfer
+
+        return to_flashinfer(self)
 
     # ------------------------------------------------------------- queries
     @property
@@ -184,6 +253,23 @@ class DecodeBatch:
     def max_blocks(self) -> int:
         """``W``, the width of a table row."""
         return int(self.block_tables.shape[-1])
+
+    def row_strides(self, num_kv_heads: int) -> tuple[int, int]:
+        """``(seq_stride, head_stride)``: (sequence ``s``, KV head ``h``) reads table row
+        ``s * seq_stride + h * head_stride`` of the tables flattened to ``[rows, W]``
+        (and the length at the same index of the flattened lengths).
+
+        >>> DecodeBatch.from_tables([[0]], [1], 4).row_strides(8)
+        (1, 0)
+        """
+        return (num_kv_heads, 1) if self.per_head else (1, 0)
+
+    def blocks_used(self, row: int, head: int | None = None) -> np.ndarray:
+        """The blocks row ``row`` (of head ``head`` with a head axis) really uses:
+        its first ``ceil(seq_len / block_size)`` table entries."""
+        table = self.block_tables[row] if head is None else self.block_tables[row, head]
+        length = int(self.seq_lens[row] if head is None else self.seq_lens[row, head])
+        return table[: -(-length // self.block_size)]
 
     def head_tables(self, num_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
         """Tables ``[S, Hkv, W]`` and lengths ``[S, Hkv]`` for every KV head (a read-only broadcast

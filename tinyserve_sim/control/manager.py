@@ -34,6 +34,7 @@ raises leaves the manager exactly as it was.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -118,6 +119,61 @@ class BlockManager:
         self.record_ops = record_ops
         self.op_index = 0
         self._seqs: dict[SeqId, _Sequence] = {}
+
+    @classmethod
+    def from_block_tables(
+        cls,
+        num_blocks: int,
+        block_size: int,
+        sequences: Mapping[SeqId, tuple[SequenceABC[int], int]],
+        policy: str = "fifo",
+        record_ops: bool = True,
+    ) -> BlockManager:
+        """A manager whose live sequences are given: ``{seq_id: (block_table, num_tokens)}``.
+
+        This is how a state that exists elsewhere (a real server's page table,
+        see :mod:`tinyserve_sim.control.formats`) comes in. Each block's
+        reference count is the number of tables that hold it; the blocks no
+        table holds form the free queue, in id order. Token contents are
+        unknown, so prefix caching is off. Everything is checked first: a bad
+        table raises and no manager is returned.
+
+        >>> m = BlockManager.from_block_tables(8, 4, {"a": ([5, 2], 6), "b": ([5], 3)})
+        >>> m.block_table("b"), m.pool.ref_count(5), m.pool.free_queue()
+        ((5,), 2, [0, 1, 3, 4, 6, 7])
+        """
+        manager = cls(num_blocks, block_size, policy=policy, record_ops=record_ops)
+        if not isinstance(sequences, Mapping):
+            raise InvalidArgumentError(f"sequences must map a seq id to (block_table, num_tokens), got {type(sequences).__name__}")
+        users: Counter[int] = Counter()
+        plain: dict[SeqId, tuple[list[int], int]] = {}
+        for seq_id, entry in sequences.items():
+            manager._check_new_id(seq_id)
+            try:
+                table, num_tokens = entry
+                table = [int(b) if isinstance(b, (int, np.integer)) and not isinstance(b, bool) else b for b in table]
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"{seq_id!r}: expected (block_table, num_tokens), got {entry!r}") from None
+            if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens < 1:
+                raise InvalidTokenCountError(f"{seq_id!r}: num_tokens must be a positive integer, got {num_tokens!r}")
+            for block in table:
+                manager.pool.check_id(block)
+            if len(table) != manager.blocks_for(int(num_tokens)):
+                raise InvalidArgumentError(
+                    f"{seq_id!r}: {len(table)} blocks for {num_tokens} tokens "
+                    f"(blocks of {block_size} need {manager.blocks_for(int(num_tokens))})"
+                )
+            if len(set(table)) != len(table):
+                raise InvalidArgumentError(f"{seq_id!r}: block table {table} holds a block twice")
+            users.update(table)
+            plain[seq_id] = (table, int(num_tokens))
+        manager.pool.take(sorted(users))  # each a count of 1, out of the free queue
+        for block, count in users.items():
+            for _ in range(count - 1):
+                manager.pool.incref(block)
+        for seq_id, (table, num_tokens) in plain.items():
+            manager._seqs[seq_id] = _Sequence(num_tokens, table, [], None)
+        return manager
 
     # ------------------------------------------------------------- properties
     @property

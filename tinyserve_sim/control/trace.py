@@ -3,12 +3,13 @@
 A trace is a JSON Lines file (one JSON object per line). The first line is the
 header; every other non-blank line is one operation::
 
-    {"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 8, "policy": "fifo", "prefix_caching": true}
-    {"op": "add", "seq": "a", "prompt": 6, "note": "a 6-token prompt needs 2 blocks"}
+    {"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 8, "prefix_caching": true}
+    {"op": "add", "seq": "a", "prompt": [1, 2, 3, 4, 5, 6], "note": "2 blocks; the full first one is cached"}
     {"op": "fork", "parent": "a", "child": "b"}
-    {"op": "append", "seq": "b", "tokens": 1}
+    {"op": "append", "seq": "b", "tokens": [7], "note": "the shared last block is copied first"}
     {"op": "free", "seq": "a"}
-    {"op": "evict", "blocks": 1}
+    {"op": "free", "seq": "b", "note": "the cached block keeps its content, free"}
+    {"op": "evict", "blocks": 1, "note": "and now forgets it"}
 
 Header fields: ``format`` (always ``"tinyserve-sim-trace"``), ``version``
 (``1``), ``block_size``, ``num_blocks``, and optionally ``policy``
@@ -31,6 +32,19 @@ Operation fields:
 
 Any other field is an error, so a typo never passes silently. Errors name the
 line number and the field.
+
+Prefix caching needs token ids. A prompt given as a count (``"prompt": 6``)
+has no content to hash, so none of its blocks is cached, and a later
+``evict`` finds nothing to evict. Likewise, decoded tokens are cached only
+when they are given as ids (``"tokens": [7, 8]``) and fill a block; a count
+(``"tokens": 2``) is never cached.
+
+The free queue's ``policy`` orders the blocks that a ``free`` returns (a
+sequence is released last block first). ``"fifo"``: they join the tail of the
+queue, so never-used blocks are handed out before them. ``"lifo"``: they go on
+top of a stack, so the block freed last is handed out first. Cached free
+blocks wait apart from the queue and are reused, when the queue is empty,
+least recently used first.
 """
 
 from __future__ import annotations

@@ -8,9 +8,14 @@ kernels on them:
   of one layer, and how a control-plane record is applied to them;
 * :mod:`~tinyserve_sim.data.backends` - where the kernels run: NumPy here,
   or the CUDA kernels of :mod:`tinyserve_sim.gpu` (found lazily, only when asked for);
+* :mod:`~tinyserve_sim.data.layouts` - the caches in the layouts of other
+  kernels (FlashInfer's NHD/HND paged tensor, FlexAttention's paged cache);
 * the NumPy twin of every GPU kernel, one module each
   (:mod:`~tinyserve_sim.data.reshape_and_cache`, :mod:`~tinyserve_sim.data.copy_blocks`,
   :mod:`~tinyserve_sim.data.paged_attention`, :mod:`~tinyserve_sim.data.block_allocation`),
+  and, for query-aware selection, :mod:`~tinyserve_sim.data.page_metadata`,
+  :mod:`~tinyserve_sim.data.page_scores`, :mod:`~tinyserve_sim.data.select_pages`
+  and the seed's :mod:`~tinyserve_sim.data.seed_heuristics`,
   with the kernels' shared :mod:`~tinyserve_sim.data.geometry` and
   :mod:`~tinyserve_sim.data.exact_math`, their host-side
   :mod:`~tinyserve_sim.data.validation`, and a float64
@@ -37,12 +42,25 @@ from tinyserve_sim.data.exact_math import (
     sequential_sum,
 )
 from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
+from tinyserve_sim.data.layouts import from_flashinfer_cache, to_flashinfer_cache, to_flex_attention_cache
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.data.reference import (
     attention_error_bound,
+    external_kernel_error_bound,
     reference_paged_attention,
 )
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
+from tinyserve_sim.data.page_metadata import (
+    copy_page_metadata,
+    empty_page_metadata,
+    page_metadata_from_cache,
+    reset_page_metadata,
+    reshape_and_cache_with_metadata,
+    update_page_metadata,
+)
+from tinyserve_sim.data.page_scores import page_scores, page_scores_reference
+from tinyserve_sim.data.select_pages import compact_tables, select_page_indices, select_pages
+from tinyserve_sim.data.seed_heuristics import adaptive_cache_management, cache_selection, query_analysis
 
 __all__ = [
     "Backend",
@@ -58,6 +76,8 @@ __all__ = [
     "choose_variant",
     "copy_blocks",
     "exp_f32",
+    "from_flashinfer_cache",
+    "external_kernel_error_bound",
     "halving_sum",
     "make_plan",
     "pack_block_tables",
@@ -66,4 +86,21 @@ __all__ = [
     "reference_paged_attention",
     "reshape_and_cache",
     "sequential_sum",
+    "to_flashinfer_cache",
+    "to_flex_attention_cache",
+    # query-aware selection
+    "adaptive_cache_management",
+    "cache_selection",
+    "compact_tables",
+    "copy_page_metadata",
+    "empty_page_metadata",
+    "page_metadata_from_cache",
+    "page_scores",
+    "page_scores_reference",
+    "query_analysis",
+    "reset_page_metadata",
+    "reshape_and_cache_with_metadata",
+    "select_page_indices",
+    "select_pages",
+    "update_page_metadata",
 ]

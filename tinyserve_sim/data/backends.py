@@ -6,9 +6,10 @@ asked for) launches the CUDA kernels on device arrays. Both take the same
 arguments and produce bit-identical results, so a trace can be replayed on
 either and the caches compared after every step.
 
-Index arrays (slot mappings, block tables, sequence lengths, copy lists) are
-passed as NumPy arrays to both backends: they are small, and the GPU backend
-validates them on the host before it uploads them.
+Index arrays (slot mappings, copy lists, and the block tables and lengths of a
+:class:`~tinyserve_sim.control.batch.DecodeBatch`) are NumPy arrays on both
+backends: they are small, and the GPU backend validates them on the host
+before it uploads them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data import page_metadata, seed_heuristics
 from tinyserve_sim.data.copy_blocks import copy_blocks
+from tinyserve_sim.data.page_scores import page_scores
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.data.reshape_and_cache import reshape_and_cache
+from tinyserve_sim.data.select_pages import select_page_indices, select_pages
 from tinyserve_sim.errors import BackendUnavailableError
 
 
@@ -54,8 +59,7 @@ class Backend(Protocol):
         query: Any,
         key_cache: Any,
         value_cache: Any,
-        block_tables: np.ndarray,
-        seq_lens: np.ndarray,
+        batch: DecodeBatch,
         scale: float,
         variant: str = "auto",
         partition_size: int = 1024,
@@ -63,6 +67,38 @@ class Backend(Protocol):
 
     def synchronize(self) -> None:
         """Wait until queued work is done (no-op on the CPU)."""
+
+    # Query-aware selection (tinyserve_sim.data.page_metadata, page_scores, select_pages,
+    # seed_heuristics): the same arguments on both backends.
+    def reset_page_metadata(self, blocks: np.ndarray, key_min: Any, key_max: Any) -> None: ...
+
+    def update_page_metadata(
+        self, key: Any, slot_mapping: np.ndarray, key_min: Any, key_max: Any, block_size: int
+    ) -> None: ...
+
+    def copy_page_metadata(self, key_min: Any, key_max: Any, block_mapping: np.ndarray) -> None: ...
+
+    def reshape_and_cache_with_metadata(
+        self, key: Any, value: Any, key_cache: Any, value_cache: Any, slot_mapping: np.ndarray,
+        key_min: Any, key_max: Any,
+    ) -> None: ...
+
+    def page_scores(self, query: Any, key_min: Any, key_max: Any, batch: Any) -> Any: ...
+
+    def select_pages(self, scores: Any, batch: Any, budget_tokens: int) -> Any: ...
+
+    def select_page_indices(self, scores: Any, batch: Any, budget_tokens: int) -> np.ndarray: ...
+
+    def query_analysis(self, queries: Any, low_threshold: float, high_threshold: float) -> tuple[Any, Any]: ...
+
+    def cache_selection(
+        self, complexity: Any, requirement: Any, history: Any, threshold: float
+    ) -> tuple[Any, Any]: ...
+
+    def adaptive_cache_management(
+        self, hit_rates: Any, access_frequencies: Any, allocation: Any,
+        hit_rate_threshold: float, frequency_threshold: int,
+    ) -> Any: ...
 
 
 class NumpyBackend:
@@ -90,14 +126,52 @@ class NumpyBackend:
         copy_blocks(key_cache, value_cache, block_mapping)
 
     def paged_attention(
-        self, query, key_cache, value_cache, block_tables, seq_lens, scale, variant="auto", partition_size=1024
+        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
     ) -> np.ndarray:
-        return paged_attention(
-            query, key_cache, value_cache, block_tables, seq_lens, scale, variant, partition_size
-        )
+        return paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 
     def synchronize(self) -> None:
         return None
+
+    # ------------------------------------------------ query-aware selection
+    def reset_page_metadata(self, blocks, key_min, key_max) -> None:
+        page_metadata.reset_page_metadata(blocks, key_min, key_max)
+
+    def update_page_metadata(self, key, slot_mapping, key_min, key_max, block_size) -> None:
+        page_metadata.update_page_metadata(key, slot_mapping, key_min, key_max, block_size)
+
+    def copy_page_metadata(self, key_min, key_max, block_mapping) -> None:
+        page_metadata.copy_page_metadata(key_min, key_max, block_mapping)
+
+    def reshape_and_cache_with_metadata(
+        self, key, value, key_cache, value_cache, slot_mapping, key_min, key_max
+    ) -> None:
+        page_metadata.reshape_and_cache_with_metadata(
+            key, value, key_cache, value_cache, slot_mapping, key_min, key_max
+        )
+
+    def page_scores(self, query, key_min, key_max, batch) -> np.ndarray:
+        return page_scores(query, key_min, key_max, batch)
+
+    def select_pages(self, scores, batch, budget_tokens):
+        """The compacted :class:`~tinyserve_sim.control.batch.DecodeBatch` (host arrays)."""
+        return select_pages(scores, batch, budget_tokens)
+
+    def select_page_indices(self, scores, batch, budget_tokens) -> np.ndarray:
+        return select_page_indices(scores, batch, budget_tokens)
+
+    def query_analysis(self, queries, low_threshold=0.2, high_threshold=0.5):
+        return seed_heuristics.query_analysis(queries, low_threshold, high_threshold)
+
+    def cache_selection(self, complexity, requirement, history, threshold):
+        return seed_heuristics.cache_selection(complexity, requirement, history, threshold)
+
+    def adaptive_cache_management(
+        self, hit_rates, access_frequencies, allocation, hit_rate_threshold, frequency_threshold
+    ):
+        return seed_heuristics.adaptive_cache_management(
+            hit_rates, access_frequencies, allocation, hit_rate_threshold, frequency_threshold
+        )
 
 
 def get_backend(name: str = "numpy") -> Backend:

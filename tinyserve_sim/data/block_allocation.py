@@ -61,26 +61,60 @@ class BatchAllocation:
         return self.block_ids[start : start + int(self.granted[i])]
 
 
+def _integer_array(name: str, values: object) -> np.ndarray:
+    """``values`` as a 1-D integer NumPy array, or KernelInputError naming it."""
+    try:
+        n = np.asarray(values.get() if hasattr(values, "get") else values)
+    except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
+        raise KernelInputError(f"{name} must be a 1-D sequence of integers, got {type(values).__name__}") from None
+    if n.ndim != 1 or (n.size and not np.issubdtype(n.dtype, np.integer)):
+        raise KernelInputError(f"{name} must be a 1-D sequence of integers")
+    return n
+
+
 def check_requests(requests: Sequence[int] | np.ndarray) -> np.ndarray:
     """Requests as an int32 array of non-negative counts (raises KernelInputError)."""
-    n = np.asarray(requests)
-    if n.ndim != 1 or (n.size and not np.issubdtype(n.dtype, np.integer)):
-        raise KernelInputError("requests must be a 1-D sequence of integers")
+    n = _integer_array("requests", requests)
     if n.size and int(n.min()) < 0:
         raise KernelInputError("a request cannot ask for a negative number of blocks")
-    if n.size and int(n.sum()) >= 2**31:
+    if n.size and (int(n.max()) >= 2**31 or int(n.astype(np.int64).sum()) >= 2**31):
         raise KernelInputError("a batch may ask for at most 2**31 - 1 blocks in total")
     return n.astype(np.int32)
+
+
+def check_num_blocks(num_blocks: object) -> int:
+    """A ring size: an integer in ``1 .. 2**31 - 1`` (block ids are int32)."""
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)) or not 1 <= num_blocks < 2**31:
+        raise ConfigError(f"num_blocks must be an integer in 1 .. 2**31 - 1, got {num_blocks!r}")
+    return int(num_blocks)
+
+
+def check_free_ids(block_ids: Sequence[int] | np.ndarray, num_blocks: int) -> np.ndarray:
+    """Ids to free: integers in range, none twice (int64; BlockIdError / DoubleFreeError)."""
+    try:
+        ids = np.asarray(block_ids.get() if hasattr(block_ids, "get") else block_ids).reshape(-1)
+    except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
+        raise KernelInputError(f"block_ids must be integers, got {type(block_ids).__name__}") from None
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise KernelInputError(f"block_ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
+        raise BlockIdError(f"block id outside 0..{num_blocks - 1}")
+    if np.unique(ids).size != ids.size:
+        raise DoubleFreeError("a block appears twice in one free batch")
+    return ids
 
 
 class FifoBlockAllocator:
     """Batched FIFO allocator over a ring buffer; same ids as ``BlockPool("fifo")``."""
 
     def __init__(self, num_blocks: int) -> None:
-        if num_blocks < 1:
-            raise ConfigError("num_blocks must be at least 1")
+        num_blocks = check_num_blocks(num_blocks)
         self.num_blocks = num_blocks
-        self.ring = np.arange(num_blocks, dtype=np.int32)
+        try:
+            self.ring = np.arange(num_blocks, dtype=np.int32)
+        except MemoryError:
+            raise ConfigError(f"a ring of {num_blocks} blocks does not fit in memory") from None
         self.head = 0
         self.count = num_blocks
         self._is_free = np.ones(num_blocks, dtype=bool)
@@ -109,10 +143,8 @@ class FifoBlockAllocator:
 
     def free(self, block_ids: Sequence[int] | np.ndarray) -> None:
         """Append ``block_ids`` at the tail, in order. Checks everything first."""
-        ids = np.asarray(block_ids, dtype=np.int64).reshape(-1)
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_blocks):
-            raise BlockIdError(f"block id outside 0..{self.num_blocks - 1}")
-        if np.unique(ids).size != ids.size or self._is_free[ids].any():
+        ids = check_free_ids(block_ids, self.num_blocks)
+        if self._is_free[ids].any():
             raise DoubleFreeError("a block in this free batch is already free")
         tail = (self.head + self.count + np.arange(ids.size)) % self.num_blocks
         self.ring[tail] = ids

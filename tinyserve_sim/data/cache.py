@@ -17,6 +17,13 @@ copies (``record.copies``, so that a forked sequence's shared last block is
 duplicated before anyone writes into it), then the new tokens' keys and values
 through ``record.slot_mapping``. :meth:`KVCache.apply` does exactly that,
 on whichever backend the cache lives.
+
+With ``page_metadata=True`` the cache also keeps, for query-aware selection,
+the channel-wise minimum and maximum of the keys of every block and KV head
+(:mod:`~tinyserve_sim.data.page_metadata`), and ``apply`` keeps it exact:
+blocks freshly taken from the pool are reset to empty, copy-on-write copies
+copy it, and every write folds the new keys in (fused into the write, or as
+a second kernel: ``metadata_update="fused"`` or ``"separate"``, same bits).
 """
 
 from __future__ import annotations
@@ -25,8 +32,32 @@ from typing import Any
 
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.backends import Backend, get_backend
+from tinyserve_sim.data.validation import CACHE_DTYPES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, check_reshape_and_cache
 from tinyserve_sim.errors import KernelInputError
+
+#: How ``reshape_and_cache`` keeps the page metadata up to date.
+METADATA_UPDATES = ("fused", "separate")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise KernelInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _index_array(name: str, a: Any, shape_hint: str) -> np.ndarray:
+    """A small host index array (int64), from an array or a list of integers."""
+    try:
+        arr = np.asarray(a.get() if hasattr(a, "get") else a)
+    except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
+        raise KernelInputError(f"{name} must be an integer array {shape_hint}, got {type(a).__name__}") from None
+    if arr.size and arr.dtype.kind not in "iu":
+        raise KernelInputError(f"{name} must hold integers {shape_hint}, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise KernelInputError(f"{name} holds a value too large for int64")
+    return np.ascontiguousarray(arr.astype(np.int64))
 
 
 class KVCache:
@@ -39,6 +70,15 @@ class KVCache:
         backend: a backend name or a :class:`~tinyserve_sim.data.backends.Backend`.
         fill: initial value of every element (use the same on two backends
             to compare whole caches).
+        page_metadata: also keep ``key_min``/``key_max`` ``[num_blocks, Hkv, D]``
+            (every block empty at first: ``+inf``/``-inf``).
+        metadata_update: ``"fused"`` (one kernel writes the tokens and updates
+            the metadata) or ``"separate"`` (``reshape_and_cache``, then
+            ``update_page_metadata``); both give the same bits.
+
+    Raises:
+        KernelInputError: an impossible shape, dtype or fill, or a cache too
+            large to allocate; named, before anything is allocated.
     """
 
     def __init__(
@@ -50,54 +90,153 @@ class KVCache:
         dtype: type | np.dtype = np.float16,
         backend: str | Backend = "numpy",
         fill: float = 0.0,
+        page_metadata: bool = False,
+        metadata_update: str = "fused",
     ) -> None:
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
-        self.block_size = block_size
-        self.shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        self.dtype = np.dtype(dtype)
-        self.key_cache = self.backend.full(self.shape, fill, self.dtype)
-        self.value_cache = self.backend.full(self.shape, fill, self.dtype)
+        shape = (
+            _positive_int("num_blocks", num_blocks),
+            _positive_int("block_size", block_size),
+            _positive_int("num_kv_heads", num_kv_heads),
+            _positive_int("head_dim", head_dim),
+        )
+        if shape[3] % HEAD_DIM_MULTIPLE or shape[3] > MAX_HEAD_DIM:
+            raise KernelInputError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim}")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt not in CACHE_DTYPES:
+            raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
+        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
+            raise KernelInputError(f"fill must be a real number, got {type(fill).__name__}")
+        nbytes = 2 * int(np.prod(shape, dtype=object)) * dt.itemsize
+        if metadata_update not in METADATA_UPDATES:
+            raise KernelInputError(f"metadata_update must be one of {METADATA_UPDATES}, got {metadata_update!r}")
+        if isinstance(backend, str):
+            backend = get_backend(backend)  # BackendUnavailableError names what is missing
+        elif not isinstance(backend, Backend):
+            raise KernelInputError(f"backend must be 'numpy', 'cupy' or a Backend, got {type(backend).__name__}")
+        self.backend = backend
+        self.block_size = shape[1]
+        self.shape = shape
+        self.dtype = dt
+        try:
+            self.key_cache = self.backend.full(self.shape, fill, self.dtype)
+            self.value_cache = self.backend.full(self.shape, fill, self.dtype)
+        except (MemoryError, ValueError, OverflowError) as exc:
+            raise KernelInputError(
+                f"a cache of shape {shape} ({nbytes / 2**30:.3g} GiB for K and V) cannot be allocated: {exc}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. cupy's OutOfMemoryError
+            if "memory" not in type(exc).__name__.lower():
+                raise
+            raise KernelInputError(
+                f"a cache of shape {shape} ({nbytes / 2**30:.3g} GiB for K and V) does not fit the device: {exc}"
+            ) from None
+        self.metadata_update = metadata_update
+        #: Page metadata (``None`` unless ``page_metadata=True``).
+        self.key_min: Any = None
+        self.key_max: Any = None
+        if page_metadata:
+            meta_shape = (shape[0], shape[2], shape[3])
+            self.key_min = self.backend.full(meta_shape, np.inf, self.dtype)
+            self.key_max = self.backend.full(meta_shape, -np.inf, self.dtype)
 
-    def apply(self, record: Any, keys: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
+    @property
+    def has_page_metadata(self) -> bool:
+        """True when this cache keeps ``key_min``/``key_max``."""
+        return self.key_min is not None
+
+    def apply(self, record: Any, keys: Any = None, values: Any = None) -> None:
         """Apply an operation record's data-plane work: ``copy_blocks(record.copies)``, then
         ``reshape_and_cache`` of ``keys``/``values`` ``[T, Hkv, D]`` at ``record.slot_mapping``.
 
-        ``keys``/``values`` may be omitted when the operation writes no token."""
-        copies = np.asarray(getattr(record, "copies", ()), dtype=np.int64).reshape(-1, 2)
-        if copies.shape[0]:
-            self.copy_blocks(copies)
-        slots = np.ascontiguousarray(np.asarray(record.slot_mapping, dtype=np.int64))
+        ``keys``/``values`` may be omitted when the operation writes no token.
+        Everything is checked before the first copy, so a refused call changes nothing.
+
+        With page metadata, the blocks the record allocated (other than
+        copy-on-write destinations, which receive their source's metadata)
+        are reset to empty between the copies and the writes."""
+        if not hasattr(record, "slot_mapping"):
+            raise KernelInputError(f"record must be an OpRecord (with copies and a slot_mapping), got {type(record).__name__}")
+        copies = _index_array("record.copies", getattr(record, "copies", ()), "[P, 2]")
+        if copies.size == 0:
+            copies = copies.reshape(0, 2)
+        if copies.ndim != 2 or copies.shape[1] != 2:
+            raise KernelInputError(f"record.copies must be (src, dst) pairs, got shape {copies.shape}")
+        slots = _index_array("record.slot_mapping", record.slot_mapping, "[T]")
         if slots.size:
             if keys is None or values is None:
                 raise KernelInputError(f"the operation writes {slots.size} tokens but no keys/values were given")
+            keys, values = self._on_backend("keys", keys), self._on_backend("values", values)
+            # Check the writes before the copies run: a refused call must change nothing.
+            check_reshape_and_cache(keys, values, self.key_cache, self.value_cache, slots)
+        if copies.shape[0]:
+            self.copy_blocks(copies)
+        if self.has_page_metadata:
+            destinations = set(copies[:, 1].tolist())
+            fresh = [blk for blk in getattr(record, "allocated", ()) if blk not in destinations]
+            if fresh:
+                self.backend.reset_page_metadata(np.asarray(fresh, dtype=np.int64), self.key_min, self.key_max)
+        if slots.size:
             self.reshape_and_cache(keys, values, slots)
 
-    def reshape_and_cache(self, keys: Any, values: Any, slot_mapping: np.ndarray) -> None:
-        """Write ``keys``/``values`` ``[T, Hkv, D]`` at ``slot_mapping`` (int64, -1 = skip)."""
-        b = self.backend
-        b.reshape_and_cache(b.asarray(keys), b.asarray(values), self.key_cache, self.value_cache, slot_mapping)
+    def _on_backend(self, name: str, a: Any) -> Any:
+        try:
+            return self.backend.asarray(a)
+        except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
+            raise KernelInputError(f"{name} must be an array [T, Hkv, D], got {type(a).__name__}") from None
 
-    def copy_blocks(self, block_mapping: np.ndarray) -> None:
-        """Copy whole blocks, ``block_mapping`` int64 ``[P, 2]`` of ``(src, dst)``."""
-        self.backend.copy_blocks(self.key_cache, self.value_cache, np.asarray(block_mapping, dtype=np.int64))
+    def reshape_and_cache(self, keys: Any, values: Any, slot_mapping: Any) -> None:
+        """Write ``keys``/``values`` ``[T, Hkv, D]`` at ``slot_mapping`` (integers, negative = skip),
+        and fold the keys into the page metadata if the cache keeps it."""
+        b = self.backend
+        slots = _index_array("slot_mapping", slot_mapping, "[T]")
+        keys, values = self._on_backend("keys", keys), self._on_backend("values", values)
+        if not self.has_page_metadata:
+            b.reshape_and_cache(keys, values, self.key_cache, self.value_cache, slots)
+        elif self.metadata_update == "fused":
+            b.reshape_and_cache_with_metadata(keys, values, self.key_cache, self.value_cache, slots, self.key_min, self.key_max)
+        else:
+            check_reshape_and_cache(keys, values, self.key_cache, self.value_cache, slots)
+            b.reshape_and_cache(keys, values, self.key_cache, self.value_cache, slots)
+            b.update_page_metadata(keys, slots, self.key_min, self.key_max, self.block_size)
+
+    def copy_blocks(self, block_mapping: Any) -> None:
+        """Copy whole blocks, ``block_mapping`` ``[P, 2]`` of ``(src, dst)`` integers (and their metadata)."""
+        mapping = _index_array("block_mapping", block_mapping, "[P, 2]")
+        self.backend.copy_blocks(self.key_cache, self.value_cache, mapping)
+        if self.has_page_metadata:
+            self.backend.copy_page_metadata(self.key_min, self.key_max, mapping)
+
+    def page_scores(self, query: Any, batch: Any) -> Any:
+        """Each page's score for ``query [S, Hq, D]`` (see ``page_scores``): float32 ``[S, Hkv, W]``."""
+        if not self.has_page_metadata:
+            raise KernelInputError("this cache keeps no page metadata (create it with page_metadata=True)")
+        return self.backend.page_scores(self._on_backend("query", query), self.key_min, self.key_max, batch)
+
+    def metadata_to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of ``(key_min, key_max)``."""
+        if not self.has_page_metadata:
+            raise KernelInputError("this cache keeps no page metadata (create it with page_metadata=True)")
+        return self.backend.to_numpy(self.key_min), self.backend.to_numpy(self.key_max)
 
     def attention(
         self,
         query: Any,
-        block_tables: np.ndarray,
-        seq_lens: np.ndarray,
+        batch: DecodeBatch,
         scale: float | None = None,
         variant: str = "auto",
         partition_size: int = 1024,
     ) -> Any:
-        """Decode attention of ``query [S, Hq, D]`` over this cache (see ``paged_attention``).
-        ``scale`` defaults to ``1 / sqrt(head_dim)``."""
+        """Decode attention of ``query [S, Hq, D]`` over this cache, for the sequences
+        of ``batch`` (see ``paged_attention``). ``scale`` defaults to ``1 / sqrt(head_dim)``."""
         if scale is None:
             scale = 1.0 / float(np.sqrt(self.shape[3]))
         b = self.backend
         return b.paged_attention(
-            b.asarray(query), self.key_cache, self.value_cache,
-            block_tables, seq_lens, scale, variant=variant, partition_size=partition_size,
+            self._on_backend("query", query), self.key_cache, self.value_cache,
+            batch, scale, variant=variant, partition_size=partition_size,
         )
 
     def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:

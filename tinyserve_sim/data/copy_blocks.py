@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyserve_sim.data.validation import check_block_mapping, check_caches
+from tinyserve_sim.data.validation import check_block_mapping, check_caches, check_host_arrays, check_writable
 
 
 def copy_blocks(key_cache: np.ndarray, value_cache: np.ndarray, block_mapping: np.ndarray) -> None:
     """Copy block ``src`` to block ``dst`` in both caches, for every row of ``block_mapping``.
 
     Raises:
-        KernelInputError: bad shapes/dtypes, block id out of range.
+        KernelInputError: bad types/shapes/dtypes, read-only caches, block id out of range.
         CopyConflictError: a destination written twice, or a block both read and written.
     """
+    check_host_arrays(key_cache=key_cache, value_cache=value_cache, block_mapping=block_mapping)
     num_blocks = check_caches(key_cache, value_cache)[0]
     m = check_block_mapping(block_mapping, num_blocks)
+    check_writable("key_cache", key_cache)
+    check_writable("value_cache", value_cache)
     if m.shape[0] == 0:
         return
     # Fancy indexing on the right makes a copy first, like the GPU reading

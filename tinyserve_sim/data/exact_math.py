@@ -19,7 +19,10 @@ usually break that promise, and this module removes all three:
    That is exactly a sum of adjacent pairs, repeated.
 3. **Fused multiply-add.** ``a * b + c`` may be contracted into one FMA (one
    rounding instead of two). The kernels are compiled with ``--fmad=false``
-   (see ``gpu/build.py``) and NumPy never fuses, so both round twice.
+   (see ``gpu/build.py``), so the compiler never fuses behind our back. Where a
+   kernel *wants* a fused multiply-add (it saves an instruction), it writes
+   ``__fmaf_rn(a, b, c)`` explicitly, and the twin calls :func:`fma_f32` at the
+   same place: an exact emulation of the single rounding, described below.
 
 NumPy pitfall: mixing a float32 array with a Python ``float`` is fine under
 NumPy 2's promotion rules, but mixing with a float64 *array* or ``np.float64``
@@ -98,6 +101,102 @@ def exp_f32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     out = np.where(kf > EXP_MAX_K, F32(np.inf), out)
     out = np.where(np.isnan(x), x, out)
     return out.astype(F32, copy=False)
+
+
+def fma_f32(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Fused multiply-add ``a * b + c`` with ONE rounding to float32, bit-identical to CUDA's ``__fmaf_rn``.
+
+    NumPy has no float32 FMA, and computing in float64 and rounding to float32
+    is *not* enough: that rounds twice (first to 53 bits, then to 24), and the
+    first rounding can land exactly on a float32 tie and tip the second one the
+    wrong way. Round-to-odd removes the problem (Boldo and Melquiond, "Emulation
+    of FMA and correctly rounded sums: proved algorithms using rounding to odd",
+    IEEE Trans. Computers 57(4), 2008): if the first rounding is *to odd* in a
+    format with at least 24 + 2 bits, the second rounding, to nearest even,
+    gives the correctly rounded result. Step by step, on float64:
+
+    1. ``p = a * b``: exact (24 + 24 significant bits fit in 53, and no float32
+       product over- or underflows float64).
+    2. ``s = p + c``, rounded to nearest, and ``e``, the exact error of that
+       addition, by TwoSum (Knuth): ``s + e == p + c`` exactly.
+    3. Round to odd: if ``e != 0`` (``s`` is inexact) and the last bit of ``s``'s
+       significand is 0, move ``s`` one unit in the last place towards ``e``.
+       Now ``s`` is the exact sum rounded to odd.
+    4. Round ``s`` to float32 (to nearest even): the correctly rounded FMA,
+       overflow to infinity and float32 subnormals included.
+
+    Worked example: ``a = b = 1 + 2**-12`` and ``c = -(1 + 2**-11)``, all float32.
+    Exactly, ``a*b = 1 + 2**-11 + 2**-24``, so ``a*b + c = 2**-24``: the FMA
+    returns ``5.96e-08``. Rounded twice, ``a*b`` first becomes the float32
+    ``1 + 2**-11`` (``2**-24`` is half a unit in the last place, a tie, and the
+    tie goes to the even neighbour), and then ``+ c`` gives ``0``.
+
+    >>> a = np.float32(1 + 2**-12); c = np.float32(-(1 + 2**-11))
+    >>> float(fma_f32(a, a, c)) == 2**-24, float(a * a + c)
+    (True, 0.0)
+
+    Special values follow IEEE: NaN in, NaN out; ``inf * 0`` is NaN; an infinite
+    ``c`` or product passes through. Broadcasting as NumPy does.
+
+    Steps 2 and 3 only matter when ``s`` is inexact *and* sits exactly on a
+    float32 tie (the 29 bits below a float32 significand read ``1000...0``), or
+    when the result is in float32's subnormal range, where the tie sits lower.
+    That is rare (about one sum in 2**29), so the work is done in two passes:
+    ``s = p + c`` for every element, and the exact TwoSum and round-to-odd only
+    for the suspects. Cheaper, and the same bits.
+    """
+    a64 = np.asarray(a, dtype=F32).astype(np.float64)
+    b64 = np.asarray(b, dtype=F32).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return add_exact_product(a64 * b64, c)  # the product is exact in float64
+
+
+def add_exact_product(p: npt.NDArray[np.float64], c: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """``p + c`` rounded once to float32, where ``p`` is an *exact* product of two float32 values
+    held in float64 and ``c`` is a float32: the second half of :func:`fma_f32`.
+
+    A twin that multiplies the same operands many times converts them to
+    float64 once and calls this with ``p = a64 * b64``.
+    """
+    c64 = np.asarray(c, dtype=F32).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bits = s.view(np.int64)
+        on_a_tie = (bits & _LOW_29_BITS) == _TIE_29_BITS
+        # (|s| - 1) as unsigned: below the smallest normal float32 but not zero.
+        tiny = ((bits & _ABS_BITS) - 1).view(np.uint64) < _TINY_BITS
+        suspects = on_a_tie | tiny
+        if suspects.any():
+            s, p, c64 = (np.atleast_1d(x) for x in np.broadcast_arrays(s, p, c64))
+            pick = np.atleast_1d(suspects)
+            s = s.copy()
+            s[pick] = _round_to_odd_sum(p[pick], c64[pick])
+            s = s.reshape(suspects.shape)
+        return s.astype(F32)
+
+
+# Bit patterns of a float64 used by fma_f32: its 29 lowest significand bits, their value on a
+# float32 tie, the sign mask, and (smallest normal float32 as float64 bits) - 1.
+_LOW_29_BITS = np.int64((1 << 29) - 1)
+_TIE_29_BITS = np.int64(1 << 28)
+_ABS_BITS = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+_TINY_BITS = np.uint64(int(np.float64(2.0**-126).view(np.int64)) - 1)
+
+
+def _round_to_odd_sum(p: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``p + c`` (float64 arrays) rounded to odd: the exact sum if it is a float64, else the odd one
+    of its two float64 neighbours. Special values pass through as IEEE addition gives them."""
+    s = p + c
+    # TwoSum (Knuth): e is the exact rounding error of s, without comparing magnitudes.
+    p_part = s - c
+    e = (p - p_part) + (c - (s - p_part))
+    bits = s.view(np.int64)
+    # An inexact s with an even last bit moves one ulp towards e: +1 on the bit pattern when e
+    # and s have the same sign, -1 otherwise (s is never 0 here: a nonzero exact sum never rounds
+    # to 0 in float64). NaN or infinite sums are left alone (e is NaN there).
+    fix = (np.abs(e) > 0) & np.isfinite(s) & ((bits & 1) == 0)
+    step = np.where((e > 0) == (s > 0), 1, -1)
+    return np.where(fix, bits + step, bits).view(np.float64)
 
 
 def pairwise_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.float32]:

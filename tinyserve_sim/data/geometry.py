@@ -13,28 +13,43 @@ from typing import Literal
 
 import numpy as np
 
+from tinyserve_sim.data.validation import check_partition_size
 from tinyserve_sim.errors import KernelInputError
 
 NUM_THREADS = 128  #: threads per thread block (4 warps)
-CHUNK_TOKENS = 128  #: tokens per online-softmax step
-DEFAULT_PARTITION_SIZE = 1024  #: split-K partition, in tokens (a multiple of CHUNK_TOKENS)
-MAX_ACC_REGISTERS = 64  #: float accumulators a thread may hold (head_tile * lane elements)
+WARP = 32  #: threads per warp
+#: The split-K partition and the chunk sizes are powers of two; a partition (in tokens) is
+#: a multiple of every chunk size.
+DEFAULT_PARTITION_SIZE = 1024  #: split-K partition, in tokens
+MIN_PARTITION_SIZE = 64  #: the largest chunk: a partition must be a multiple of it
+MAX_ACC_REGISTERS = 32  #: float accumulators a thread holds: head_tile * (elements per lane)
+#: A chunk's keys and values are staged in shared memory (cp.async); rows of at most
+#: this many bytes get 64-token chunks, longer rows 32-token chunks.
+SMALL_ROW_BYTES = 256
 
 Variant = Literal["one_pass", "split_k", "auto"]
 
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """How the kernel maps a head dimension onto threads; the twin follows it.
+    """How the kernel maps a head dimension and a GQA group onto threads; the twin follows it.
+
+    A thread block works on one KV head (and a tile of its query heads) of one
+    sequence (and one partition). Its 128 threads form ``head_slices`` slices;
+    each slice owns ``head_tile`` query heads and is ``rows`` rows of ``lanes``
+    threads. Every slice reads the same staged keys and values: a chunk of
+    ``chunk`` tokens, token ``j`` handled by row ``j % rows`` of each slice.
 
     Attributes:
         head_dim: D.
         vec: elements per 16-byte vector (8 for float16, 4 for float32).
         lanes: threads that share one token row (a power of two, <= 32).
         vecs_per_lane: vectors each lane owns (1 or 2).
-        rows: tokens in flight per thread block (``128 // lanes``).
-        head_tile: query heads of one GQA group handled per pass of a block
-            (their accumulators live in registers).
+        rows: token rows of one slice (``128 // lanes // head_slices``).
+        head_tile: query heads of one slice (their accumulators and queries
+            live in registers: ``head_tile * vecs_per_lane * vec <= 32``).
+        head_slices: slices of the block (1, 2 or 4; a slice is whole warps).
+        chunk: tokens per online-softmax step (64, or 32 for rows over 256 bytes).
     """
 
     head_dim: int
@@ -43,25 +58,46 @@ class AttentionPlan:
     vecs_per_lane: int
     rows: int
     head_tile: int
+    head_slices: int = 1
+    chunk: int = 64
 
     @property
     def num_vecs(self) -> int:
         return self.head_dim // self.vec
 
+    @property
+    def heads_per_block(self) -> int:
+        """Query heads one thread block covers: ``head_tile * head_slices``."""
+        return self.head_tile * self.head_slices
+
 
 def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> AttentionPlan:
-    """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``."""
-    vec = 16 // np.dtype(dtype).itemsize
+    """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
+
+    >>> make_plan(128, np.float16, 4)     # GQA-4 at head dim 128: one slice of 4 heads
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64)
+    >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64)
+    """
+    itemsize = np.dtype(dtype).itemsize
+    vec = 16 // itemsize
     num_vecs = head_dim // vec
-    lanes = min(32, 1 << (num_vecs.bit_length() - 1))  # largest power of two <= num_vecs
+    # The largest power of two <= num_vecs, and at least 2 so that a chunk (64) holds every row.
+    lanes = max(2, min(WARP, 1 << (num_vecs.bit_length() - 1)))
     vecs_per_lane = -(-num_vecs // lanes)
     per_lane = vecs_per_lane * vec
+    # As many heads per slice as 32 accumulators allow, but no idle heads for small groups.
     head_tile = 8
-    while head_tile > 1 and head_tile * per_lane > MAX_ACC_REGISTERS:
+    while head_tile > 1 and (head_tile * per_lane > MAX_ACC_REGISTERS or head_tile // 2 >= group_size):
         head_tile //= 2
-    while head_tile > 1 and head_tile // 2 >= group_size:
-        head_tile //= 2  # no idle register tiles for small groups
-    return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, NUM_THREADS // lanes, head_tile)
+    # Then as many slices (whole warps each) as the group still needs, up to 4.
+    head_slices = 1
+    max_slices = min(4, NUM_THREADS // max(lanes, WARP))
+    while head_slices < max_slices and head_tile * head_slices < group_size:
+        head_slices *= 2
+    rows = NUM_THREADS // lanes // head_slices
+    chunk = 64 if head_dim * itemsize <= SMALL_ROW_BYTES else 32
+    return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
 
 
 def choose_variant(num_seqs: int, num_kv_heads: int, max_seq_len: int, partition_size: int) -> str:
@@ -80,12 +116,42 @@ def choose_variant(num_seqs: int, num_kv_heads: int, max_seq_len: int, partition
 def resolve_variant(
     variant: str, partition_size: int, num_seqs: int, num_kv_heads: int, lens: np.ndarray
 ) -> str:
-    """Validate ``variant`` and ``partition_size``; turn ``"auto"`` into a concrete variant."""
-    if partition_size < CHUNK_TOKENS or partition_size % CHUNK_TOKENS:
-        raise KernelInputError(f"partition_size must be a positive multiple of {CHUNK_TOKENS}")
+    """Validate ``variant`` and ``partition_size``; turn ``"auto"`` into a concrete variant.
+
+    ``lens`` holds every row's length (``[S]`` or ``[S, Hkv]``): with per-head
+    tables the longest head decides, as it decides the kernel's partition count."""
+    check_partition_size(partition_size, MIN_PARTITION_SIZE)
+    if not isinstance(variant, str) or variant not in ("one_pass", "split_k", "auto"):
+        raise KernelInputError(f"unknown paged_attention variant {variant!r} (one_pass, split_k or auto)")
     if variant == "auto":
         max_len = int(lens.max()) if lens.size else 0
         return choose_variant(num_seqs, num_kv_heads, max_len, partition_size)
-    if variant not in ("one_pass", "split_k"):
-        raise KernelInputError(f"unknown paged_attention variant {variant!r}")
     return variant
+
+
+#: CUDA's limit on ``gridDim.y`` and ``gridDim.z`` (sequences and split-K partitions).
+MAX_GRID_YZ = 65535
+#: Split-K partitions of one row at most: the reduce kernel keeps one float weight
+#: per partition in shared memory (48 KiB without an opt-in).
+MAX_PARTITIONS = 12_000
+
+
+def check_launch_limits(num_seqs: int, lens: np.ndarray, partition_size: int | None) -> None:
+    """Refuse shapes the kernels' grid or int32 token arithmetic cannot hold.
+
+    The twin refuses them too, so both backends accept exactly the same inputs.
+    ``partition_size`` is ``None`` for the one-pass variant."""
+    if num_seqs > MAX_GRID_YZ:
+        raise KernelInputError(f"query has {num_seqs} sequences; one launch takes at most {MAX_GRID_YZ}")
+    if not lens.size or partition_size is None:
+        return
+    longest = int(lens.max())
+    if longest + partition_size > 2**31 - 1:
+        raise KernelInputError(
+            f"batch.seq_lens: {longest} tokens plus a partition of {partition_size} overflow the kernels' int32 positions"
+        )
+    if -(-longest // partition_size) > MAX_PARTITIONS:
+        raise KernelInputError(
+            f"{longest} tokens make {-(-longest // partition_size)} split-K partitions of {partition_size}; "
+            f"at most {MAX_PARTITIONS} (use a larger partition_size)"
+        )

@@ -10,40 +10,53 @@ tokens of KV head ``g // (Hq // Hkv)`` (grouped-query attention)::
     out   = sum_t softmax(x)_t * v_t           shape [D], in the query's dtype
 
 Token ``t`` of sequence ``s`` lives in physical block
-``block_tables[s, t // block_size]`` at offset ``t % block_size``.
+``block_tables[s, t // block_size]`` at offset ``t % block_size``. The tables
+and lengths come in a :class:`~tinyserve_sim.control.batch.DecodeBatch`. With
+a head axis (``block_tables[s, h]``, ``seq_lens[s, h]``: query-aware selection)
+KV head ``h`` of sequence ``s`` attends to its own tokens, and everything
+below is per (sequence, KV head) row instead of per sequence: the partitions,
+their number, the reduce. Shared tables are the special case where every head
+of a sequence reads the same row, and give the same bits as that per-head call.
 
 The exact order of operations (the bit-exactness contract)
 ----------------------------------------------------------
-The kernel runs 128 threads per thread block. A token's ``D`` elements are
-read by ``lanes`` threads (a *row*), each owning whole 16-byte *vectors* of
-``vec`` elements: lane ``i`` owns vectors ``i, i + lanes, ...``. The block has
-``rows = 128 // lanes`` rows. Tokens are processed in *chunks* of 128; in a
-chunk, token ``j`` belongs to row ``j % rows``. For one (sequence, query head)
-and one *partition* of tokens ``[a, b)``:
+The kernel runs 128 threads per thread block, and the
+:class:`~tinyserve_sim.data.geometry.AttentionPlan` fixes how they split the
+work. A token's ``D`` elements are read by ``lanes`` threads (a *row*), each
+owning whole 16-byte *vectors* of ``vec`` elements: lane ``i`` owns vectors
+``i, i + lanes, ...``. The query heads of a GQA group are split into
+``head_slices`` slices of ``head_tile`` heads; each slice has ``plan.rows``
+rows. Tokens are processed in *chunks* of ``plan.chunk`` (64 or 32); in a
+chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
+(sequence, query head) and one *partition* of tokens ``[a, b)``:
 
-1. **Logits.** Each lane sums ``q[d] * k[d]`` over its own elements, in
-   increasing ``d``, from ``+0``. The ``lanes`` partial sums are added by a
+1. **Logits.** Each lane accumulates ``part = fma(q[d], k[d], part)`` over
+   its own elements, in increasing ``d``, from ``+0``
+   (:func:`~tinyserve_sim.data.exact_math.fma_f32`: one rounding per element;
+   for float16 inputs the product is exact in float32, so this equals a
+   multiply then an add). The ``lanes`` partial sums are added by a
    reduce-scatter butterfly with masks ``lanes/2, lanes/4, ..., 1``
    (:func:`~tinyserve_sim.data.exact_math.halving_sum`: lane ``i`` plus lane
-   ``i + lanes/2`` first). Then ``x = dot * scale``. (For float16 inputs the
-   kernel uses a fused multiply-add here: a float16 x float16 product is exact
-   in float32, so one rounding of ``part + q*k`` equals the twin's two.)
+   ``i + lanes/2`` first). Then ``x = dot * scale``.
 2. **Chunk max** ``m_new = fmax(m, max_j x_j)`` (max is exact in any order;
    only the sign of a zero could differ, and no later result can observe it).
 3. ``alpha = exp(m - m_new)``, ``p_j = exp(x_j - m_new)`` with the shared exp.
 4. **Accumulate per row.** Row ``r`` keeps ``l_r`` and ``acc_r[D]``: first
    ``l_r *= alpha; acc_r *= alpha``, then for its tokens in increasing ``j``:
-   ``l_r += p_j; acc_r += p_j * v_j``.
+   ``l_r += p_j; acc_r = fma(p_j, v_j, acc_r)`` (a fused multiply-add: one
+   rounding, as the kernel's ``__fmaf_rn``).
 5. After the last chunk: ``l`` and ``acc`` are pairwise trees over the rows,
    and the partition's output is ``o = acc / l`` (IEEE division).
 
 *One pass* uses a single partition ``[0, L)`` and writes ``o`` rounded to the
 query's dtype. *Split-K* cuts ``[0, L)`` into partitions of
-``partition_size`` tokens (one thread block each), stores ``(o_i, m_i, l_i)``
-in float32, and a reduce kernel combines them in increasing ``i``::
+``partition_size`` tokens (one thread block each; a row of length ``L`` has
+``ceil(L / partition_size)`` of them, the grid is sized for the longest row
+and the others' extra blocks exit at once), stores ``(o_i, m_i, l_i)``
+in float32, and a reduce kernel combines a row's partitions in increasing ``i``::
 
     gmax = max_i m_i;  w_i = l_i * exp(m_i - gmax)
-    num = 0; den = 0;  for i: num += w_i * o_i; den += w_i
+    num = 0; den = 0;  for i: num = fma(w_i, o_i, num); den += w_i
     out = num / den
 
 That last formula is the one of vLLM's v2 kernel and FlashDecoding
@@ -55,16 +68,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyserve_sim.data.exact_math import exp_f32, halving_sum, pairwise_sum
+from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, halving_sum, pairwise_sum
 from tinyserve_sim.data.geometry import (
-    CHUNK_TOKENS,
     DEFAULT_PARTITION_SIZE,
     AttentionPlan,
     Variant,
+    check_launch_limits,
     make_plan,
     resolve_variant,
 )
-from tinyserve_sim.data.validation import check_paged_attention, check_scale
+from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
 
 F32 = np.float32
 
@@ -73,58 +87,70 @@ def _partition(
     q: np.ndarray,  # [S, Hkv, G, D] float32
     kc: np.ndarray,  # [num_blocks * block_size, Hkv, D] cache dtype
     vc: np.ndarray,
-    tables: np.ndarray,  # [S, max_blocks] int32
+    tables: np.ndarray,  # [S, Hkv, max_blocks] int32: the table of every (sequence, KV head)
     block_size: int,
-    start: np.ndarray,  # [S] first token of the partition
-    end: np.ndarray,  # [S] one past its last token (end <= start: empty)
+    start: np.ndarray,  # [S, Hkv] first token of the partition
+    end: np.ndarray,  # [S, Hkv] one past its last token (end <= start: empty)
     scale: np.float32,
     plan: AttentionPlan,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One partition per sequence: returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
+    """One partition per (sequence, KV head): returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
     S, Hkv, G, D = q.shape
     rows, lanes, vec = plan.rows, plan.lanes, plan.vec
+    # A float16 x float16 product is exact in float32 (22 significant bits), so for float16 caches
+    # the kernel's fused multiply-add in the logits rounds exactly like a multiply then an add, and
+    # the twin may use the cheaper form. For float32 it must emulate the single rounding.
+    exact_products = kc.dtype == np.float16
     m = np.full((S, Hkv, G), -np.inf, dtype=F32)
     l_rows = np.zeros((S, Hkv, G, rows), dtype=F32)
     acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
     # Which elements each lane owns, vector by vector: d = (lane + i*lanes)*vec + e.
     lane_ids = np.arange(lanes)
-    n_chunks = int(max(0, (end - start).max(initial=0)) + CHUNK_TOKENS - 1) // CHUNK_TOKENS
-    j = np.arange(CHUNK_TOKENS)
+    chunk = plan.chunk
+    n_chunks = int(max(0, (end - start).max(initial=0)) + chunk - 1) // chunk
+    j = np.arange(chunk)
+    seqs = np.arange(S)[:, None, None]
+    heads = np.arange(Hkv)[None, :, None]
     for c in range(n_chunks):
-        t = start[:, None] + c * CHUNK_TOKENS + j[None, :]  # [S, CH]
-        valid = t < end[:, None]
-        active = valid.any(axis=1)  # the kernel runs this chunk at all
+        t = start[..., None] + c * chunk + j  # [S, Hkv, CH]
+        valid = t < end[..., None]
+        active = valid.any(axis=-1)  # [S, Hkv]: the kernel runs this chunk at all
         t_safe = np.where(valid, t, 0)  # token 0 always has a real block
-        slots = tables[np.arange(S)[:, None], t_safe // block_size] * block_size + t_safe % block_size
-        k = kc[slots].astype(F32).transpose(0, 2, 1, 3)  # [S, Hkv, CH, D]
-        v = vc[slots].astype(F32).transpose(0, 2, 1, 3)
+        slots = tables[seqs, heads, t_safe // block_size] * block_size + t_safe % block_size  # [S, Hkv, CH]
+        k = kc[slots, heads].astype(F32)  # [S, Hkv, CH, D]: KV head h reads its own row
+        v = vc[slots, heads].astype(F32)
         # 1. logits: per-lane sequential partial sums, then a butterfly.
-        part = np.zeros((S, Hkv, G, CHUNK_TOKENS, lanes), dtype=F32)
+        part = np.zeros((S, Hkv, G, chunk, lanes), dtype=F32)
         for i in range(plan.vecs_per_lane):
             vec_id = lane_ids + i * lanes
             owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
             for e in range(vec):
                 d = np.minimum(vec_id * vec + e, D - 1)
-                prod = q[:, :, :, None, d] * k[:, :, None, :, d]  # [S,Hkv,G,CH,lanes]
-                part = np.where(owned, part + prod, part)
+                qd, kd = q[:, :, :, None, d], k[:, :, None, :, d]  # [S,Hkv,G,1,lanes], [S,Hkv,1,CH,lanes]
+                if exact_products:  # float16 x float16 is exact in float32: fma == multiply, then add
+                    part = np.where(owned, part + qd * kd, part)
+                else:
+                    part = np.where(owned, fma_f32(qd, kd, part), part)
         x = halving_sum(part, axis=-1) * scale  # reduce-scatter butterfly: [S, Hkv, G, CH]
-        x = np.where(valid[:, None, None, :], x, F32(-np.inf))
+        x = np.where(valid[:, :, None, :], x, F32(-np.inf))
         # 2.-3. running max, rescale factor, probabilities.
         with np.errstate(invalid="ignore"):
             m_new = np.fmax(m, np.fmax.reduce(x, axis=-1))
             alpha = exp_f32(m - m_new)
-            p = np.where(valid[:, None, None, :], exp_f32(x - m_new[..., None]), F32(0))
+            p = np.where(valid[:, :, None, :], exp_f32(x - m_new[..., None]), F32(0))
         # 4. per-row sequential accumulation, rows vectorised.
-        act = active[:, None, None]
+        act = active[:, :, None]
         l_new = l_rows * alpha[..., None]
         acc_new = acc * alpha[..., None, None]
-        for kk in range(CHUNK_TOKENS // rows):
-            jj = kk * rows + np.arange(rows)  # this step's token of every row
-            ok = valid[:, None, None, jj]  # [S,1,1,rows]
-            pj = p[:, :, :, jj]  # [S,Hkv,G,rows]
-            l_new = np.where(ok, l_new + pj, l_new)
-            pv = pj[..., None] * v[:, :, None, jj, :]  # [S,Hkv,G,rows,D]
-            acc_new = np.where(ok[..., None], acc_new + pv, acc_new)
+        # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
+        # and round each sum once (add_exact_product, the second half of fma_f32).
+        p64, v64 = p.astype(np.float64), v.astype(np.float64)
+        for kk in range(chunk // rows):
+            jj = slice(kk * rows, (kk + 1) * rows)  # this step's token of every row
+            ok = valid[:, :, None, jj]  # [S,Hkv,1,rows]
+            l_new = np.where(ok, l_new + p[:, :, :, jj], l_new)
+            acc_fma = add_exact_product(p64[:, :, :, jj, None] * v64[:, :, None, jj, :], acc_new)
+            acc_new = np.where(ok[..., None], acc_fma, acc_new)  # [S,Hkv,G,rows,D]
         l_rows = np.where(act[..., None], l_new, l_rows)
         acc = np.where(act[..., None, None], acc_new, acc)
         m = np.where(act, m_new, m)
@@ -140,8 +166,7 @@ def paged_attention(
     query: np.ndarray,
     key_cache: np.ndarray,
     value_cache: np.ndarray,
-    block_tables: np.ndarray,
-    seq_lens: np.ndarray,
+    batch: DecodeBatch,
     scale: float,
     variant: Variant = "auto",
     partition_size: int = DEFAULT_PARTITION_SIZE,
@@ -151,47 +176,55 @@ def paged_attention(
     Args:
         query: ``[S, Hq, D]``, float16 or float32 (the caches' dtype).
         key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``.
-        block_tables: int32 ``[S, max_blocks]``; entries past a sequence's
-            last block are ignored (pad them with anything, e.g. -1).
-        seq_lens: int32 ``[S]``, each in ``1 .. max_blocks * block_size``.
+        batch: where each sequence's tokens live: block tables ``[S, W]``
+            (or ``[S, Hkv, W]``, one per KV head) and lengths ``[S]`` (or
+            ``[S, Hkv]``), each in ``1 .. W * block_size``; its block size must
+            be the cache's. Its slot mapping is not read.
         scale: softmax scale (usually ``1 / sqrt(D)``), used as float32.
         variant: ``"one_pass"``, ``"split_k"`` or ``"auto"`` (:func:`choose_variant`).
-        partition_size: split-K partition length, a positive multiple of 128.
+        partition_size: split-K partition length, a positive multiple of 64.
 
     Returns:
         ``[S, Hq, D]`` in the query's dtype.
+
+    Raises:
+        KernelInputError: any bad argument, named, before any work.
     """
-    tables, lens = check_paged_attention(query, key_cache, value_cache, block_tables, seq_lens)
+    check_host_arrays(query=query, key_cache=key_cache, value_cache=value_cache)
+    tables, lens = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)
-    variant = resolve_variant(variant, partition_size, query.shape[0], key_cache.shape[2], lens)
     S, Hq, D = query.shape
     _, block_size, Hkv, _ = key_cache.shape
+    variant = resolve_variant(variant, partition_size, S, Hkv, lens)
+    check_launch_limits(S, lens, partition_size if variant == "split_k" else None)
     G = Hq // Hkv
     plan = make_plan(D, key_cache.dtype, G)
     q = query.astype(F32).reshape(S, Hkv, G, D)
     kc = key_cache.reshape(-1, Hkv, D)
     vc = value_cache.reshape(-1, Hkv, D)
-    lens64 = lens.astype(np.int64)
+    lens64 = lens.astype(np.int64)  # [S, Hkv]
     if S == 0:
         return np.empty_like(query)
     if variant == "one_pass":
-        o, _, _ = _partition(q, kc, vc, tables, block_size, np.zeros(S, np.int64), lens64, scale32, plan)
+        o, _, _ = _partition(q, kc, vc, tables, block_size, np.zeros_like(lens64), lens64, scale32, plan)
         return o.reshape(S, Hq, D).astype(query.dtype)
+    # Split-K: row (s, h) has ceil(lens[s, h] / partition_size) partitions; the
+    # loop runs to the longest row's count, and `live` masks the rest out.
     n_parts = -(-int(lens64.max()) // partition_size)
     num = np.zeros((S, Hkv, G, D), dtype=F32)
     den = np.zeros((S, Hkv, G), dtype=F32)
     parts = []
     for i in range(n_parts):
-        start = np.full(S, i * partition_size, dtype=np.int64)
+        start = np.full_like(lens64, i * partition_size)
         end = np.minimum(start + partition_size, lens64)
         parts.append((start < lens64, *_partition(q, kc, vc, tables, block_size, start, end, scale32, plan)))
     gmax = np.full((S, Hkv, G), -np.inf, dtype=F32)
     for live, _, m_i, _ in parts:
-        gmax = np.where(live[:, None, None], np.fmax(gmax, m_i), gmax)
+        gmax = np.where(live[..., None], np.fmax(gmax, m_i), gmax)
     for live, o_i, m_i, l_i in parts:
         with np.errstate(invalid="ignore"):
             w = l_i * exp_f32(m_i - gmax)
-        ok = live[:, None, None]
-        num = np.where(ok[..., None], num + w[..., None] * o_i, num)
+        ok = live[..., None]
+        num = np.where(ok[..., None], fma_f32(w[..., None], o_i, num), num)
         den = np.where(ok, den + w, den)
     return (num / den[..., None]).reshape(S, Hq, D).astype(query.dtype)

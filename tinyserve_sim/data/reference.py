@@ -30,9 +30,19 @@ import math
 
 import numpy as np
 
-from tinyserve_sim.data.geometry import CHUNK_TOKENS
+from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.geometry import MIN_PARTITION_SIZE
+from tinyserve_sim.data.validation import (
+    check_host_arrays,
+    check_paged_attention,
+    check_partition_size,
+    check_scale,
+)
+from tinyserve_sim.errors import KernelInputError
 
 U32 = 2.0**-24
+#: The smallest chunk any plan uses (geometry.make_plan): the most rescalings a partition can see.
+MIN_CHUNK = 32
 #: Bound on the relative error of exp_f32 (measured maximum over 4 million
 #: inputs: 1.0e-7; see tests/data/test_exact_math.py, which asserts it).
 EPS_EXP = 2.5e-7
@@ -42,82 +52,184 @@ def _gamma(n: float) -> float:
     return n * U32 / (1.0 - n * U32)
 
 
-def _sequence_kv(key_cache: np.ndarray, value_cache: np.ndarray, table: np.ndarray, length: int):
-    """The sequence's keys and values, gathered into contiguous float64 ``[L, Hkv, D]``."""
+def _head_kv(key_cache: np.ndarray, value_cache: np.ndarray, table: np.ndarray, length: int, head: int):
+    """One KV head's keys and values along one table row, gathered into contiguous float64 ``[L, D]``."""
     block_size = key_cache.shape[1]
     t = np.arange(length)
     blocks, offsets = table[t // block_size], t % block_size
-    return key_cache[blocks, offsets].astype(np.float64), value_cache[blocks, offsets].astype(np.float64)
+    return (
+        key_cache[blocks, offsets, head].astype(np.float64),
+        value_cache[blocks, offsets, head].astype(np.float64),
+    )
+
+
+def _checked(query, key_cache, value_cache, batch, scale) -> tuple[np.ndarray, np.ndarray, float]:
+    """The twin's checks (the same inputs are accepted); every head's tables and lengths, the scale."""
+    check_host_arrays(query=query, key_cache=key_cache, value_cache=value_cache)
+    tables, lens = check_paged_attention(query, key_cache, value_cache, batch)
+    return tables, lens, float(check_scale(scale))
 
 
 def reference_paged_attention(
     query: np.ndarray,
     key_cache: np.ndarray,
     value_cache: np.ndarray,
-    block_tables: np.ndarray,
-    seq_lens: np.ndarray,
+    batch: DecodeBatch,
     scale: float,
 ) -> np.ndarray:
     """Exact-as-float64 decode attention; returns float64 ``[S, Hq, D]``.
 
-    ``scale`` is first rounded to float32, as the kernels receive it."""
-    scale64 = float(np.float32(scale))
+    Takes the twin's arguments (a per-head batch too: query head ``g`` reads
+    the row of KV head ``g // (Hq / Hkv)``). ``scale`` is first rounded to
+    float32, as the kernels receive it."""
+    tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
     S, Hq, D = query.shape
     Hkv = key_cache.shape[2]
     group = Hq // Hkv
     out = np.empty((S, Hq, D), dtype=np.float64)
     for s in range(S):
-        k, v = _sequence_kv(key_cache, value_cache, block_tables[s], int(seq_lens[s]))
-        for g in range(Hq):
-            x = (k[:, g // group, :] @ query[s, g].astype(np.float64)) * scale64
-            w = np.exp(x - x.max())
-            out[s, g] = (w / w.sum()) @ v[:, g // group, :]
+        for h in range(Hkv):
+            k, v = _head_kv(key_cache, value_cache, tables[s, h], int(lens[s, h]), h)
+            for g in range(h * group, (h + 1) * group):
+                x = (k @ query[s, g].astype(np.float64)) * scale64
+                w = np.exp(x - x.max())
+                out[s, g] = (w / w.sum()) @ v
     return out
+
+
+def _weight_and_sum_bound(
+    x: np.ndarray,  # [G, L] float64 logits (exact), one row per query head
+    delta: np.ndarray,  # [G, L] bound on each computed logit's absolute error
+    eps: np.ndarray,  # [G, L] bound on each unnormalised weight's relative error
+    vh: np.ndarray,  # [L, D] float64 values
+    gamma_acc: float,  # gamma(n) of the output's sums
+    u_div: float,  # the final division's unit roundoff
+    out_rel: float,
+    out_abs: float,
+) -> np.ndarray:
+    """The bound on ``|out - ref|`` (``[G, D]``) from per-token logit and weight errors (module doc)."""
+    w = np.exp(x - x.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    hi = np.exp(delta) * (1 + eps)
+    lo = np.exp(-delta) * np.maximum(1 - eps, 0.0)
+    z_hi = (w * hi).sum(axis=1, keepdims=True)
+    z_lo = (w * lo).sum(axis=1, keepdims=True)
+    r = np.maximum(hi / z_lo - 1.0, 1.0 - lo / z_hi)
+    abs_v = np.abs(vh)
+    ref = w @ vh
+    weight_err = (w * r) @ abs_v
+    sum_err = 2 * gamma_acc * ((w * (1 + r)) @ abs_v) + u_div * np.abs(ref)
+    e = weight_err + sum_err
+    return e * (1 + out_rel) + out_rel * np.abs(ref) + out_abs
+
+
+def _output_rounding(dtype: np.dtype) -> tuple[float, float]:
+    """Relative and absolute error of rounding a float32 result to ``dtype`` (half an ULP)."""
+    return (2.0**-11, 2.0**-25) if dtype == np.float16 else (U32, 2.0**-149)
+
+
+def _rows(query, key_cache, value_cache, tables, lens, scale64):
+    """For every (sequence, KV head): its query heads' slice, exact logits ``[G, L]``,
+    ``sum_d |q_d k_td|`` ``[G, L]`` and values ``[L, D]`` (one gather per row)."""
+    S, Hq, _ = query.shape
+    Hkv = key_cache.shape[2]
+    group = Hq // Hkv
+    for s, h in np.ndindex(S, Hkv):
+        length = int(lens[s, h])
+        kh, vh = _head_kv(key_cache, value_cache, tables[s, h], length, h)
+        q = query[s, h * group : (h + 1) * group].astype(np.float64)  # [G, D]
+        yield s, slice(h * group, (h + 1) * group), length, (q @ kh.T) * scale64, np.abs(q) @ np.abs(kh).T, vh
 
 
 def attention_error_bound(
     query: np.ndarray,
     key_cache: np.ndarray,
     value_cache: np.ndarray,
-    block_tables: np.ndarray,
-    seq_lens: np.ndarray,
+    batch: DecodeBatch,
     scale: float,
     partition_size: int = 1024,
 ) -> np.ndarray:
     """Per-element bound on ``|kernel output - reference|``, float64 ``[S, Hq, D]``.
 
     Valid for both variants (the split-K reduce is counted in ``n_resc`` and
-    ``n_acc``) and any partition size >= 128."""
-    scale64 = float(np.float32(scale))
+    ``n_acc``), any plan's chunk (>= :data:`MIN_CHUNK` tokens) and any partition size
+    (a multiple of 64). With a per-head batch the counts
+    follow each (sequence, KV head) row's own length."""
+    tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
+    partition_size = check_partition_size(partition_size, MIN_PARTITION_SIZE)
     S, Hq, D = query.shape
-    Hkv = key_cache.shape[2]
-    group = Hq // Hkv
-    out_rel, out_abs = (2.0**-11, 2.0**-25) if query.dtype == np.float16 else (U32, 2.0**-149)
+    out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32
     bound = np.empty((S, Hq, D), dtype=np.float64)
-    for s in range(S):
-        length = int(seq_lens[s])
-        k, v = _sequence_kv(key_cache, value_cache, block_tables[s], length)
-        n_chunks = math.ceil(length / CHUNK_TOKENS)
-        n_parts = math.ceil(length / partition_size)
-        n_resc = n_chunks + 2
-        n_acc = 2 * length + 2 * n_resc + n_parts + 16
-        for g in range(Hq):
-            q = query[s, g].astype(np.float64)
-            kh, vh = k[:, g // group, :], v[:, g // group, :]
-            x = (kh @ q) * scale64
-            delta = abs(scale64) * _gamma(D + 1 + prod_err) * (np.abs(kh) @ np.abs(q)) + U32 * np.abs(x)
-            w = np.exp(x - x.max())
-            w /= w.sum()
-            eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max() - x)) + 2 * U32
-            hi = np.exp(delta) * (1 + eps)
-            lo = np.exp(-delta) * np.maximum(1 - eps, 0.0)
-            z_hi, z_lo = w @ hi, w @ lo
-            r = np.maximum(hi / z_lo - 1.0, 1.0 - lo / z_hi)
-            abs_v = np.abs(vh)
-            ref = w @ vh
-            weight_err = (w * r) @ abs_v
-            sum_err = 2 * _gamma(n_acc) * ((w * (1 + r)) @ abs_v) + U32 * np.abs(ref)
-            e = weight_err + sum_err
-            bound[s, g] = e * (1 + out_rel) + out_rel * np.abs(ref) + out_abs
+    for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
+        n_resc = math.ceil(length / MIN_CHUNK) + 2  # the most rescalings any plan's chunk gives
+        n_acc = 2 * length + 2 * n_resc + math.ceil(length / partition_size) + 16
+        delta = abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(x)
+        eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max(axis=1, keepdims=True) - x)) + 2 * U32
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs)
+    return bound
+
+
+#: Assumed relative error of an external kernel's exponential (``exp2`` through
+#: PTX ``ex2.approx.f32``, documented at 2 ULP, i.e. 2**-22 relative; twice that
+#: here for margin). ``tests/gpu/test_third_party_kernels.py`` measures it on the GPU.
+EPS_EXP_EXTERNAL = 2.0**-21
+#: Unit roundoff assumed for an external kernel's float32 sums: twice IEEE's,
+#: so that tensor-core accumulation (which may truncate) is covered.
+U_EXTERNAL = 2.0**-23
+
+
+def external_kernel_error_bound(
+    query: np.ndarray,
+    key_cache: np.ndarray,
+    value_cache: np.ndarray,
+    batch: DecodeBatch,
+    scale: float,
+    tokens_per_rescale: int = 1,
+    probability_rounding: float = 2.0**-11,
+) -> np.ndarray:
+    """A bound on ``|output - reference|`` for a decode-attention kernel that is *not* this
+    project's (FlashInfer, PyTorch's FlexAttention...), float64 ``[S, Hq, D]``.
+
+    Their order of operations is unknown, so the bound assumes only what such
+    kernels do (see ``docs/how-to/export-to-a-server.md``):
+
+    * logits ``q . k`` summed in float32 in any order, with unit roundoff
+      :data:`U_EXTERNAL`, each product rounded once and the query possibly
+      pre-scaled by a constant (``gamma(D + 2)``), then up to three roundings of
+      ``x`` (the scale, ``log2 e``, a folded constant);
+    * an exponential with relative error at most :data:`EPS_EXP_EXTERNAL`;
+    * an online softmax that rescales at most once per ``tokens_per_rescale``
+      tokens, plus at most one merge of partial states per such tile
+      (split-KV): ``n_resc = 2 * ceil(L / tokens_per_rescale) + 2``;
+    * probabilities rounded by a relative ``probability_rounding`` before the
+      ``P . V`` product (``2**-11``: float16, as FlexAttention and tensor-core
+      paths do; ``0`` where they stay in float32);
+    * ``P . V`` and the normaliser summed in float32 in any order, one division
+      (possibly approximate, within 2 ULP), and the output rounded to the query's dtype.
+
+    The bound then follows as for :func:`attention_error_bound` (module doc).
+    Two kernels that each meet their bound agree within the sum of the two.
+    """
+    if isinstance(tokens_per_rescale, bool) or not isinstance(tokens_per_rescale, int) or tokens_per_rescale < 1:
+        raise KernelInputError(f"tokens_per_rescale must be a positive integer, got {tokens_per_rescale!r}")
+    if not 0.0 <= float(probability_rounding) < 0.5:
+        raise KernelInputError(f"probability_rounding must be in [0, 0.5), got {probability_rounding!r}")
+    tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
+    S, Hq, D = query.shape
+    u = U_EXTERNAL
+    out_rel, out_abs = _output_rounding(query.dtype)
+    eta = float(probability_rounding)
+    n_dot = D + 2  # D terms, each product rounded once, plus a query pre-scaled by a constant
+    bound = np.empty((S, Hq, D), dtype=np.float64)
+    for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
+        n_resc = 2 * math.ceil(length / tokens_per_rescale) + 2
+        n_acc = 2 * length + 2 * n_resc + 16
+        delta = abs(scale64) * (n_dot * u / (1 - n_dot * u)) * abs_qk + 3 * u * np.abs(x)
+        eps = (n_resc + 1) * (EPS_EXP_EXTERNAL + u * (x.max(axis=1, keepdims=True) - x)) + 2 * u
+        # The probability's rounding before P.V is one more relative error on each weight.
+        eps = eps + eta + eps * eta
+        gamma_acc = n_acc * u / (1 - n_acc * u)
+        # The final division may be an approximate one (2 ULP, e.g. __fdividef): 2u.
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, 2 * u, out_rel, out_abs)
     return bound

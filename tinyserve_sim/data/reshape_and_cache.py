@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyserve_sim.data.validation import check_reshape_and_cache
+from tinyserve_sim.data.validation import check_host_arrays, check_reshape_and_cache, check_writable
 
 
 def reshape_and_cache(
@@ -42,9 +42,13 @@ def reshape_and_cache(
         slot_mapping: int64 ``[T]``; ``-1`` (any negative) skips the token.
 
     Raises:
-        KernelInputError: wrong shape/dtype, slot out of range, a slot written twice.
+        KernelInputError: wrong type/shape/dtype/layout, read-only caches, slot out of
+            range, a slot written twice; named, before anything is written.
     """
+    check_host_arrays(key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
     slots = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    check_writable("key_cache", key_cache)
+    check_writable("value_cache", value_cache)
     _, _, num_kv_heads, head_dim = key_cache.shape
     keep = slots >= 0
     # A reshape of a C-contiguous array is a view: writing it writes the cache.

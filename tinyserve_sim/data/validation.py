@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
 
 #: Cache element types the kernels are built for.
@@ -26,6 +27,31 @@ CACHE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 #: vectors for float16 (8 elements) and float32 (two 4-element vectors).
 HEAD_DIM_MULTIPLE = 8
 MAX_HEAD_DIM = 256
+
+
+#: Largest split-K partition (tokens): it must fit the kernels' int32 token arithmetic.
+MAX_PARTITION_SIZE = 1 << 30
+
+
+def check_array(name: str, a: Any) -> None:
+    """``a`` must be an array (NumPy or CuPy): something with a shape, a dtype and flags."""
+    if not all(hasattr(a, attr) for attr in ("shape", "dtype", "ndim", "flags")):
+        raise KernelInputError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+
+
+def check_host_arrays(**arrays: Any) -> None:
+    """The NumPy twins compute on the host: every named argument must be a ``numpy.ndarray``."""
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise KernelInputError(
+                f"{name} must be a numpy.ndarray (the NumPy twin runs on the host), got {type(a).__name__}"
+            )
+
+
+def check_writable(name: str, a: Any) -> None:
+    """An array a kernel writes into must be writable (NumPy's read-only flag)."""
+    if not getattr(a.flags, "writeable", True):
+        raise KernelInputError(f"{name} is read-only; the kernel writes into it")
 
 
 def to_host(a: Any) -> np.ndarray:
@@ -43,7 +69,12 @@ def _check_contiguous(name: str, a: Any) -> None:
 
 
 def _check_dtype(name: str, a: Any, allowed: tuple[np.dtype, ...]) -> None:
-    if np.dtype(a.dtype) not in allowed:
+    check_array(name, a)
+    try:
+        dtype = np.dtype(a.dtype)
+    except TypeError:  # a dtype NumPy does not know (another library's)
+        dtype = None
+    if dtype not in allowed:
         names = ", ".join(str(d) for d in allowed)
         raise KernelInputError(f"{name} has dtype {a.dtype}; expected one of: {names}")
 
@@ -51,6 +82,7 @@ def _check_dtype(name: str, a: Any, allowed: tuple[np.dtype, ...]) -> None:
 def check_caches(key_cache: Any, value_cache: Any) -> tuple[int, int, int, int]:
     """Check a K/V cache pair; return ``(num_blocks, block_size, num_kv_heads, head_dim)``."""
     for name, c in (("key_cache", key_cache), ("value_cache", value_cache)):
+        check_array(name, c)
         if c.ndim != 4:
             raise KernelInputError(
                 f"{name} must have 4 dims [num_blocks, block_size, num_kv_heads, head_dim], "
@@ -79,6 +111,7 @@ def check_reshape_and_cache(
     """Check ``reshape_and_cache`` inputs; return the slot mapping on the host (int64)."""
     num_blocks, block_size, num_kv_heads, head_dim = check_caches(key_cache, value_cache)
     for name, a in (("key", key), ("value", value)):
+        check_array(name, a)
         if a.ndim != 3 or tuple(a.shape[1:]) != (num_kv_heads, head_dim):
             raise KernelInputError(
                 f"{name} must have shape [T, {num_kv_heads}, {head_dim}], got {tuple(a.shape)}"
@@ -90,8 +123,12 @@ def check_reshape_and_cache(
         raise KernelInputError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ")
     _check_dtype("slot_mapping", slot_mapping, (np.dtype(np.int64),))
     slots = to_host(slot_mapping)
-    if slots.shape != (key.shape[0],):
-        raise KernelInputError(f"slot_mapping must have shape [{key.shape[0]}], got {slots.shape}")
+    if slots.ndim != 1:
+        raise KernelInputError(f"slot_mapping must be 1-D [T], got shape {slots.shape}")
+    if slots.shape[0] != key.shape[0]:
+        raise KernelInputError(
+            f"key and value hold {key.shape[0]} tokens but slot_mapping has {slots.shape[0]} slots"
+        )
     real = slots[slots >= 0]
     capacity = num_blocks * block_size
     if real.size and int(real.max()) >= capacity:
@@ -129,11 +166,18 @@ def check_paged_attention(
     query: Any,
     key_cache: Any,
     value_cache: Any,
-    block_tables: Any,
-    seq_lens: Any,
+    batch: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check paged-attention inputs; return ``(block_tables, seq_lens)`` on the host."""
+    """Check paged-attention inputs; return every KV head's tables ``[S, Hkv, W]`` and
+    lengths ``[S, Hkv]`` on the host (read-only broadcasts when the batch shares
+    one table per sequence).
+
+    The batch must come from a pool of the cache's block size, hold one row per
+    query, and (with a head axis) one table per KV head; every length is at
+    least 1 and fits its row; every block a row uses is a block of the cache.
+    """
     num_blocks, block_size, num_kv_heads, head_dim = check_caches(key_cache, value_cache)
+    check_array("query", query)
     if query.ndim != 3 or query.shape[2] != head_dim:
         raise KernelInputError(f"query must have shape [S, Hq, {head_dim}], got {tuple(query.shape)}")
     if query.dtype != key_cache.dtype:
@@ -144,31 +188,64 @@ def check_paged_attention(
         raise KernelInputError(
             f"num query heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
         )
-    _check_dtype("block_tables", block_tables, (np.dtype(np.int32),))
-    _check_dtype("seq_lens", seq_lens, (np.dtype(np.int32),))
-    tables, lens = to_host(block_tables), to_host(seq_lens)
-    if tables.ndim != 2 or tables.shape[0] != num_seqs:
-        raise KernelInputError(f"block_tables must have shape [{num_seqs}, max_blocks], got {tables.shape}")
-    if lens.shape != (num_seqs,):
-        raise KernelInputError(f"seq_lens must have shape [{num_seqs}], got {lens.shape}")
-    if num_seqs and int(lens.min()) < 1:
-        raise KernelInputError("every sequence length must be at least 1")
-    capacity = tables.shape[1] * block_size
-    if num_seqs and int(lens.max()) > capacity:
+    if not isinstance(batch, DecodeBatch):
         raise KernelInputError(
-            f"a sequence of {int(lens.max())} tokens does not fit a table of "
-            f"{tables.shape[1]} blocks of {block_size}"
+            f"batch must be a DecodeBatch (tinyserve_sim.control.batch), got {type(batch).__name__}"
         )
-    used = np.arange(tables.shape[1])[None, :] < ((lens[:, None] + block_size - 1) // block_size)
-    ids = tables[used]
+    if batch.block_size != block_size:
+        raise KernelInputError(
+            f"batch: its tables count blocks of {batch.block_size} tokens, the cache's blocks hold {block_size}"
+        )
+    if batch.num_seqs != num_seqs:
+        raise KernelInputError(f"batch has {batch.num_seqs} sequences but query has {num_seqs} rows")
+    if batch.per_head and batch.block_tables.shape[1] != num_kv_heads:
+        raise KernelInputError(
+            f"batch.block_tables has tables for {batch.block_tables.shape[1]} KV heads, "
+            f"the cache has {num_kv_heads}"
+        )
+    tables, lens = batch.head_tables(num_kv_heads)
+    if num_seqs and int(lens.min()) < 1:
+        where = [int(i) for i in np.unravel_index(int(batch.seq_lens.argmin()), batch.seq_lens.shape)]
+        raise KernelInputError(f"batch.seq_lens{where} is {int(lens.min())}: every length must be at least 1")
+    capacity = batch.max_blocks * block_size
+    if num_seqs and int(lens.max()) > capacity:
+        where = [int(i) for i in np.unravel_index(int(batch.seq_lens.argmax()), batch.seq_lens.shape)]
+        raise KernelInputError(
+            f"batch.seq_lens{where}: a sequence of {int(lens.max())} tokens does not fit a table of "
+            f"{batch.max_blocks} blocks of {block_size}"
+        )
+    own = batch.block_tables
+    used = np.arange(batch.max_blocks) < ((batch.seq_lens[..., None].astype(np.int64) + block_size - 1) // block_size)
+    ids = own[used]
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-        raise KernelInputError(f"block_tables uses a block id outside 0..{num_blocks - 1}")
-    return np.ascontiguousarray(tables), np.ascontiguousarray(lens)
+        bad = np.argwhere(used & ((own < 0) | (own >= num_blocks)))[0]
+        raise KernelInputError(
+            f"batch.block_tables{bad.tolist()} = {int(own[tuple(bad)])} is a block id outside 0..{num_blocks - 1}"
+        )
+    return tables, lens
 
 
-def check_scale(scale: float) -> np.float32:
-    """The softmax scale, as the float32 the kernel receives; must be finite."""
-    s = np.float32(scale)
+def check_scale(scale: Any) -> np.float32:
+    """The softmax scale, as the float32 the kernel receives; must be a finite real number."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise KernelInputError(f"scale must be a real number, got {type(scale).__name__}")
+    with np.errstate(over="ignore"):
+        s = np.float32(scale)
     if not np.isfinite(s):
-        raise KernelInputError(f"scale must be finite, got {scale}")
+        raise KernelInputError(f"scale must be finite as a float32, got {scale}")
     return s
+
+
+def check_partition_size(partition_size: Any, chunk: int) -> int:
+    """A split-K partition: a positive multiple of ``chunk`` tokens, at most :data:`MAX_PARTITION_SIZE`."""
+    if (
+        isinstance(partition_size, bool)
+        or not isinstance(partition_size, (int, np.integer))
+        or not chunk <= partition_size <= MAX_PARTITION_SIZE
+        or partition_size % chunk
+    ):
+        raise KernelInputError(
+            f"partition_size must be a positive multiple of {chunk} (at most {MAX_PARTITION_SIZE}), "
+            f"got {partition_size!r}"
+        )
+    return int(partition_size)

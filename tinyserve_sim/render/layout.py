@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -48,6 +50,55 @@ def classify_blocks(snap: Snapshot) -> list[BlockInfo]:
     return infos
 
 
-def sequence_colors(snap: Snapshot) -> dict[SeqId, int]:
-    """A stable colour index per live sequence (its position among live sequences)."""
-    return {seq.seq_id: i for i, seq in enumerate(snap.sequences)}
+class SequenceColors:
+    """A colour per sequence that stays the same in every picture of a trace.
+
+    The first time a sequence is seen it takes the lowest colour index that no
+    *live* sequence holds, and keeps it for as long as it lives, whatever
+    starts or finishes around it. (A colour by position among the live
+    sequences would change as soon as an earlier sequence finished.)
+
+    >>> colors = SequenceColors()
+    >>> colors.assign(["a", "b"])
+    {'a': 0, 'b': 1}
+    >>> colors.assign(["b", "c"])   # a finished: b keeps 1, c takes the free 0
+    {'b': 1, 'c': 0}
+    """
+
+    def __init__(self) -> None:
+        self._index: dict[SeqId, int] = {}
+
+    def assign(self, live: Iterable[SeqId]) -> dict[SeqId, int]:
+        """The colour index of each live sequence, assigning new ones as described above."""
+        live = list(live)
+        alive = set(live)
+        for seq_id in list(self._index):
+            if seq_id not in alive:  # finished: its colour may be given to a newcomer
+                del self._index[seq_id]
+        for seq_id in live:
+            if seq_id not in self._index:
+                taken = set(self._index.values())
+                self._index[seq_id] = next(i for i in range(len(taken) + 1) if i not in taken)
+        return {seq_id: self._index[seq_id] for seq_id in live}
+
+
+# Every picture and terminal view of one manager shares its colours (tutorials draw a
+# manager many times); the entry goes away with the manager.
+_MANAGER_COLORS: "weakref.WeakKeyDictionary[object, SequenceColors]" = weakref.WeakKeyDictionary()
+
+
+def colors_for(state: object, colors: SequenceColors | None = None) -> SequenceColors:
+    """The :class:`SequenceColors` to draw ``state`` with: ``colors`` if given, else the manager's own."""
+    if colors is not None:
+        return colors
+    if isinstance(state, Snapshot):  # no identity to remember: positions among the live sequences
+        return SequenceColors()
+    try:
+        return _MANAGER_COLORS.setdefault(state, SequenceColors())
+    except TypeError:  # not weak-referenceable
+        return SequenceColors()
+
+
+def sequence_colors(snap: Snapshot, colors: SequenceColors | None = None) -> dict[SeqId, int]:
+    """A colour index per live sequence of ``snap``, stable across snapshots that share ``colors``."""
+    return (colors or SequenceColors()).assign(seq.seq_id for seq in snap.sequences)

@@ -7,6 +7,9 @@ physical memory as a grid, coloured exactly like the terminal view.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 from pathlib import Path
 
 # Figures are built with the object-oriented API (no pyplot): nothing global is
@@ -16,7 +19,7 @@ from matplotlib.patches import Rectangle
 
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.records import Snapshot
-from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors
+from tinyserve_sim.render.layout import BlockKind, SequenceColors, classify_blocks, colors_for, sequence_colors
 
 SEQ_COLORS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#d62728", "#7f7f7f", "#bcbd22")
 SHARED_COLOR = "#e377c2"
@@ -26,10 +29,16 @@ FREE_COLOR = "#eeeeee"
 MAX_CELLS = 1024
 
 
-def draw_state(state: BlockManager | Snapshot, title: str = "", per_row: int = 16) -> Figure:
-    """Draw block tables and the memory map; return the matplotlib figure."""
+def draw_state(
+    state: BlockManager | Snapshot, title: str = "", per_row: int = 16, colors: SequenceColors | None = None
+) -> Figure:
+    """Draw block tables and the memory map; return the matplotlib figure.
+
+    A sequence keeps its colour in every picture of the same manager (or of the
+    snapshots drawn with the same ``colors``): see :class:`SequenceColors`.
+    """
     snap = state.snapshot() if isinstance(state, BlockManager) else state
-    colors = sequence_colors(snap)
+    colors = sequence_colors(snap, colors_for(state, colors))
     infos = classify_blocks(snap)[:MAX_CELLS]
     rows = -(-len(infos) // per_row)
     max_table = max((len(s.block_table) for s in snap.sequences), default=1)
@@ -81,10 +90,76 @@ def draw_state(state: BlockManager | Snapshot, title: str = "", per_row: int = 1
     return fig
 
 
-def save_state(state: BlockManager | Snapshot, path: str | Path, title: str = "") -> Path:
+def save_state(
+    state: BlockManager | Snapshot, path: str | Path, title: str = "", colors: SequenceColors | None = None
+) -> Path:
     """Draw the state and write it to ``path`` (``.svg`` or ``.png``)."""
-    fig = draw_state(state, title)
+    fig = draw_state(state, title, colors=colors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+def describe_state(state: BlockManager | Snapshot) -> str:
+    """The picture of ``state`` in words: its alternative text, for readers who cannot see it.
+
+    >>> m = BlockManager(num_blocks=8, block_size=4)
+    >>> _ = m.add("a", 6)
+    >>> describe_state(m)
+    "Block tables and memory map of 8 blocks of 4 slots. 'a': 6 tokens in blocks [0, 1]. Blocks used 2, free 6."
+    """
+    snap = state.snapshot() if isinstance(state, BlockManager) else state
+    infos = classify_blocks(snap)
+    parts = [f"Block tables and memory map of {snap.num_blocks} blocks of {snap.block_size} slots."]
+    for seq in snap.sequences[:8]:
+        table = ", ".join(map(str, seq.block_table[:12])) + (", ..." if len(seq.block_table) > 12 else "")
+        parts.append(f"{seq.seq_id!r}: {seq.num_tokens} tokens in blocks [{table}].")
+    if len(snap.sequences) > 8:
+        parts.append(f"And {len(snap.sequences) - 8} more sequences.")
+    shared = [i.block for i in infos if i.kind is BlockKind.SHARED]
+    if shared:
+        parts.append(f"Shared blocks: {', '.join(map(str, shared[:12]))}.")
+    cached = sum(1 for i in infos if i.kind is BlockKind.CACHED)
+    used = sum(1 for i in infos if i.kind in (BlockKind.OWNED, BlockKind.SHARED))
+    cached_text = f"cached free {cached}, " if cached else ""
+    parts.append(f"Blocks used {used}, {cached_text}free {len(snap.free_queue)}.")
+    return " ".join(parts)
+
+
+class Picture:
+    """A figure with a description, shown by a notebook as an image with that alternative text.
+
+    Returning a bare matplotlib figure from a notebook cell gives an image with
+    no description; a :class:`Picture` gives ``<img alt="...">`` (through
+    ``_repr_html_``, so no IPython import is needed), and ``save(path)`` writes
+    the figure to a file as :func:`save_state` does.
+    """
+
+    def __init__(self, figure: Figure, description: str) -> None:
+        self.figure = figure
+        self.description = description
+
+    def svg(self) -> bytes:
+        """The figure as SVG bytes (no date in it: the same state gives the same bytes)."""
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="svg", metadata={"Date": None})
+        return buffer.getvalue()
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self.svg()).decode("ascii")
+        return f'<img alt="{html.escape(self.description)}" src="data:image/svg+xml;base64,{data}">'
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.figure.savefig(path, dpi=120)
+        return path
+
+
+def show_state(
+    state: BlockManager | Snapshot, title: str = "", colors: SequenceColors | None = None
+) -> Picture:
+    """:func:`draw_state` with its description (:func:`describe_state`): what tutorials show."""
+    description = (f"{title}. " if title else "") + describe_state(state)
+    return Picture(draw_state(state, title, colors=colors), description)

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.records import OpRecord, Snapshot
-from tinyserve_sim.render.layout import BlockKind, classify_blocks, sequence_colors
+from tinyserve_sim.render.layout import BlockKind, SequenceColors, classify_blocks, colors_for, sequence_colors
 
 #: Colours for sequences' own blocks, cycled.
 SEQ_STYLES = ("bold white on blue", "bold white on green", "bold white on dark_orange3", "bold white on purple4",
@@ -32,10 +32,12 @@ def _snapshot(state: BlockManager | Snapshot) -> Snapshot:
     return state.snapshot() if isinstance(state, BlockManager) else state
 
 
-def render_memory_map(state: BlockManager | Snapshot, per_row: int = 10) -> RenderableType:
+def render_memory_map(
+    state: BlockManager | Snapshot, per_row: int = 10, colors: SequenceColors | None = None
+) -> RenderableType:
     """A grid of physical blocks coloured by owner / shared / cached-free / free."""
     snap = _snapshot(state)
-    colors = sequence_colors(snap)
+    colors = sequence_colors(snap, colors_for(state, colors))
     infos = classify_blocks(snap)
     width = len(str(snap.num_blocks - 1))
     text = Text()
@@ -70,10 +72,12 @@ def render_memory_map(state: BlockManager | Snapshot, per_row: int = 10) -> Rend
     return Group(Text(f"physical memory ({snap.num_blocks} blocks x {snap.block_size} slots)", style="bold"), text, legend)
 
 
-def render_tables(state: BlockManager | Snapshot, max_blocks: int = 24) -> RenderableType:
+def render_tables(
+    state: BlockManager | Snapshot, max_blocks: int = 24, colors: SequenceColors | None = None
+) -> RenderableType:
     """One row per sequence: its token count and its block table (logical -> physical)."""
     snap = _snapshot(state)
-    colors = sequence_colors(snap)
+    colors = sequence_colors(snap, colors_for(state, colors))
     table = Table(title="block tables", title_justify="left", expand=False)
     table.add_column("sequence")
     table.add_column("tokens", justify="right")
@@ -114,21 +118,24 @@ def _head(blocks: tuple[int, ...], show: int) -> str:
     return shown + (f" ... (+{len(blocks) - show})" if len(blocks) > show else "")
 
 
-def render_state(state: BlockManager | Snapshot) -> RenderableType:
-    """Tables, memory map and free queue together."""
+def render_state(state: BlockManager | Snapshot, colors: SequenceColors | None = None) -> RenderableType:
+    """Tables, memory map and free queue together (colours as in :func:`~tinyserve_sim.render.draw_state`)."""
     snap = _snapshot(state)
-    return Group(render_tables(snap), render_memory_map(snap), render_free_queue(snap))
+    colors = colors_for(state, colors)
+    return Group(render_tables(snap, colors=colors), render_memory_map(snap, colors=colors), render_free_queue(snap))
 
 
-def render_record(step: OpRecord) -> Text:
-    """A step record as one coloured line: its index, its operation and what it did."""
-    text = Text(f"[{step.index:>3}] ", style="dim")
-    explanation = step.explain()
-    text.append(step.op, style="bold cyan")  # every explanation starts with its operation
-    text.append(explanation[len(step.op):])
+def render_record(record: OpRecord) -> Text:
+    """An operation's record as one coloured line: its index, its operation and what it did."""
+    text = Text(f"[{record.index:>3}] ", style="dim")
+    explanation = record.explain()
+    text.append(record.op, style="bold cyan")  # every explanation starts with its operation
+    text.append(explanation[len(record.op):])
     return text
 
 
-def print_state(state: BlockManager | Snapshot, console: Console | None = None) -> None:
+def print_state(
+    state: BlockManager | Snapshot, console: Console | None = None, colors: SequenceColors | None = None
+) -> None:
     """Print :func:`render_state` to the terminal (or to ``console``)."""
-    (console or Console()).print(render_state(state))
+    (console or Console()).print(render_state(state, colors))

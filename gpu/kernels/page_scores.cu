@@ -1,0 +1,167 @@
+// page_scores.cu -- for each (sequence, KV head, page): an upper bound on q.k over
+// the page's tokens, from the page metadata. Bit-identical to the NumPy twin
+// tinyserve_sim/data/page_scores.py (read its docstring first: it states the
+// exact order of every float operation done here).
+//
+//   term_d = q_d > 0 ? q_d * max_d : (q_d < 0 ? q_d * min_d : 0)
+//   bound_g = sum_d term_d             (lane partials, then a butterfly)
+//   score   = max over the GQA group's query heads g of bound_g
+//
+// Grid: x = a run of `pages_per_block` pages, y = KV head, z = sequence.
+// Block: NT = 128 threads = ROWS rows of LANES lanes (the lanes/vec/vecs-per-lane
+// plan of paged attention, tinyserve_sim/data/geometry.py::make_plan). A row
+// scores one page at a time; lane i owns the 16-byte vectors i, i+LANES, ... of
+// the page's min and max rows. Each row takes UN pages per step and issues all
+// their loads before using any, so that several loads are in flight.
+//
+// The group's queries are staged as float in shared memory; when the group fits
+// a register tile (GQ heads, GQ * elements-per-lane <= 64) each lane keeps its
+// own query elements in registers, as paged attention does: the products read
+// no shared memory at all. GQ = 0 is the generic kernel (any group size, the
+// queries read from shared memory).
+#include <cuda_fp16.h>
+#include "exact_math.cuh"
+
+namespace {
+
+constexpr int NT = 128;
+constexpr int UN = 4;  // pages per row whose loads are issued together
+
+__device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+}
+__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float load_float(const float* p) { return *p; }
+
+// One term of the bound. Rounding is monotonic, so this equals the twin's and
+// Quest's max(q * min, q * max) for every non-empty page; multiply, then the
+// caller adds: two roundings, as --fmad=false guarantees.
+__device__ __forceinline__ float bound_term(float q, float lo, float hi) {
+    return q > 0.0f ? q * hi : (q < 0.0f ? q * lo : 0.0f);
+}
+
+}  // namespace
+
+template <typename T, int VEC, int LANES, int VPL, int GQ>
+__global__ void __launch_bounds__(NT) page_scores_kernel(
+    float* __restrict__ scores,            // [S, Hkv, W]
+    const T* __restrict__ query,           // [S, Hq, D]
+    const T* __restrict__ key_min,         // [num_blocks, Hkv, D]
+    const T* __restrict__ key_max,
+    const int* __restrict__ block_tables,  // [S, W] or [S, Hkv, W]
+    const int* __restrict__ seq_lens,      // [S] or [S, Hkv]
+    const int table_seq_stride, const int table_head_stride,  // head stride 0: no head axis
+    const int lens_seq_stride, const int lens_head_stride,
+    const int num_heads, const int num_kv_heads, const int head_dim,
+    const int block_size, const int width, const int pages_per_block)
+{
+    constexpr int ROWS = NT / LANES;
+    constexpr int EPL = VPL * VEC;                     // elements per lane
+    constexpr bool QREG = GQ > 0 && GQ * EPL <= 64;    // the group's query in registers
+    extern __shared__ float q_s[];                     // [G][D] the group's queries, as float
+
+    const int tid = threadIdx.x;
+    const int row = tid / LANES;
+    const int lane = tid % LANES;
+    const int h = blockIdx.y;
+    const int s = blockIdx.z;
+    const int group = num_heads / num_kv_heads;
+    const int num_vecs = head_dim / VEC;
+    const int len = seq_lens[s * lens_seq_stride + h * lens_head_stride];
+    const int n = (len + block_size - 1) / block_size;   // pages of this row
+    const int* table = block_tables + static_cast<long long>(s) * table_seq_stride
+                                    + static_cast<long long>(h) * table_head_stride;
+    float* out = scores + (static_cast<long long>(s) * num_kv_heads + h) * width;
+
+    // Stage the group's query heads (exact conversion to float).
+    const T* q_src = query + (static_cast<long long>(s) * num_heads + h * group) * head_dim;
+    for (int i = tid; i < group * head_dim; i += NT) q_s[i] = load_float(q_src + i);
+    __syncthreads();
+
+    // Element offset of this lane's i-th owned vector, or -1 if it owns none.
+    auto vec_off = [&](int i) { const int c = lane + i * LANES; return c < num_vecs ? c * VEC : -1; };
+    float qr[QREG ? GQ : 1][QREG ? EPL : 1];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int g = 0; g < GQ; ++g)
+#pragma unroll
+            for (int i = 0; i < VPL; ++i)
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    const int off = vec_off(i);
+                    qr[g][i * VEC + e] = (g < group && off >= 0) ? q_s[g * head_dim + off + e] : 0.0f;
+                }
+    }
+
+    const int first = blockIdx.x * pages_per_block;
+    const int last = min(first + pages_per_block, width);
+    // Every row runs the same number of steps (the butterflies need all lanes
+    // of the warp); a row without a page computes on zeros and writes nothing.
+    for (int p0 = first; p0 < last; p0 += ROWS * UN) {
+        uint4 lo[UN][VPL], hi[UN][VPL];
+#pragma unroll
+        for (int u = 0; u < UN; ++u) {                 // issue all loads first
+            const int p = p0 + u * ROWS + row;
+            const bool live = p < last && p < n;
+            const long long base = live
+                ? (static_cast<long long>(table[p]) * num_kv_heads + h) * head_dim : 0;
+#pragma unroll
+            for (int i = 0; i < VPL; ++i) {
+                const int off = vec_off(i);
+                const bool ok = live && off >= 0;
+                lo[u][i] = ok ? *reinterpret_cast<const uint4*>(key_min + base + off) : make_uint4(0u, 0u, 0u, 0u);
+                hi[u][i] = ok ? *reinterpret_cast<const uint4*>(key_max + base + off) : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UN; ++u) {
+            const int p = p0 + u * ROWS + row;
+            float lf[VPL][VEC], hf[VPL][VEC];
+#pragma unroll
+            for (int i = 0; i < VPL; ++i) {
+                to_float(lo[u][i], lf[i], T());
+                to_float(hi[u][i], hf[i], T());
+            }
+            float best = TS_NEG_INF;
+            const int gcount = QREG ? GQ : group;      // QREG: heads past the group have q = 0
+            for (int g = 0; g < gcount; ++g) {
+                float part = 0.0f;                     // sequential over this lane's elements
+#pragma unroll
+                for (int i = 0; i < VPL; ++i) {
+                    const int off = vec_off(i);
+                    if (off < 0) continue;
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        const float q = QREG ? qr[QREG ? g : 0][QREG ? i * VEC + e : 0]
+                                             : q_s[g * head_dim + off + e];
+                        part = part + bound_term(q, lf[i][e], hf[i][e]);
+                    }
+                }
+                // Masks 1, 2, 4, ...: the twin's pairwise_sum over the lanes.
+                const float total = ts_butterfly_sum<LANES>(part);
+                if (g < group) best = fmaxf(best, total);  // max is exact in any order
+            }
+            if (lane == 0 && p < last) out[p] = p < n ? best : TS_NEG_INF;
+        }
+    }
+}
+
+// One explicit instantiation (float16, head_dim 128, a GQA group of 4: Llama-style
+// 32 query / 8 KV heads), so that compiling this file alone emits a kernel (the CPU
+// compile-check of tests/gpu/test_compile.py). The launcher asks NVRTC for the
+// instantiation it needs by name (gpu/selection_launchers.py::page_scores_names).
+template __global__ void page_scores_kernel<__half, 8, 16, 1, 4>(
+    float*, const __half*, const __half*, const __half*, const int*, const int*,
+    int, int, int, int, int, int, int, int, int, int);

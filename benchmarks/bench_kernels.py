@@ -261,6 +261,8 @@ def _flex_paged(tq, k_contig, v_contig, c: Case, page: int):
     pa.page_table[:, :nblk] = table
     pa.physical_to_logical.scatter_(1, table, torch.arange(nblk, device=dev).expand(B, -1).contiguous())
     pa.capacity[:] = L
+    if hasattr(pa, "seq_lens"):  # newer torch masks tokens past seq_lens: every token is real here
+        pa.seq_lens[:B] = L
     logical = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx >= 0, B, None, 1, L, device=dev, BLOCK_SIZE=(128, page))
     mask = pa.convert_logical_block_mask(logical, torch.arange(B, device=dev))
     score_mod = pa.get_score_mod(None)
@@ -311,9 +313,11 @@ def main() -> None:
     ap.add_argument("--no-flashinfer", action="store_true")
     ap.add_argument("--no-flex", dest="flex", action="store_false", help="skip FlexAttention (compiles for minutes)")
     ap.add_argument("--no-copy-kernels", action="store_true", help="skip reshape_and_cache and copy_blocks")
+    ap.add_argument("--only", default="", help="run only the cases whose tag contains this text, e.g. 'B=64 L=4096 Hq=32 Hkv=8 D=128'")
+    ap.add_argument("--reps", type=int, default=None, help="repeats per timing (default 20, 5 with --quick)")
     opts = ap.parse_args()
-    reps = 5 if opts.quick else 20
-    if opts.quick:
+    reps = opts.reps or (5 if opts.quick else 20)
+    if opts.quick and opts.reps is None:
         opts.flex = False
     dev = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device: {dev['name'].decode()}, {dev['multiProcessorCount']} SMs, L2 {dev['l2CacheSize'] >> 20} MiB; cupy {cp.__version__}")
@@ -341,6 +345,8 @@ def main() -> None:
     results = []
     for group in groups:
         for case in CASES[group]:
+            if opts.only and opts.only not in case.tag:
+                continue
             results.append(bench_attention(case, copy_bw, reps, opts))
             cp.get_default_memory_pool().free_all_blocks()
     summary(results, copy_bw)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tinyserve_sim.control.trace import Op, Trace, TraceHeader
+from tinyserve_sim.control.operations import Add, Append, Evict, Fork, Free
+from tinyserve_sim.control.trace import Trace, TraceHeader
 from tinyserve_sim.errors import InvalidArgumentError
 
 
@@ -36,25 +37,25 @@ def _tour() -> Trace:
     )
     system = list(range(100, 108))  # an 8-token system prompt: two full blocks
     return Trace(header, [
-        Op("add", seq="A", prompt=tuple(system + [1, 2, 3]),
+        Add(seq="A", prompt=tuple(system + [1, 2, 3]),
            note="An 11-token prompt needs ceil(11/4) = 3 blocks; the last one is 3/4 full."),
-        Op("fork", parent="A", child="B",
+        Fork(parent="A", child="B",
            note="Parallel sampling: B shares all of A's blocks. Ref counts go to 2; nothing is copied."),
-        Op("append", seq="A", tokens=(7,),
+        Append(seq="A", tokens=(7,),
            note="A writes into its last block, which B shares and which is not full: copy-on-write."),
-        Op("append", seq="B", tokens=(8,),
+        Append(seq="B", tokens=(8,),
            note="B is now the block's only user, so it writes in place: no copy."),
-        Op("append", seq="B", tokens=(9, 10),
+        Append(seq="B", tokens=(9, 10),
            note="B's last block is full, so B gets a fresh block for the new tokens."),
-        Op("free", seq="A",
+        Free(seq="A",
            note="A finishes. B still uses the blocks they share; A's own full block keeps its hash and stays cached."),
-        Op("add", seq="C", prompt=tuple(system + [4, 5]),
+        Add(seq="C", prompt=tuple(system + [4, 5]),
            note="C starts with the same system prompt: its two full blocks are prefix-cache hits."),
-        Op("free", seq="B", note="B finishes; its blocks return to the pool tail first."),
-        Op("add", seq="D", prompt=tuple(range(200, 232)),
+        Free(seq="B", note="B finishes; its blocks return to the pool tail first."),
+        Add(seq="D", prompt=tuple(range(200, 232)),
            note="A 32-token prompt needs 8 blocks, one more than the free queue holds: the least recently used cached block is evicted."),
-        Op("free", seq="C"),
-        Op("evict", blocks=2, note="Evict two cached blocks by hand, least recently used first."),
+        Free(seq="C"),
+        Evict(blocks=2, note="Evict two cached blocks by hand, least recently used first."),
     ])
 
 
@@ -65,17 +66,17 @@ def _copy_on_write() -> Trace:
         description="Two samples share a 7-token prompt, then diverge by copy-on-write (vLLM paper, Fig. 8).",
     )
     return Trace(header, [
-        Op("add", seq="A1", prompt=(11, 12, 13, 14, 15, 16, 17),
+        Add(seq="A1", prompt=(11, 12, 13, 14, 15, 16, 17),
            note="Prompt 'Four score and seven years ago our' (7 tokens): 2 blocks, the second 3/4 full."),
-        Op("fork", parent="A1", child="A2", note="A second sample shares both blocks (ref count 2)."),
-        Op("append", seq="A1", tokens=(18,),
+        Fork(parent="A1", child="A2", note="A second sample shares both blocks (ref count 2)."),
+        Append(seq="A1", tokens=(18,),
            note="A1 generates 'fathers' into the shared, partly filled block: copy-on-write first."),
-        Op("append", seq="A2", tokens=(19,),
+        Append(seq="A2", tokens=(19,),
            note="A2 generates 'mothers': it is now the only user of the old block, so no copy."),
-        Op("append", seq="A1", tokens=(20,), note="A1 generates 'brought': a new block."),
-        Op("append", seq="A2", tokens=(21,), note="A2 generates 'brought': a new block of its own."),
-        Op("free", seq="A1"),
-        Op("free", seq="A2", note="Everything returns to the pool."),
+        Append(seq="A1", tokens=(20,), note="A1 generates 'brought': a new block."),
+        Append(seq="A2", tokens=(21,), note="A2 generates 'brought': a new block of its own."),
+        Free(seq="A1"),
+        Free(seq="A2", note="Everything returns to the pool."),
     ])
 
 
@@ -84,18 +85,18 @@ def _parallel_sampling(n: int = 4) -> Trace:
         block_size=4, num_blocks=16, name="parallel-sampling",
         description=f"One prompt, {n} samples: the prompt's blocks are stored once.",
     )
-    ops = [Op("add", seq="s0", prompt=10, note="A 10-token prompt: 3 blocks.")]
+    ops = [Add(seq="s0", prompt=10, note="A 10-token prompt: 3 blocks.")]
     for i in range(1, n):
-        ops.append(Op("fork", parent="s0", child=f"s{i}", note=f"Sample s{i} shares the prompt's blocks."))
+        ops.append(Fork(parent="s0", child=f"s{i}", note=f"Sample s{i} shares the prompt's blocks."))
     for i in range(n):
-        ops.append(Op("append", seq=f"s{i}", tokens=1,
+        ops.append(Append(seq=f"s{i}", tokens=1,
                       note="The last prompt block is shared and partly filled: copy-on-write." if i < n - 1
                       else "The last sample owns the original block alone now: no copy."))
     for _ in range(2):
         for i in range(n):
-            ops.append(Op("append", seq=f"s{i}", tokens=1))
+            ops.append(Append(seq=f"s{i}", tokens=1))
     for i in range(n):
-        ops.append(Op("free", seq=f"s{i}"))
+        ops.append(Free(seq=f"s{i}"))
     return Trace(header, ops)
 
 
@@ -105,19 +106,19 @@ def _beam_search() -> Trace:
         description="Beam width 3: beams fork from the best candidate and weak beams are pruned (freed).",
     )
     ops = [
-        Op("add", seq="b0", prompt=8, note="An 8-token prompt fills exactly 2 blocks."),
-        Op("fork", parent="b0", child="b1"),
-        Op("fork", parent="b0", child="b2", note="Three beams share the prompt (ref count 3)."),
-        Op("append", seq="b0", tokens=2), Op("append", seq="b1", tokens=2), Op("append", seq="b2", tokens=2),
-        Op("free", seq="b2", note="Beam b2 scores worst: pruned. Its private block returns to the pool."),
-        Op("fork", parent="b0", child="b3", note="b0 is best: a new beam b3 continues from it, sharing everything."),
-        Op("append", seq="b3", tokens=1, note="b3 writes into a shared partly filled block: copy-on-write."),
-        Op("append", seq="b0", tokens=1), Op("append", seq="b1", tokens=1),
-        Op("free", seq="b1", note="Prune b1."),
-        Op("fork", parent="b3", child="b4"),
-        Op("append", seq="b0", tokens=2), Op("append", seq="b3", tokens=2), Op("append", seq="b4", tokens=2),
-        Op("free", seq="b0"), Op("free", seq="b4"),
-        Op("free", seq="b3", note="The search ends: every block is free again."),
+        Add(seq="b0", prompt=8, note="An 8-token prompt fills exactly 2 blocks."),
+        Fork(parent="b0", child="b1"),
+        Fork(parent="b0", child="b2", note="Three beams share the prompt (ref count 3)."),
+        Append(seq="b0", tokens=2), Append(seq="b1", tokens=2), Append(seq="b2", tokens=2),
+        Free(seq="b2", note="Beam b2 scores worst: pruned. Its private block returns to the pool."),
+        Fork(parent="b0", child="b3", note="b0 is best: a new beam b3 continues from it, sharing everything."),
+        Append(seq="b3", tokens=1, note="b3 writes into a shared partly filled block: copy-on-write."),
+        Append(seq="b0", tokens=1), Append(seq="b1", tokens=1),
+        Free(seq="b1", note="Prune b1."),
+        Fork(parent="b3", child="b4"),
+        Append(seq="b0", tokens=2), Append(seq="b3", tokens=2), Append(seq="b4", tokens=2),
+        Free(seq="b0"), Free(seq="b4"),
+        Free(seq="b3", note="The search ends: every block is free again."),
     ]
     return Trace(header, ops)
 
@@ -129,15 +130,15 @@ def _shared_system_prompt() -> Trace:
     )
     system = tuple(range(100, 112))
     return Trace(header, [
-        Op("add", seq="r1", prompt=system + (1, 2, 3), note="First request: 4 blocks, 3 of them full and cached."),
-        Op("add", seq="r2", prompt=system + (4, 5), note="Same system prompt: 3 prefix-cache hits, 1 new block."),
-        Op("append", seq="r2", tokens=(6, 7), note="r2 decodes; its shared prefix blocks are full, never copied."),
-        Op("free", seq="r1", note="r1 finishes; the system prompt's blocks are still used by r2."),
-        Op("free", seq="r2", note="r2 finishes; the full blocks stay cached with ref count 0."),
-        Op("add", seq="r3", prompt=system + (8,), note="A later request still hits the cached system prompt."),
-        Op("add", seq="r4", prompt=system,
+        Add(seq="r1", prompt=system + (1, 2, 3), note="First request: 4 blocks, 3 of them full and cached."),
+        Add(seq="r2", prompt=system + (4, 5), note="Same system prompt: 3 prefix-cache hits, 1 new block."),
+        Append(seq="r2", tokens=(6, 7), note="r2 decodes; its shared prefix blocks are full, never copied."),
+        Free(seq="r1", note="r1 finishes; the system prompt's blocks are still used by r2."),
+        Free(seq="r2", note="r2 finishes; the full blocks stay cached with ref count 0."),
+        Add(seq="r3", prompt=system + (8,), note="A later request still hits the cached system prompt."),
+        Add(seq="r4", prompt=system,
            note="A prompt of exactly 12 tokens: at most 11 tokens may come from the cache, so 2 hits."),
-        Op("free", seq="r3"), Op("free", seq="r4"),
+        Free(seq="r3"), Free(seq="r4"),
     ])
 
 
@@ -147,16 +148,16 @@ def _eviction() -> Trace:
         description="A small pool under pressure: cached blocks are evicted least recently used first.",
     )
     return Trace(header, [
-        Op("add", seq="x", prompt=tuple(range(0, 9)), note="x: 3 blocks, 2 full ones get cached."),
-        Op("free", seq="x", note="x's cached blocks are parked, deepest first."),
-        Op("add", seq="y", prompt=tuple(range(50, 59)), note="y uses fresh blocks from the free queue."),
-        Op("free", seq="y", note="y's blocks are parked too: 4 cached, 4 free."),
-        Op("add", seq="z", prompt=tuple(range(80, 100)),
+        Add(seq="x", prompt=tuple(range(0, 9)), note="x: 3 blocks, 2 full ones get cached."),
+        Free(seq="x", note="x's cached blocks are parked, deepest first."),
+        Add(seq="y", prompt=tuple(range(50, 59)), note="y uses fresh blocks from the free queue."),
+        Free(seq="y", note="y's blocks are parked too: 4 cached, 4 free."),
+        Add(seq="z", prompt=tuple(range(80, 100)),
            note="z needs 5 blocks but only 4 are free: the least recently used cached block (x's deepest) is evicted."),
-        Op("add", seq="x2", prompt=tuple(range(0, 9)),
+        Add(seq="x2", prompt=tuple(range(0, 9)),
            note="x again: its first block is still cached (a hit), its second was evicted (a miss)."),
-        Op("free", seq="z"), Op("free", seq="x2"),
-        Op("evict", blocks=8, note="Drop the whole prefix cache."),
+        Free(seq="z"), Free(seq="x2"),
+        Evict(blocks=8, note="Drop the whole prefix cache."),
     ])
 
 

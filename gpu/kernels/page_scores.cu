@@ -20,6 +20,7 @@
 // no shared memory at all. GQ = 0 is the generic kernel (any group size, the
 // queries read from shared memory).
 #include <cuda_fp16.h>
+#include "cache_vectors.cuh"
 #include "exact_math.cuh"
 
 namespace {
@@ -27,23 +28,6 @@ namespace {
 constexpr int NT = 128;
 constexpr int UN = 4;  // pages per row whose loads are issued together
 
-__device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-__device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
-    out[0] = __uint_as_float(raw.x);
-    out[1] = __uint_as_float(raw.y);
-    out[2] = __uint_as_float(raw.z);
-    out[3] = __uint_as_float(raw.w);
-}
-__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
 
 // One term of the bound. Rounding is monotonic, so this equals the twin's and
 // Quest's max(q * min, q * max) for every non-empty page; multiply, then the

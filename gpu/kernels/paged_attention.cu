@@ -31,6 +31,7 @@
 // pairwise tree across its warps, and divided by l. split-K writes (o, m, l)
 // per partition; paged_attention_reduce_kernel combines them.
 #include <cuda_fp16.h>
+#include "cache_vectors.cuh"
 #include "exact_math.cuh"
 
 namespace {
@@ -41,22 +42,6 @@ constexpr int MAX_HEADS = 32;  // HS * HT at most (4 slices of 8 heads)
 
 template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
 
-// 16 bytes of the cache, converted exactly to float.
-__device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-__device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
-    out[0] = __uint_as_float(raw.x);
-    out[1] = __uint_as_float(raw.y);
-    out[2] = __uint_as_float(raw.z);
-    out[3] = __uint_as_float(raw.w);
-}
 // N consecutive floats of shared memory (N = 1, 2, 4, 8; 4N-byte aligned) in the fewest loads.
 template <int N>
 __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
@@ -73,21 +58,6 @@ __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
         dst[0] = src[0];
     }
 }
-__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
-__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
-
-// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers
-// (and L1: .cg). Copies are grouped by commit; wait<N> returns once at most N
-// of this thread's groups are still in flight (groups complete in order).
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 }  // namespace
 

@@ -4,12 +4,8 @@
 // versions' bugs). Every float operation below is one float32 operation in the
 // twin's order; the module is compiled with --fmad=false.
 #include <cuda_fp16.h>
+#include "cache_vectors.cuh"
 #include "exact_math.cuh"
-
-namespace {
-__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load_float(const float* p) { return *p; }
-}  // namespace
 
 // Query analysis. Grid: one thread block of 128 threads per query position.
 // Thread t sums q_d * q_d for d = t, t + 128, ... (sequential; consecutive

@@ -4,6 +4,8 @@ Each error test asserts the message and that the state after the error equals
 the state before it (snapshots compare the whole state).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -207,3 +209,49 @@ def test_long_sequence_without_per_token_loops():
     m.append("long", 1)
     m.free("long")
     assert m.num_cached_free == 8192
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda m: m._ref.__setitem__(0, 2), "block 0: ref count 2 but 1 table entries"),
+        (lambda m: m._queue.push(0), "twice in the free queue|not exactly the blocks"),
+        (lambda m: m._seqs["a"].table.append(7), "ref count 0 but 1 table entries"),
+        (lambda m: setattr(m._seqs["a"], "num_tokens", 13), "blocks for 13 tokens"),
+        (lambda m: m._seqs["a"].tail.append(9), "tail tokens"),
+        (lambda m: m.cache._block_of.__setitem__(m.cache.hash_of(0), 5), "maps disagree"),
+    ],
+)
+def test_check_invariants_finds_a_corrupted_state(corrupt, match):
+    from tinyserve_sim.errors import InvariantError
+
+    m = BlockManager(8, 4, prefix_caching=True)
+    m.add("a", [1, 2, 3, 4, 5, 6])
+    m.check_invariants()
+    corrupt(m)
+    with pytest.raises(InvariantError, match=match):
+        m.check_invariants()
+
+
+def test_a_decode_record_gives_the_batch_its_slot_mapping():
+    from tinyserve_sim.control.batch import DecodeBatch
+
+    m = BlockManager(16, 4, prefix_caching=True)
+    m.add("a", [1, 2, 3, 4, 5, 6])
+    m.fork("a", "b")
+    m.add("c", 4)
+    record = m.decode(["a", "b", "c"], [7, 8, 9])
+    # a copies its shared partial block; b then writes in place; c's last block is full.
+    assert record.copies == ((1, 3),) and record.allocated == (3, 4)
+    assert record.slot_mapping.tolist() == [3 * 4 + 2, 1 * 4 + 2, 4 * 4 + 0]
+    batch = DecodeBatch.from_manager(m, record.seq_ids, slot_mapping=record.slot_mapping)
+    assert batch.slot_mapping.tolist() == DecodeBatch.from_manager(m, ["a", "b", "c"]).slot_mapping.tolist()
+    assert "'a': block 1 is shared, copy-on-write into 3" in record.explain()
+    # The same steps as three one-token appends, in order.
+    n = BlockManager(16, 4, prefix_caching=True)
+    n.add("a", [1, 2, 3, 4, 5, 6])
+    n.fork("a", "b")
+    n.add("c", 4)
+    slots = [n.append(seq, [token]).slot_mapping[0] for seq, token in (("a", 7), ("b", 8), ("c", 9))]
+    assert slots == record.slot_mapping.tolist()
+    assert dataclasses.replace(m.snapshot(), op_index=0) == dataclasses.replace(n.snapshot(), op_index=0)

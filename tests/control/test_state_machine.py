@@ -1,4 +1,4 @@
-"""A Hypothesis state machine over add / append / fork / free / evict.
+"""A Hypothesis state machine over add / append / decode / fork / free / evict.
 
 After every step it checks the manager's own invariants and compares the
 manager with a deliberately simple second model written here, independently:
@@ -9,6 +9,8 @@ order. Failed operations must raise the right error and change nothing.
 """
 
 from __future__ import annotations
+
+import copy
 
 import hypothesis.strategies as st
 import pytest
@@ -111,6 +113,15 @@ class SimpleModel:
                 self._register(seq["tokens"], seq["table"], old_full, seq["n"] // self.bs)
         return None
 
+    def decode(self, sids, tokens):
+        """One token for each sequence, in order; all or nothing."""
+        trial = copy.deepcopy(self)
+        for i, sid in enumerate(sids):
+            if trial.append(sid, 1 if tokens is None else [tokens[i]]) == "out of blocks":
+                return "out of blocks"
+        self.__dict__.update(trial.__dict__)
+        return None
+
     def fork(self, parent, child):
         seq = self.seqs[parent]
         for block in seq["table"]:
@@ -193,6 +204,22 @@ class ManagerMachine(RuleBasedStateMachine):
             assert len(step.slot_mapping) == k
             for src, dst in step.copies:  # copy-on-write never copies into a shared block
                 assert self.manager.pool.ref_count(dst) == 1 and src != dst
+
+    @precondition(lambda self: self.model.seqs)
+    @rule(data=st.data(), with_ids=st.booleans())
+    def decode(self, data, with_ids):
+        sids = data.draw(st.lists(st.sampled_from(sorted(self.model.seqs)), min_size=1, unique=True))
+        tokens = data.draw(st.lists(st.integers(0, 3), min_size=len(sids), max_size=len(sids))) if with_ids else None
+        if self.model.decode(sids, tokens) == "out of blocks":
+            self._expect_unchanged(lambda: self.manager.decode(sids, tokens), OutOfBlocksError, "out of blocks")
+        else:
+            step = self.manager.decode(sids, tokens)
+            bs = self.model.bs
+            expected = []
+            for sid in sids:  # the slot of each sequence's newest token, from the model's tables
+                n = self.model.seqs[sid]["n"] - 1
+                expected.append(self.model.seqs[sid]["table"][n // bs] * bs + n % bs)
+            assert step.slot_mapping.tolist() == expected and step.seq_ids == tuple(sids)
 
     @precondition(lambda self: self.model.seqs)
     @rule(data=st.data())

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyserve_sim import BlockManager
-from tinyserve_sim.control.trace import Op, Recorder, Trace, TraceHeader, load, loads
+from tinyserve_sim.control.operations import Add, Append, Decode, Evict, Fork, Free, Move
+from tinyserve_sim.control.trace import Recorder, Trace, TraceHeader, load, loads
 from tinyserve_sim.errors import TraceFormatError
 
 HEADER = '{"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 4}'
@@ -15,13 +16,18 @@ HEADER = '{"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_
 ids = st.one_of(st.text(min_size=1, max_size=5), st.integers(-5, 50))
 tokens = st.one_of(st.integers(1, 40), st.lists(st.integers(0, 2**31), min_size=1, max_size=6).map(tuple))
 ops = st.one_of(
-    st.builds(Op, op=st.just("add"), seq=ids, prompt=tokens, note=st.text(max_size=10)),
-    st.builds(Op, op=st.just("append"), seq=ids, tokens=st.one_of(st.none(), tokens)),
-    st.builds(Op, op=st.just("fork"), parent=ids, child=ids),
-    st.builds(Op, op=st.just("free"), seq=ids),
-    st.builds(Op, op=st.just("evict"), blocks=st.one_of(st.none(), st.integers(1, 9))),
-    st.builds(Op, op=st.just("move"), moves=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)),
-                                                     min_size=1, max_size=3).map(tuple)),
+    st.builds(Add, seq=ids, prompt=tokens, note=st.text(max_size=10)),
+    st.builds(Append, seq=ids, tokens=tokens),
+    st.builds(Append, seq=ids),
+    st.builds(Fork, parent=ids, child=ids),
+    st.builds(Free, seq=ids),
+    st.builds(Evict, blocks=st.integers(1, 9)),
+    st.builds(Evict),
+    st.builds(Move, moves=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=3).map(tuple)),
+    st.lists(ids, min_size=1, max_size=4).flatmap(
+        lambda seqs: st.builds(Decode, seqs=st.just(tuple(seqs)),
+                               tokens=st.one_of(st.none(), st.tuples(*[st.integers(0, 2**31)] * len(seqs))))
+    ),
 )
 headers = st.builds(
     TraceHeader,
@@ -31,6 +37,7 @@ headers = st.builds(
     prefix_caching=st.booleans(),
     name=st.text(max_size=8),
     description=st.text(max_size=20),
+    evictor=st.sampled_from(["lru"]),
 )
 
 
@@ -140,4 +147,4 @@ def test_recorder_records_only_successful_operations():
     rec.add("a", 4)
     with pytest.raises(Exception):
         rec.add("b", 4)
-    assert [op.op for op in rec.trace.ops] == ["add"]
+    assert [op.name for op in rec.trace.ops] == ["add"]

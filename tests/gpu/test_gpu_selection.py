@@ -264,8 +264,8 @@ def test_metadata_kernels_match_twins(seed, dtype, block_size, heads, head_dim):
     h2, d2 = [a.copy() for a in h], [a.copy() for a in d]
     update_page_metadata(key, slots, h[2], h[3], block_size)
     sl.update_page_metadata(cp.asarray(key), slots, d[2], d[3], block_size)
-    reshape_and_cache_with_metadata(key, value, *h2, slots)
-    sl.reshape_and_cache_with_metadata(cp.asarray(key), cp.asarray(value), *d2, slots)
+    reshape_and_cache_with_metadata(key, value, h2[0], h2[1], slots, h2[2], h2[3])
+    sl.reshape_and_cache_with_metadata(cp.asarray(key), cp.asarray(value), d2[0], d2[1], slots, d2[2], d2[3])
     for a, b in zip(d + d2, h + h2):
         assert_bits_equal(a.get(), b)
     perm = rng.permutation(nb)

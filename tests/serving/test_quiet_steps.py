@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tinyserve_sim.errors import WorkloadError
 from tinyserve_sim.serving import quiet_steps
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import WorkloadSpec, generate
@@ -15,13 +16,19 @@ from tinyserve_sim.serving.timing import TIME_MODELS
 
 
 def run_both(spec: WorkloadSpec, manager: str, capacity: int, config: SchedulerConfig):
+    """Run step by step, then skipping quiet steps; a run that cannot finish must fail the same way in both."""
     workload = generate(spec)
-    runs = []
+    runs, errors = [], []
     for skip in (False, True):
         cfg = SchedulerConfig(**{**config.__dict__, "skip_quiet_steps": skip})
         sched = Scheduler(workload, make_memory(manager, capacity), cfg)
-        sched.run()
+        try:
+            sched.run()
+            errors.append(None)
+        except WorkloadError as exc:  # e.g. a reservation larger than the whole memory
+            errors.append(str(exc))
         runs.append(sched)
+    assert errors[0] == errors[1]
     return runs
 
 
@@ -43,6 +50,8 @@ def run_both(spec: WorkloadSpec, manager: str, capacity: int, config: SchedulerC
 )
 @example(spec=WorkloadSpec("sharegpt", num_requests=40, max_len=2048, seed=3), manager="paged-16", capacity=2048,
          max_seqs=10**9, timer="opt-13b-a100", max_steps=None)  # preemptions by recomputation
+@example(spec=WorkloadSpec("sharegpt", num_requests=20, max_len=2048, seed=1), manager="pow2", capacity=2048,
+         max_seqs=3, timer="opt-13b-a100", max_steps=None)  # a reservation larger than the memory: the same error
 def test_skipping_quiet_steps_logs_the_same_rows(spec, manager, capacity, max_seqs, timer, max_steps) -> None:
     config = SchedulerConfig(max_running_seqs=max_seqs, time_model=TIME_MODELS[timer], max_steps=max_steps)
     slow, fast = run_both(spec, manager, capacity, config)

@@ -26,24 +26,61 @@ The five operations, as a server uses them:
 ``move(moves)``
     Relocate blocks (memory compaction): each ``(src, dst)`` moves a block's
     data into a free block and rewrites every table that pointed at it.
+``decode(seq_ids, token_ids=None)``
+    One scheduler step of decoding: append one token to each sequence of a
+    batch, in one call that returns one record for the whole batch.
 
 Every operation checks everything before it changes anything, so a call that
-raises leaves the manager exactly as it was.
+raises leaves the manager exactly as it was, and any bad argument raises one
+of the project's errors (a :class:`~tinyserve_sim.errors.SimError`).
+
+Speed. A server calls ``append`` (or ``decode``) for every token it
+generates, so those paths are written for it: one token takes a fast path
+with plain ints and lists (no NumPy set-up), a block is hashed once, when it
+fills, and a record keeps its slot mapping compact until someone reads it.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as SequenceABC
-from dataclasses import dataclass
-from typing import NamedTuple
+from itertools import repeat
 
 import numpy as np
 
+from tinyserve_sim.control.checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_int,
+    is_int,
+    short_repr,
+)
 from tinyserve_sim.control.pool import BlockPool
-from tinyserve_sim.control.prefix_cache import ROOT_HASH, PrefixCache, hash_blocks
-from tinyserve_sim.control.records import OpRecord, SeqId, SequenceState, Snapshot
+from tinyserve_sim.control.prefix_cache import (
+    ROOT_HASH,
+    PrefixCache,
+    hash_block,
+    hash_blocks,
+)
+from tinyserve_sim.control.records import (
+    OpRecord,
+    SeqId,
+    SequenceState,
+    SlotRun,
+    Snapshot,
+    record_from_values,
+)
+from tinyserve_sim.control.sequence import (
+    AddPlan,
+    LiveSequence,
+    ceil_div,
+    decode_need,
+    plan_add,
+    plan_append,
+)
+from tinyserve_sim.control.tokens import TokenIds, Tokens, token_arg, token_ids
 from tinyserve_sim.errors import (
     ConfigError,
     DuplicateSequenceError,
@@ -54,53 +91,30 @@ from tinyserve_sim.errors import (
     UnknownSequenceError,
 )
 
-#: What ``add`` and ``append`` accept: a number of tokens, or the token ids themselves.
-Tokens = int | SequenceABC[int] | np.ndarray
+#: The largest block size: 2**20 = 1,048,576 token slots (so every slot id fits in 64 bits).
+MAX_BLOCK_SIZE = 1 << 20
 
 
-@dataclass
-class _Sequence:
-    """A live sequence (mutable; the public view is :class:`SequenceState`)."""
-
-    num_tokens: int
-    table: list[int]
-    # Chained hashes of the full blocks, in order. Only kept with prefix caching.
-    block_hashes: list[int]
-    # Token ids of the partly filled last block, or None once the content is unknown
-    # (a prompt given as a length, or an append given as a count).
-    tail: np.ndarray | None
-
-
-class _AddPlan(NamedTuple):
-    count: int
-    hashes: list[int]
-    hits: list[int]
-    misses: int
-    needed: int
-    tail: np.ndarray | None
-
-
-class _AppendPlan(NamedTuple):
-    count: int
-    ids: np.ndarray | None
-    copy_on_write: bool
-    needed: int
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+def _is_seq_id(seq_id: object) -> bool:
+    """A str, or an int (not a bool) that fits in 64 bits, as in a trace."""
+    return isinstance(seq_id, str) or (is_int(seq_id) and INT64_MIN <= seq_id <= INT64_MAX)  # type: ignore[operator]
 
 
 class BlockManager:
     """Paged KV-cache bookkeeping for many sequences over one block pool.
 
     Args:
-        num_blocks: physical blocks in the pool.
-        block_size: token slots per block.
-        policy: free-queue order, ``"fifo"`` or ``"lifo"`` (see :mod:`tinyserve_sim.control.pool`).
+        num_blocks: physical blocks in the pool (at most
+            :data:`~tinyserve_sim.control.pool.MAX_NUM_BLOCKS`).
+        block_size: token slots per block (at most :data:`MAX_BLOCK_SIZE`).
+        policy: free-queue order, a name from :data:`~tinyserve_sim.control.policies.POLICIES`
+            (``"fifo"`` or ``"lifo"``, see :mod:`tinyserve_sim.control.pool`).
         prefix_caching: reuse full blocks across sequences with the same prefix.
         record_ops: build a :class:`OpRecord` for every operation. Turn it off
             for raw speed; operations then return ``None``.
+        evictor: the order in which cached free blocks are evicted, a name from
+            :data:`~tinyserve_sim.control.policies.EVICTORS` (``"lru"``); only
+            used with prefix caching.
     """
 
     def __init__(
@@ -110,15 +124,25 @@ class BlockManager:
         policy: str = "fifo",
         prefix_caching: bool = False,
         record_ops: bool = True,
+        evictor: str = "lru",
     ) -> None:
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-            raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
+        self.block_size = check_int(block_size, "block_size", 1, MAX_BLOCK_SIZE, ConfigError)
+        for name, flag in (("prefix_caching", prefix_caching), ("record_ops", record_ops)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ConfigError(f"{name} must be True or False, got {short_repr(flag)}")
+        cache = PrefixCache(evictor)  # checks the evictor's name even without prefix caching
         self.pool = BlockPool(num_blocks, policy)
-        self.block_size = block_size
-        self.cache: PrefixCache | None = PrefixCache() if prefix_caching else None
-        self.record_ops = record_ops
+        self.cache: PrefixCache | None = cache if prefix_caching else None
+        self.evictor: str = evictor
+        self.record_ops = bool(record_ops)
         self.op_index = 0
-        self._seqs: dict[SeqId, _Sequence] = {}
+        self._seqs: dict[SeqId, LiveSequence] = {}
+        # Shortcuts for the per-token paths (append, decode): the pool's reference counts
+        # and free queue, and the parked blocks (an empty tuple without prefix caching).
+        self._ref = self.pool._ref
+        self._queue = self.pool.queue
+        self._num_blocks = self.pool.num_blocks
+        self._parked = self.cache.evictor if self.cache is not None else ()
 
     @classmethod
     def from_block_tables(
@@ -172,7 +196,7 @@ class BlockManager:
             for _ in range(count - 1):
                 manager.pool.incref(block)
         for seq_id, (table, num_tokens) in plain.items():
-            manager._seqs[seq_id] = _Sequence(num_tokens, table, [], None)
+            manager._seqs[seq_id] = LiveSequence(num_tokens, table, [], None)
         return manager
 
     # ------------------------------------------------------------- properties
@@ -191,12 +215,12 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks in the free queue (never cached, or evicted)."""
-        return self.pool.num_free
+        return len(self.pool.queue)
 
     @property
     def num_cached_free(self) -> int:
         """Cached blocks nobody uses: reusable by a prefix hit, or evictable."""
-        return self.cache.num_evictable if self.cache else 0
+        return len(self.cache.evictor) if self.cache is not None else 0
 
     @property
     def num_available(self) -> int:
@@ -220,13 +244,17 @@ class BlockManager:
         return self._get(seq_id).num_tokens
 
     def slot_mapping(self, seq_id: SeqId, start: int = 0, end: int | None = None) -> np.ndarray:
-        """Cache slots of tokens ``start .. end-1`` of a sequence (int64)."""
+        """Cache slots of tokens ``start .. end-1`` of a sequence (int64; ``end`` defaults to its length)."""
         seq = self._get(seq_id)
-        return self._slots(seq.table, start, seq.num_tokens if end is None else end)
+        end = seq.num_tokens if end is None else check_int(end, "end", 0, seq.num_tokens)
+        start = check_int(start, "start", 0, end)
+        bs = self.block_size
+        blocks = tuple(seq.table[start // bs : ceil_div(end, bs)])
+        return SlotRun(blocks, start % bs, end - start, bs).to_array()
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold ``num_tokens`` tokens: ``ceil(num_tokens / block_size)``."""
-        return _ceil_div(num_tokens, self.block_size)
+        return ceil_div(check_int(num_tokens, "num_tokens", 0, INT64_MAX), self.block_size)
 
     # ------------------------------------------------- admission (change nothing)
     def blocks_needed_to_add(self, prompt: Tokens) -> int:
@@ -239,11 +267,15 @@ class BlockManager:
 
     def blocks_needed_to_append(self, seq_id: SeqId, tokens: Tokens = 1) -> int:
         """Blocks ``append`` would allocate (new blocks plus a copy-on-write copy)."""
-        return self._plan_append(self._get(seq_id), tokens).needed
+        return plan_append(self._get(seq_id), *token_arg(tokens, "an append"), self.block_size, self._ref).needed
 
     def can_append(self, seq_id: SeqId, tokens: Tokens = 1) -> bool:
         """Would ``append`` of this many tokens succeed now?"""
         return self.blocks_needed_to_append(seq_id, tokens) <= self.num_available
+
+    def blocks_needed_to_decode(self, seq_ids: Iterable[SeqId]) -> int:
+        """Blocks ``decode`` of this batch would allocate (new blocks plus copy-on-write copies)."""
+        return decode_need(self._batch(seq_ids)[1], self.block_size, self._ref)
 
     # -------------------------------------------------------------- operations
     def add(self, seq_id: SeqId, prompt: Tokens) -> OpRecord | None:
@@ -258,108 +290,223 @@ class BlockManager:
                 needed=plan.needed,
                 available=plan.needed + shortfall,
             )
-        # Prefix hits: one more user each. A parked (free) hit leaves the evictor.
+        # Prefix hits: one more user each. A hit with no user was parked (cached and
+        # free): it leaves the evictor.
+        cache, ref = self.cache, self._ref
         for block in plan.hits:
-            if self.cache.is_evictable(block):
-                self.cache.revive(block)
-                self.pool.claim(block)
-            else:
-                self.pool.incref(block)
+            if ref[block] == 0:
+                cache._revive(block)  # type: ignore[union-attr]
+            ref[block] += 1
         new_blocks, evicted = self._allocate(plan.needed)
         table = plan.hits + new_blocks
-        if self.cache is not None:
-            self.cache.hits += len(plan.hits)
-            self.cache.misses += plan.misses
+        if cache is not None:
+            cache.hits += len(plan.hits)
+            cache.misses += plan.misses
             for i in range(len(plan.hits), len(plan.hashes)):
-                self.cache.register(table[i], plan.hashes[i])
-        self._seqs[seq_id] = _Sequence(plan.count, table, plan.hashes, plan.tail)
+                cache._register(table[i], plan.hashes[i])
+        self._seqs[seq_id] = LiveSequence(plan.count, table, plan.hashes, plan.tail)
+        # Tokens covered by prefix hits are already in the cache: only the new blocks are written.
+        written = plan.count - len(plan.hits) * self.block_size
         return self._record(
             "add",
             seq_id,
             num_new_tokens=plan.count,
-            allocated=new_blocks,
-            shared=plan.hits,
-            cache_hits=plan.hits,
+            allocated=tuple(new_blocks),
+            shared=tuple(plan.hits),
+            cache_hits=tuple(plan.hits),
             cache_misses=plan.misses,
-            evicted=evicted,
-            # Tokens covered by prefix hits are already in the cache: nothing to write.
-            slots=(table, len(plan.hits) * self.block_size, plan.count),
+            evicted=tuple(evicted),
+            slots=SlotRun(tuple(new_blocks), 0, written, self.block_size),
         )
 
     def append(self, seq_id: SeqId, tokens: Tokens = 1) -> OpRecord | None:
         """Add ``tokens`` decoded tokens (a count, or token ids) to a live sequence."""
-        seq = self._get(seq_id)
-        plan = self._plan_append(seq, tokens)
+        seq = self._seqs.get(seq_id) if type(seq_id) is int or type(seq_id) is str else None
+        if seq is None:
+            seq = self._get(seq_id)  # raises, unless seq_id is a str or int subclass
+        # One token (one token id, or a count of 1) is every decode step: the fast path
+        # below, in plain ints and lists (no NumPy, no helper calls). Anything else, and
+        # any bad argument, goes to _append_many.
+        if type(tokens) is list and len(tokens) == 1:
+            token = tokens[0]
+            if type(token) is not int or not INT64_MIN <= token <= INT64_MAX:
+                return self._append_many(seq_id, seq, tokens)
+        elif type(tokens) is int and tokens == 1:
+            token = None
+        else:
+            return self._append_many(seq_id, seq, tokens)
+        bs = self.block_size
+        n = seq.num_tokens
+        offset = n % bs  # where the token goes in the last block (0: the last block is full)
+        table = seq.table
+        if offset == 0 or self._ref[table[-1]] > 1:
+            # A new block (the last one is full), or a private copy of a shared, partly filled one.
+            block, allocated, copies, evicted = self._grow_or_copy(seq_id, seq, offset)
+        else:
+            block = table[-1]
+            allocated = copies = evicted = ()
+        seq.num_tokens = n + 1
+        tail = seq.tail
+        if tail is not None:  # prefix caching, content known so far
+            if token is None:
+                seq.tail = None  # content unknown from here on: nothing more can be cached
+            else:
+                tail.append(token)
+                if offset == bs - 1:
+                    self._hash_full_tail(seq)
+        index = self.op_index
+        self.op_index = index + 1
+        if not self.record_ops:
+            return None
+        free = len(self._queue)
+        cached = len(self._parked)
+        return record_from_values((
+            index, "append", seq_id, None, (), 1,  # index, op, seq_id, parent_id, seq_ids, num_new_tokens
+            allocated, (), (), (), copies, evicted, (), 0,  # allocated, freed, cached, shared, copies, evicted, cache_hits, cache_misses
+            block * bs + offset, free, cached, self._num_blocks - free - cached, bs,  # slots, num_free, num_cached_free, num_used, block_size
+        ))  # fmt: skip
+
+    def _append_many(self, seq_id: SeqId, seq: LiveSequence, tokens: Tokens) -> OpRecord | None:
+        """``append`` of any number of tokens (a count, or token ids), checked first."""
+        count, ids = token_arg(tokens, "an append")
+        plan = plan_append(seq, count, ids, self.block_size, self._ref)
         if plan.needed > self.num_available:
-            raise OutOfBlocksError(
-                f"out of blocks: appending {plan.count} token(s) to {seq_id!r} needs {plan.needed} "
-                f"block(s), only {self.num_available} available",
-                needed=plan.needed,
-                available=self.num_available,
-            )
+            raise self._out_of_blocks_appending(seq_id, plan.count, plan.needed)
         blocks, evicted = self._allocate(plan.needed)
         copies: list[tuple[int, int]] = []
         if plan.copy_on_write:
             # The last block is partly filled and shared: this sequence gets a private
             # copy to write into, and gives up its reference to the shared one.
             src, dst = seq.table[-1], blocks.pop(0)
-            self.pool.decref([src])  # still > 0: another sequence holds it
+            self.pool._ref[src] -= 1  # still > 0: another sequence holds it
             seq.table[-1] = dst
             copies.append((src, dst))
         start = seq.num_tokens
         seq.table.extend(blocks)
         seq.num_tokens += plan.count
-        self._hash_new_full_blocks(seq, plan.ids)
+        if seq.tail is not None:
+            self._extend_tail(seq, plan.ids)
+        bs = self.block_size
+        written = tuple(seq.table[start // bs : ceil_div(seq.num_tokens, bs)])
         return self._record(
             "append",
             seq_id,
             num_new_tokens=plan.count,
-            allocated=[dst for _, dst in copies] + blocks,
-            copies=copies,
-            evicted=evicted,
-            slots=(seq.table, start, seq.num_tokens),
+            allocated=tuple(dst for _, dst in copies) + tuple(blocks),
+            copies=tuple(copies),
+            evicted=tuple(evicted),
+            slots=SlotRun(written, start % bs, plan.count, bs),
         )
+
+    def decode(self, seq_ids: Iterable[SeqId], token_ids: SequenceABC[int] | np.ndarray | None = None) -> OpRecord | None:
+        """One decode step of a batch: append one token to each sequence, with ONE record.
+
+        This is what a server's scheduler does every iteration, and the same as
+        ``append(seq, 1)`` (or ``append(seq, [token_id])``) for each sequence in
+        order, only faster. The record lists the batch (``seq_ids``), every
+        block allocated, every copy-on-write (``copies``) and eviction, and
+        ``slot_mapping[i]``, the slot of ``seq_ids[i]``'s new token: ready for
+        ``DecodeBatch.from_manager(manager, record.seq_ids, record.slot_mapping)``.
+
+        Args:
+            seq_ids: the live sequences of the batch, each once.
+            token_ids: one token id per sequence, to keep hashing blocks for
+                prefix caching; ``None`` appends a count (the content is unknown).
+        """
+        ids, seqs = self._batch(seq_ids)
+        tokens = self._batch_tokens(token_ids, len(ids))
+        # Each sequence needs at most one block for one token (a new block when its
+        # last block is full, or a private copy when it is partly filled and shared),
+        # so the exact count is only needed when memory is short.
+        if len(seqs) > self.num_available:
+            needed = decode_need(seqs, self.block_size, self._ref)
+            if needed > self.num_available:
+                raise OutOfBlocksError(
+                    f"out of blocks: decoding {len(seqs)} sequence(s) needs {needed} block(s), "
+                    f"only {self.num_available} available",
+                    needed=needed,
+                    available=self.num_available,
+                )
+        bs = self.block_size
+        ref = self._ref
+        slots: list[int] = []
+        allocated: list[int] = []
+        copies: list[tuple[int, int]] = []
+        evicted: list[int] = []
+        # The same steps as append's one-token path, written out again for each sequence:
+        # a helper call per token would cost a fifth of the time of a decode.
+        for seq, token in zip(seqs, tokens if tokens is not None else repeat(None)):
+            n = seq.num_tokens
+            offset = n % bs
+            table = seq.table
+            if offset == 0 or ref[table[-1]] > 1:
+                # A new block (the last one is full), or a private copy of a shared, partly filled one.
+                block, new, copy, gone = self._grow_or_copy(None, seq, offset)
+                allocated += new
+                copies += copy
+                evicted += gone
+            else:
+                block = table[-1]
+            slots.append(block * bs + offset)
+            seq.num_tokens = n + 1
+            tail = seq.tail
+            if tail is not None:  # prefix caching, content known so far
+                if token is None:
+                    seq.tail = None  # content unknown from here on: nothing more can be cached
+                else:
+                    tail.append(token)
+                    if offset == bs - 1:
+                        self._hash_full_tail(seq)
+        index = self.op_index
+        self.op_index = index + 1
+        if not self.record_ops:
+            return None
+        free, cached = len(self._queue), len(self._parked)
+        return record_from_values((
+            index, "decode", None, None, ids, len(ids),  # index, op, seq_id, parent_id, seq_ids, num_new_tokens
+            tuple(allocated), (), (), (), tuple(copies), tuple(evicted), (), 0,  # ... as in append
+            slots, free, cached, self._num_blocks - free - cached, bs,
+        ))  # fmt: skip
 
     def fork(self, parent_id: SeqId, child_id: SeqId) -> OpRecord | None:
         """The child shares every block of the parent; nothing is allocated or copied."""
         parent = self._get(parent_id)
         self._check_new_id(child_id)
+        ref = self.pool._ref
         for block in parent.table:
-            self.pool.incref(block)
-        self._seqs[child_id] = _Sequence(
+            ref[block] += 1
+        self._seqs[child_id] = LiveSequence(
             parent.num_tokens,
             list(parent.table),
             list(parent.block_hashes),
-            None if parent.tail is None else parent.tail.copy(),
+            None if parent.tail is None else array("q", parent.tail),
         )
-        return self._record("fork", child_id, parent_id=parent_id, shared=parent.table)
+        return self._record("fork", child_id, parent_id=parent_id, shared=tuple(parent.table))
 
     def free(self, seq_id: SeqId) -> OpRecord | None:
         """Release a finished sequence's blocks, last logical block first."""
         seq = self._get(seq_id)
-        reached_zero = self.pool.decref(reversed(seq.table))
+        reached_zero = self.pool._decref(reversed(seq.table))
         del self._seqs[seq_id]
-        cached, plain = [], []
-        for block in reached_zero:
-            if self.cache is not None and self.cache.hash_of(block) is not None:
-                self.cache.park(block)  # keep its content: a later prompt may reuse it
-                cached.append(block)
-            else:
-                plain.append(block)
-        self.pool.push_free(plain)
-        return self._record("free", seq_id, freed=reached_zero, cached=cached)
+        # Cached blocks keep their content (a later prompt may reuse it): they are parked
+        # in the evictor. The others join the free queue.
+        cached, plain = self.cache._park_cached(reached_zero) if self.cache is not None else ([], reached_zero)
+        for block in plain:
+            self.pool._push(block)
+        return self._record("free", seq_id, freed=tuple(reached_zero), cached=tuple(cached))
 
     def evict(self, n: int = 1) -> OpRecord | None:
-        """Forget up to ``n`` cached free blocks, least recently used first."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise InvalidArgumentError(f"evict needs a positive number of blocks, got {n!r}")
+        """Forget up to ``n`` cached free blocks, in the evictor's order (least recently used first)."""
+        if not is_int(n) or n < 1:
+            raise InvalidArgumentError(f"evict needs a positive number of blocks, got {short_repr(n)}")
         if self.cache is None:
             raise ConfigError("evict needs prefix caching: without it no free block is ever cached")
-        victims = self.cache.evict(n)
-        self.pool.push_free(victims)
-        return self._record("evict", None, evicted=victims)
+        victims = self.cache._evict(n)
+        for block in victims:
+            self.pool._push(block)
+        return self._record("evict", None, evicted=tuple(victims))
 
-    def move(self, moves: SequenceABC[tuple[int, int]]) -> OpRecord | None:
+    def move(self, moves: Iterable[tuple[int, int]]) -> OpRecord | None:
         """Relocate blocks: the data of each ``src`` moves to the free block ``dst``.
 
         Every table entry pointing at ``src`` is rewritten to ``dst``, the
@@ -369,7 +516,10 @@ class BlockManager:
         block may appear twice, and no ``dst`` may also be a ``src`` (the copies
         run as one batch, so a chain would read a block while it is overwritten).
         """
-        moves = [(src, dst) for src, dst in moves]
+        try:
+            moves = [(src, dst) for src, dst in moves]  # type: ignore[misc]
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"move needs a list of (src, dst) block-id pairs, got {short_repr(moves)}") from None
         if not moves:
             raise InvalidArgumentError("move needs at least one (src, dst) pair")
         for src, dst in moves:
@@ -379,20 +529,21 @@ class BlockManager:
         targets = [dst for _, dst in moves]
         if len(set(sources + targets)) != 2 * len(moves):
             raise InvalidArgumentError("move: every block may appear once, as a source or as a destination")
-        parked = set(self.cache.evictable()) if self.cache else set()
+        parked = self.cache.evictor if self.cache is not None else ()
         for src in sources:
-            if self.pool.ref_count(src) == 0 and src not in parked:
+            if self.pool._ref[src] == 0 and src not in parked:
                 raise InvalidArgumentError(f"move: source block {src} holds no data (it is free)")
         self.pool.take(targets)  # raises, changing nothing, unless every dst is in the free queue
         where = dict(moves)
         for seq in self._seqs.values():
             seq.table = [where.get(block, block) for block in seq.table]
         for src, dst in moves:
-            self.pool.move_count(src, dst)
+            self.pool._move_count(src, dst)
             if self.cache is not None:
-                self.cache.rename(src, dst)
-        self.pool.push_free(sources)
-        return self._record("move", None, copies=moves)
+                self.cache._rename(src, dst)
+        for src in sources:
+            self.pool._push(src)
+        return self._record("move", None, copies=tuple(moves))
 
     # ----------------------------------------------------------------- state
     def snapshot(self) -> Snapshot:
@@ -414,160 +565,179 @@ class BlockManager:
                     seq.num_tokens,
                     tuple(seq.table),
                     tuple(seq.block_hashes),
-                    None if seq.tail is None else tuple(int(t) for t in seq.tail),
+                    None if seq.tail is None else tuple(seq.tail),
                 )
                 for seq_id, seq in self._seqs.items()
             ),
             cache_hits=cache.hits if cache else 0,
             cache_misses=cache.misses if cache else 0,
             evictions=cache.evictions if cache else 0,
+            evictor=self.evictor,
         )
 
     def check_invariants(self) -> None:
-        """Raise :class:`InvariantError` if the state is inconsistent (it never should be)."""
-        refs = self.pool.ref_counts()
-        users = Counter(block for seq in self._seqs.values() for block in seq.table)
-        for block, count in enumerate(refs):
-            if count != users.get(block, 0):
-                raise InvariantError(f"block {block}: ref count {count} but {users.get(block, 0)} table entries")
-        free = self.pool.free_queue()
-        parked = self.cache.evictable() if self.cache else []
-        if len(set(free)) != len(free):
-            raise InvariantError("a block appears twice in the free queue")
-        if set(free) & set(parked):
-            raise InvariantError("a block is both in the free queue and parked in the prefix cache")
-        idle = {block for block, count in enumerate(refs) if count == 0}
-        if set(free) | set(parked) != idle or len(free) + len(parked) != len(idle):
-            raise InvariantError("the free blocks (queue + cached) are not exactly the blocks with ref count 0")
-        cached = self.cache.cached_blocks() if self.cache else {}
-        if self.cache and any(self.cache.lookup(h) != b for b, h in cached.items()):
+        """Raise :class:`InvariantError` if the state is inconsistent (it never should be).
+
+        The checks are those of :meth:`Snapshot.check`, plus the prefix cache's two maps agreeing.
+        """
+        self.snapshot().check()
+        cache = self.cache
+        if cache is not None and any(cache.lookup(h) != b for b, h in cache.cached_blocks().items()):
             raise InvariantError("the prefix cache's hash -> block and block -> hash maps disagree")
-        for seq_id, seq in self._seqs.items():
-            if len(seq.table) != self.blocks_for(seq.num_tokens):
-                raise InvariantError(
-                    f"{seq_id!r}: {len(seq.table)} blocks for {seq.num_tokens} tokens "
-                    f"(expected {self.blocks_for(seq.num_tokens)})"
-                )
-            for i, block in enumerate(seq.table):
-                if block in cached and seq.num_tokens < (i + 1) * self.block_size:
-                    raise InvariantError(f"{seq_id!r}: cached block {block} is not full")
 
     # ---------------------------------------------------------------- helpers
-    def _get(self, seq_id: SeqId) -> _Sequence:
+    def _get(self, seq_id: SeqId) -> LiveSequence:
         try:
-            return self._seqs[seq_id]
+            seq = self._seqs[seq_id]
         except (KeyError, TypeError):
-            raise UnknownSequenceError(f"unknown sequence {seq_id!r}") from None
+            seq = None
+        # A dict lookup also finds sequence 1 under True, 1.0 or numpy.int64(1): only str and int are ids.
+        if seq is None or (type(seq_id) is not str and type(seq_id) is not int and not _is_seq_id(seq_id)):
+            raise UnknownSequenceError(f"unknown sequence {short_repr(seq_id)}")
+        return seq
 
     def _check_new_id(self, seq_id: SeqId) -> None:
-        if not isinstance(seq_id, (str, int)) or isinstance(seq_id, bool):
-            raise InvalidArgumentError(f"a sequence id must be a str or an int, got {seq_id!r}")
+        if not _is_seq_id(seq_id):
+            raise InvalidArgumentError(f"a sequence id must be a str or an int (64-bit), got {short_repr(seq_id)}")
         if seq_id in self._seqs:
             raise DuplicateSequenceError(f"sequence {seq_id!r} already exists")
 
-    def _tokens(self, tokens: Tokens, what: str) -> tuple[int, np.ndarray | None]:
-        """Normalise a token count or token ids to ``(count, ids or None)``."""
-        if type(tokens) is int and tokens > 0:  # the common decode case, checked first for speed
-            return tokens, None
-        if isinstance(tokens, (int, np.integer)) and not isinstance(tokens, bool):
-            count, ids = int(tokens), None
-        else:
-            try:
-                ids = np.asarray(tokens)
-            except Exception:
-                ids = np.asarray(None)
-            if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-                raise InvalidTokenCountError(f"{what} must be a token count or a 1-D list of integer token ids")
-            ids = ids.astype(np.int64)
-            count = len(ids)
-        if count < 1:
-            raise InvalidTokenCountError(f"{what} needs at least one token, got {count}")
-        return count, ids
+    def _batch(self, seq_ids: Iterable[SeqId]) -> tuple[tuple[SeqId, ...], list[LiveSequence]]:
+        """The ids of a decode batch as a tuple, and their sequences; checked (each live, each once)."""
+        if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable):
+            raise InvalidArgumentError(f"decode needs a list of sequence ids, got {short_repr(seq_ids)}")
+        ids = tuple(seq_ids)
+        if not ids:
+            raise InvalidArgumentError("decode needs at least one sequence")
+        try:
+            seqs = list(map(self._seqs.__getitem__, ids))
+            valid = set(map(type, ids)) <= {str, int} and len(set(ids)) == len(ids)
+        except (KeyError, TypeError):
+            valid = False
+        if not valid:  # find the first culprit, to name it
+            seen: set[SeqId] = set()
+            for seq_id in ids:
+                self._get(seq_id)
+                if seq_id in seen:
+                    raise InvalidArgumentError(f"decode: sequence {seq_id!r} appears twice in the batch")
+                seen.add(seq_id)
+        return ids, seqs
 
-    def _plan_add(self, prompt: Tokens) -> _AddPlan:
-        count, ids = self._tokens(prompt, "a prompt")
-        hashes: list[int] = []
-        hits: list[int] = []
-        misses = 0
-        tail = None
-        if self.cache is not None and ids is not None:
-            hashes = hash_blocks(ids, self.block_size)
-            tail = ids[len(hashes) * self.block_size :]
-            # The last prompt token is always computed (its logits start decoding),
-            # so at most (count - 1) tokens can come from the cache, as in vLLM.
-            lookups = hashes[: (count - 1) // self.block_size]
-            for block_hash in lookups:
-                block = self.cache.lookup(block_hash)
-                if block is None:
-                    break
-                hits.append(block)
-            misses = len(lookups) - len(hits)
-        return _AddPlan(count, hashes, hits, misses, self.blocks_for(count) - len(hits), tail)
+    def _batch_tokens(self, tokens: object, n: int) -> TokenIds | None:
+        """A decode's token ids: None, or one 64-bit int per sequence."""
+        if tokens is None:
+            return None
+        ids = token_ids(tokens)
+        if ids is None or len(ids) != n:
+            raise InvalidTokenCountError(
+                f"decode needs one integer token id (64-bit) per sequence ({n}), got {short_repr(tokens)}"
+            )
+        return ids
 
-    def _available_after(self, plan: _AddPlan) -> int:
+    def _plan_add(self, prompt: Tokens) -> AddPlan:
+        return plan_add(*token_arg(prompt, "a prompt"), self.block_size, self.cache)
+
+    def _available_after(self, plan: AddPlan) -> int:
         """Blocks left over if ``plan`` ran (negative: the shortfall)."""
-        revived = sum(1 for block in plan.hits if self.cache.is_evictable(block)) if plan.hits else 0
+        ref = self._ref
+        revived = len([block for block in plan.hits if ref[block] == 0])  # parked hits: they stop being available
         return self.num_available - revived - plan.needed
 
-    def _plan_append(self, seq: _Sequence, tokens: Tokens) -> _AppendPlan:
-        count, ids = self._tokens(tokens, "an append")
-        partly_filled = seq.num_tokens % self.block_size != 0
-        copy_on_write = partly_filled and self.pool.ref_count(seq.table[-1]) > 1
-        grow = self.blocks_for(seq.num_tokens + count) - len(seq.table)
-        return _AppendPlan(count, ids, copy_on_write, grow + int(copy_on_write))
+    def _out_of_blocks_appending(self, seq_id: SeqId, count: int, needed: int) -> OutOfBlocksError:
+        return OutOfBlocksError(
+            f"out of blocks: appending {count} token(s) to {seq_id!r} needs {needed} "
+            f"block(s), only {self.num_available} available",
+            needed=needed,
+            available=self.num_available,
+        )
+
+    def _grow_or_copy(
+        self, seq_id: SeqId | None, seq: LiveSequence, offset: int
+    ) -> tuple[int, tuple[int, ...], tuple[tuple[int, int], ...], tuple[int, ...]]:
+        """Give a sequence a block to write one token into: a new one when its last block
+        is full (``offset == 0``), else a private copy of its shared last block.
+
+        Returns ``(block, allocated, copies, evicted)``. Raises :class:`OutOfBlocksError`,
+        changing nothing, when no block is available.
+        """
+        evicted: tuple[int, ...] = ()
+        if self._queue:  # the usual case: the next block of the free queue
+            block = self._queue.pop()
+            self._ref[block] = 1
+        elif self._parked:  # else a cached free block, evicted
+            block = self._take_block([])
+            evicted = (block,)
+        else:
+            raise self._out_of_blocks_appending(seq_id, 1, 1)
+        if offset == 0:
+            seq.table.append(block)
+            return block, (block,), (), evicted
+        src = seq.table[-1]
+        self.pool._ref[src] -= 1  # still > 0: another sequence holds it
+        seq.table[-1] = block
+        return block, (block,), ((src, block),), evicted
+
+    def _hash_full_tail(self, seq: LiveSequence) -> None:
+        """The tail has just filled the last block: hash it once, cache it, start a new tail."""
+        parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
+        block_hash = hash_block(parent, seq.tail)  # type: ignore[arg-type]
+        self.cache._register(seq.table[len(seq.block_hashes)], block_hash)  # type: ignore[union-attr]
+        seq.block_hashes.append(block_hash)
+        seq.tail = array("q")
+
+    def _take_block(self, evicted: list[int]) -> int:
+        """One block: from the free queue, else by evicting a cached one (recorded in ``evicted``).
+
+        The caller has checked that a block is available.
+        """
+        if len(self.pool.queue):
+            return self.pool._pop()
+        (block,) = self.cache._evict(1)  # type: ignore[union-attr]
+        self.pool._claim(block)
+        evicted.append(block)
+        return block
 
     def _allocate(self, n: int) -> tuple[list[int], list[int]]:
         """Take ``n`` blocks: from the free queue first, then by evicting cached ones."""
-        from_queue = min(n, self.pool.num_free)
-        blocks = self.pool.allocate(from_queue)
+        from_queue = min(n, len(self._queue))
+        blocks = [self.pool._pop() for _ in range(from_queue)]
         evicted: list[int] = []
-        if n > from_queue:
-            evicted = self.cache.evict(n - from_queue)
-            for block in evicted:
-                self.pool.claim(block)
-            blocks += evicted
+        for _ in range(n - from_queue):
+            blocks.append(self._take_block(evicted))
         return blocks, evicted
 
-    def _hash_new_full_blocks(self, seq: _Sequence, ids: np.ndarray | None) -> None:
+    def _extend_tail(self, seq: LiveSequence, ids: TokenIds | None) -> None:
         """After an append, hash and cache the blocks it filled (prefix caching only)."""
-        if self.cache is None or seq.tail is None:
-            return
         if ids is None:
             seq.tail = None  # content unknown from here on: nothing more can be cached
             return
-        pending = np.concatenate([seq.tail, ids])
+        tail = seq.tail
+        tail.extend(ids)  # type: ignore[union-attr]
+        bs = self.block_size
+        if len(tail) < bs:  # type: ignore[arg-type]
+            return  # the usual case: no block filled, nothing to hash
         parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
         first = len(seq.block_hashes)
-        for j, block_hash in enumerate(hash_blocks(pending, self.block_size, parent)):
-            self.cache.register(seq.table[first + j], block_hash)
+        for j, block_hash in enumerate(hash_blocks(tail, bs, parent)):  # type: ignore[arg-type]
+            self.cache._register(seq.table[first + j], block_hash)  # type: ignore[union-attr]
             seq.block_hashes.append(block_hash)
-        seq.tail = pending[(len(seq.block_hashes) - first) * self.block_size :]
+        seq.tail = tail[(len(seq.block_hashes) - first) * bs :]  # type: ignore[index]
 
-    def _slots(self, table: list[int], start: int, end: int) -> np.ndarray:
-        """Slots of tokens ``start .. end-1``: ``table[t // bs] * bs + t % bs``."""
-        bs = self.block_size
-        if end - start <= 8:  # a decode step: a plain loop beats NumPy's set-up cost
-            return np.array([table[t // bs] * bs + t % bs for t in range(start, end)], dtype=np.int64)
-        first = start // bs
-        blocks = np.asarray(table[first : _ceil_div(end, bs)], dtype=np.int64)
-        positions = np.arange(start, end, dtype=np.int64)
-        return blocks[positions // bs - first] * bs + positions % bs
-
-    def _record(self, op: str, seq_id: SeqId | None, slots: tuple | None = None, **fields) -> OpRecord | None:
+    def _record(self, op: str, seq_id: SeqId | None, **fields: object) -> OpRecord | None:
+        """Number the operation and, with records on, describe it (with the pool's counts afterwards)."""
         index = self.op_index
-        self.op_index += 1
+        self.op_index = index + 1
         if not self.record_ops:
             return None
-        for name, value in fields.items():
-            if isinstance(value, list):  # lists of ids (or of (src, dst) tuples) become tuples
-                fields[name] = tuple(value)
+        free = len(self.pool.queue)
+        cached = len(self.cache.evictor) if self.cache is not None else 0
         return OpRecord(
-            index=index,
-            op=op,
-            seq_id=seq_id,
-            slot_mapping=self._slots(*slots) if slots else np.empty(0, dtype=np.int64),
-            num_free=self.num_free,
-            num_cached_free=self.num_cached_free,
-            num_used=self.num_used,
-            **fields,
+            index,
+            op,
+            seq_id,
+            num_free=free,
+            num_cached_free=cached,
+            num_used=self.pool.num_blocks - free - cached,
+            block_size=self.block_size,
+            **fields,  # type: ignore[arg-type]
         )

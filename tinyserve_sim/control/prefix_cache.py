@@ -13,58 +13,109 @@ How it works here (the scheme of vLLM's automatic prefix caching):
 3. When a sequence finishes, its cached blocks keep their hash. Their reference
    count drops to 0, but instead of joining the free queue they are *parked*
    in the evictor, still reusable by a later request with the same prefix.
-4. When the pool runs out of never-cached free blocks, the evictor gives up
-   the **least recently used** parked block; among blocks parked at the same
-   moment the **deepest** block of a chain goes first (a finished sequence is
-   parked tail first), because a deep block is only useful if every block in
-   front of it is still cached too.
+4. When the pool runs out of never-cached free blocks, the *evictor* gives
+   up a parked block. The evictor is a policy (a class from the registry
+   :data:`~tinyserve_sim.control.policies.EVICTORS`); the default, ``"lru"``,
+   gives up the **least recently used** parked block, and among blocks parked
+   at the same moment the **deepest** block of a chain first (a finished
+   sequence is parked tail first), because a deep block is only useful if
+   every block in front of it is still cached too.
 
-The hash is BLAKE2b (8 bytes) over the parent hash and the int64 token ids:
-deterministic across runs and machines, so traces replay identically.
+The hash is BLAKE2b (8 bytes) over the parent hash and the int64 token ids
+(little-endian): deterministic across runs and machines, so traces replay
+identically. A block is hashed once, when it fills.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
+import sys
+from array import array
 from collections.abc import Sequence
+from hashlib import blake2b
 
 import numpy as np
+
+from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.control.policies import Evictor, evictor_class
+from tinyserve_sim.errors import InvalidArgumentError
 
 #: The parent hash of a sequence's first block.
 ROOT_HASH = 0
 
 
-def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray) -> int:
-    """The chained content hash of one full block (a 64-bit unsigned int)."""
-    digest = hashlib.blake2b(digest_size=8)
+def pack_tokens(token_ids: Sequence[int] | np.ndarray | array) -> bytes:
+    """Token ids as little-endian int64 bytes, the input of the block hash."""
+    if isinstance(token_ids, np.ndarray):
+        return token_ids.astype("<i8", copy=False).tobytes()
+    packed = token_ids if type(token_ids) is array and token_ids.typecode == "q" else array("q", token_ids)
+    if _BIG_ENDIAN:
+        packed = array("q", packed)
+        packed.byteswap()
+    return packed.tobytes()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+# An empty BLAKE2b-64 state: copying it is cheaper than setting up a new one per block.
+_EMPTY_BLAKE2B_64 = blake2b(digest_size=8)
+
+
+def _chain(parent_hash: int, packed_block: bytes) -> int:
+    digest = _EMPTY_BLAKE2B_64.copy()
     digest.update(parent_hash.to_bytes(8, "little"))
-    digest.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    digest.update(packed_block)
     return int.from_bytes(digest.digest(), "little")
 
 
-def hash_blocks(token_ids: np.ndarray, block_size: int, parent_hash: int = ROOT_HASH) -> list[int]:
+def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray | array) -> int:
+    """The chained content hash of one full block (a 64-bit unsigned int)."""
+    return _chain(parent_hash, pack_tokens(token_ids))
+
+
+def hash_blocks(
+    token_ids: Sequence[int] | np.ndarray | array, block_size: int, parent_hash: int = ROOT_HASH
+) -> list[int]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block is skipped)."""
+    packed = memoryview(pack_tokens(token_ids))
+    step = 8 * block_size  # bytes per block
     hashes = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent_hash = hash_block(parent_hash, token_ids[start : start + block_size])
+    for start in range(0, len(packed) - step + 1, step):
+        # _chain(parent_hash, block), written out: a prompt hashes many blocks.
+        digest = _EMPTY_BLAKE2B_64.copy()
+        digest.update(parent_hash.to_bytes(8, "little"))
+        digest.update(packed[start : start + step])
+        parent_hash = int.from_bytes(digest.digest(), "little")
         hashes.append(parent_hash)
     return hashes
 
 
+def _checked_int(value: object, what: str) -> int:
+    if type(value) is not int:
+        raise InvalidArgumentError(f"{what} must be an integer, got {short_repr(value)}")
+    return value
+
+
 class PrefixCache:
-    """Maps block hashes to physical blocks, and keeps the LRU order of cached free blocks.
+    """Maps block hashes to physical blocks, and keeps the evictor of cached free blocks.
+
+    Args:
+        evictor: the eviction order, a name from
+            :data:`~tinyserve_sim.control.policies.EVICTORS` (default ``"lru"``).
 
     The cache does not own reference counts (the :class:`~tinyserve_sim.control.pool.BlockPool`
     does). It records which blocks hold which content, and which of those are
-    free (reference count 0) and therefore evictable, oldest first.
+    free (reference count 0) and therefore evictable, in the evictor's order.
+
+    The queries are public. The changes (the underscore methods) must go in step
+    with the pool's reference counts, so only the
+    :class:`~tinyserve_sim.control.manager.BlockManager` makes them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, evictor: str = "lru") -> None:
+        self.evictor: Evictor = evictor_class(evictor)()
         self._block_of: dict[int, int] = {}  # hash -> block
         self._hash_of: dict[int, int] = {}  # block -> hash
-        # Cached blocks with reference count 0, least recently used first.
-        self._evictable: OrderedDict[int, None] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -73,29 +124,45 @@ class PrefixCache:
     @property
     def num_evictable(self) -> int:
         """Cached blocks that are free and could be evicted."""
-        return len(self._evictable)
+        return len(self.evictor)
 
     def lookup(self, block_hash: int) -> int | None:
         """The block holding this content, or ``None``."""
-        return self._block_of.get(block_hash)
+        return self._block_of.get(_checked_int(block_hash, "a block hash"))
 
     def hash_of(self, block: int) -> int | None:
         """The content hash of a cached block, or ``None`` for an uncached block."""
-        return self._hash_of.get(block)
+        return self._hash_of.get(_checked_int(block, "a block id"))
 
     def is_evictable(self, block: int) -> bool:
-        return block in self._evictable
+        """Is ``block`` cached and free (parked in the evictor)?"""
+        return _checked_int(block, "a block id") in self.evictor
 
     def evictable(self) -> list[int]:
         """Cached free blocks in eviction order (next victim first)."""
-        return list(self._evictable)
+        return self.evictor.order()
+
+    def longest_prefix(self, hashes: list[int]) -> list[int]:
+        """The blocks holding the first ``k`` of these chained hashes, for the largest ``k``
+        such that all of them are cached (a prefix hit stops at the first miss)."""
+        lookup = self._block_of.get
+        hits = []
+        try:
+            for block_hash in hashes:
+                block = lookup(block_hash)
+                if block is None:
+                    break
+                hits.append(block)
+        except TypeError:  # not a list, or an unhashable item
+            raise InvalidArgumentError(f"expected a list of block hashes, got {short_repr(hashes)}") from None
+        return hits
 
     def cached_blocks(self) -> dict[int, int]:
         """A copy of the ``block -> hash`` map of every cached block (in use or free)."""
         return dict(self._hash_of)
 
     # ---------------------------------------------------------------- mutation
-    def register(self, block: int, block_hash: int) -> bool:
+    def _register(self, block: int, block_hash: int) -> bool:
         """Remember that ``block`` (full, in use) holds the content ``block_hash``.
 
         Returns False, and changes nothing, if that content is already cached in
@@ -107,30 +174,45 @@ class PrefixCache:
         self._hash_of[block] = block_hash
         return True
 
-    def park(self, block: int) -> None:
-        """A cached block's reference count reached 0: keep it, as most recently used."""
-        self._evictable[block] = None
+    def _park(self, block: int) -> None:
+        """A cached block's reference count reached 0: keep it, evictable."""
+        self.evictor.park(block)
 
-    def revive(self, block: int) -> None:
+    def _park_cached(self, blocks: list[int]) -> tuple[list[int], list[int]]:
+        """These blocks' counts reached 0: park the cached ones, in order.
+
+        Returns ``(cached, plain)``: the blocks parked, and the others (no
+        content worth keeping), both in the given order.
+        """
+        hash_of = self._hash_of
+        cached, plain = [], []
+        for block in blocks:
+            if block in hash_of:
+                self.evictor.park(block)
+                cached.append(block)
+            else:
+                plain.append(block)
+        return cached, plain
+
+    def _revive(self, block: int) -> None:
         """A parked block is used again (a prefix hit): it is no longer evictable."""
-        del self._evictable[block]
+        self.evictor.revive(block)
 
-    def rename(self, src: int, dst: int) -> None:
-        """The data of block ``src`` moved to ``dst`` (compaction): move its hash and LRU place."""
+    def _rename(self, src: int, dst: int) -> None:
+        """The data of block ``src`` moved to ``dst`` (compaction): move its hash and evictor place."""
         block_hash = self._hash_of.pop(src, None)
         if block_hash is None:
             return
         self._hash_of[dst] = block_hash
         self._block_of[block_hash] = dst
-        if src in self._evictable:
-            # Keep the LRU position: rebuild the order with dst in src's place.
-            self._evictable = OrderedDict((dst if b == src else b, None) for b in self._evictable)
+        if src in self.evictor:
+            self.evictor.rename(src, dst)
 
-    def evict(self, n: int) -> list[int]:
-        """Forget the ``n`` least recently used parked blocks and return them (now plain free blocks)."""
+    def _evict(self, n: int) -> list[int]:
+        """Forget the next ``n`` parked blocks (fewer if fewer are parked); return them, now plain free blocks."""
         victims = []
-        for _ in range(min(n, len(self._evictable))):
-            block, _ = self._evictable.popitem(last=False)
+        for _ in range(min(n, len(self.evictor))):
+            block = self.evictor.pop()
             del self._block_of[self._hash_of.pop(block)]
             victims.append(block)
         self.evictions += len(victims)

@@ -136,6 +136,10 @@ class ReservationMemory:
     def decode(self, group: Group) -> None:
         pass  # tokens go into slots reserved at admission
 
+    def decode_all(self, groups: list[Group]) -> None:
+        for group in groups:
+            self.decode(group)
+
     def reparent(self, group: Group, parents: list[int]) -> None:
         # Beam search: a beam that continues another beam copies that beam's KV into
         # its own range (a data copy); the reservations themselves do not change.

@@ -110,6 +110,10 @@ class KVMemory(Protocol):
         """Store one new token for each live sequence of the group."""
         ...
 
+    def decode_all(self, groups: list[Group]) -> None:
+        """One scheduler step: store one new token for each sequence of every group, in order."""
+        ...
+
     def reparent(self, group: Group, parents: list[int]) -> None:
         """Beam search: beam ``k`` continues from beam ``parents[k]`` (indices into ``group.seqs``)."""
         ...

@@ -5,8 +5,9 @@ using only the manager's public API:
 
 * admitting a request is ``add`` (the prompt), then ``fork`` for each extra
   sample or beam: the prompt's blocks are shared, not copied (paper §4.4);
-* a decode step is ``append(seq, 1)`` for each sequence: a new block only when
-  the last one is full, a copy-on-write when it is shared and partly filled;
+* a decode step is one ``decode`` of every running sequence (``append(seq, 1)``
+  for each, in one call and one record): a new block only when the last one is
+  full, a copy-on-write when it is shared and partly filled;
 * beam search re-parents beams with ``fork`` and ``free``;
 * a finished or preempted sequence is ``free``-d.
 
@@ -132,6 +133,11 @@ class PagedMemory:
     def decode(self, group: Group) -> None:
         for seq in group.seqs:
             self.ops.append(seq.seq_id, 1)
+
+    def decode_all(self, groups: list[Group]) -> None:
+        seq_ids = [seq.seq_id for group in groups for seq in group.seqs]
+        if seq_ids:
+            self.ops.decode(seq_ids)
 
     def reparent(self, group: Group, parents: list[int]) -> None:
         old = [seq.seq_id for seq in group.seqs]

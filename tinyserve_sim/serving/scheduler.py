@@ -190,8 +190,8 @@ class Scheduler:
                 self.memory.reparent(group, self._beam_parents(len(group.seqs)))
         preempted = self._make_room_to_decode()
         generated = self.running_seqs  # every running sequence decodes one token
+        self.memory.decode_all(self.running)  # one batched call for the whole step
         for group in self.running:
-            self.memory.decode(group)
             for seq in group.seqs:
                 seq.tokens += 1
         self.running_tokens += generated

@@ -1,0 +1,41 @@
+// cache_vectors.cuh -- reading and writing the caches' 16-byte vectors, shared by the kernels.
+//
+// Every conversion here is exact (float16 -> float32 always is; a float32 ->
+// float16 store rounds to nearest even, as NumPy's astype(np.float16)), so
+// none of them adds an operation the NumPy twins must mirror.
+#pragma once
+#include <cuda_fp16.h>
+
+// 16 bytes of the cache (8 halves or 4 floats), converted exactly to float.
+__device__ __forceinline__ void to_float(const uint4& raw, float* out, __half) {
+    const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+}
+
+// One element as float, and one float stored in the element type.
+__device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ float load_float(const float* p) { return *p; }
+__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+
+// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers
+// (and L1: .cg). Copies are grouped by commit; wait<N> returns once at most N
+// of this thread's groups are still in flight (groups complete in order).
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }

@@ -1,0 +1,54 @@
+"""Argument checks shared by the control plane: integers in range, and short reprs for messages.
+
+Bad input can be anything: a float where a count belongs, an integer of a
+thousand digits, a list nested a thousand deep. Every check here turns it into
+one of the project's errors with a message of bounded length, and never lets a
+raw Python error (``TypeError``, ``OverflowError``, ``RecursionError``...) out.
+"""
+
+from __future__ import annotations
+
+import reprlib
+
+from tinyserve_sim.errors import InvalidArgumentError
+
+#: Token ids and integer sequence ids must fit in a signed 64-bit integer.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+_repr = reprlib.Repr()
+_repr.maxlevel = 2
+_repr.maxstring = 40
+_repr.maxother = 40
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)``, cut short: at most about 60 characters whatever ``value`` is."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a broken __repr__, or one too deep to print
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def is_int(value: object) -> bool:
+    """True for a Python int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(
+    value: object, what: str, low: int, high: int, error: type[Exception] = InvalidArgumentError
+) -> int:
+    """``value`` if it is an int (not a bool) in ``low .. high``; else raise ``error`` naming ``what``.
+
+    >>> check_int(0, "num_blocks", 1, 100)
+    Traceback (most recent call last):
+    ...
+    tinyserve_sim.errors.InvalidArgumentError: num_blocks must be a positive integer no larger than 100, got 0
+    """
+    if not is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer from {low:,}")
+        limit = f" no larger than {high:,}" if high < INT64_MAX else ""
+        raise error(f"{what} must be {kind}{limit}, got {short_repr(value)}")
+    return int(value)  # type: ignore[arg-type]

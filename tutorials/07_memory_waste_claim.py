@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # pictures are drawn in memory; a notebook shows them inline
 
+from tinyserve_sim.render import Picture  # noqa: E402
 from tinyserve_sim.serving.catalog import make_memory  # noqa: E402
 from tinyserve_sim.serving.generator import WorkloadSpec, generate  # noqa: E402
 from tinyserve_sim.serving.plots import draw_shares  # noqa: E402
@@ -90,11 +91,16 @@ print(f"reservation waste: {min(baselines):.1%} to {max(baselines):.1%}  (the cl
 # claim no longer holds. `tinyserve-sim claims` checks both.
 #
 # The picture splits each manager's memory the same way (grey: idle, nothing
-# waiting for it).
+# waiting for it). Its description, for readers who cannot see it, is written
+# from the same figures.
 
 # %%
-figure = draw_shares(list(results.values()), "Where the KV memory goes (ShareGPT-like, saturated)")
-figure
+description = "Stacked bars, one per manager, splitting the KV memory of the saturated runs: " + "; ".join(
+    f"{name}: {s.token_states:.0%} token states, {s.reservation:.0%} reservation, {s.internal:.0%} internal "
+    f"and {s.external:.0%} external fragmentation, {s.idle:.0%} idle"
+    for name, s in results.items()
+)
+Picture(draw_shares(list(results.values()), "Where the KV memory goes (ShareGPT-like, saturated)"), description)
 
 # %% [markdown]
 # ## 4. From memory to time

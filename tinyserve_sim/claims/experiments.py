@@ -19,7 +19,7 @@ nothing is typed in. The setting follows the vLLM paper's main experiment:
   contiguous baselines over a buddy allocator; first fit for comparison.
 
 ``size`` trades time for precision; ``docs/claims.md`` gives the measured run
-times (``quick``: 29 s of CPU time, ``default``: 43 s, on a 2-core machine).
+times (``quick``: 22 s of CPU time, ``default``: 33 s, on a 2-core machine).
 ``"quick"`` uses fewer requests in the saturated runs and a coarser grid of
 rates than ``"default"``, the same span of arrivals at each rate (the knees
 depend on it); ``"full"`` uses more requests and a finer grid.

@@ -10,7 +10,7 @@ from tinyserve_sim.errors import InvalidArgumentError, WorkloadError
 from tinyserve_sim.serving.catalog import make_memory
 from tinyserve_sim.serving.generator import WorkloadSpec, generate, workload_from_json
 from tinyserve_sim.serving.scheduler import Scheduler, SchedulerConfig
-from tinyserve_sim.serving.timing import ConstantTime, RooflineTime, TIME_MODELS
+from tinyserve_sim.serving.timing import TIME_MODELS, ConstantTime, RooflineTime
 
 
 @pytest.mark.parametrize(("field", "value"), [

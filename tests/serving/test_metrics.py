@@ -25,7 +25,7 @@ def test_csv_text_writes_what_python_would(ints, seconds) -> None:
     assert len(rows) == count
     for row, i, f in zip(rows, ints, floats):
         assert row[0] == str(int(i)) and row[2] == str(int(i))
-        whole, _, decimals = row[1].partition(".")
+        _, _, decimals = row[1].partition(".")
         assert len(decimals) == 6  # always six decimals
         assert abs(float(row[1]) - f) <= 5e-7 + 1e-12 * abs(f)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from tinyserve_sim.claims.experiments import WIDTHS, Experiments
 from tinyserve_sim.claims.paper import paper_checks
-from tinyserve_sim.claims.rows import ClaimRow, _pct, _verdict, markdown_rows, rows_to_json
+from tinyserve_sim.claims.rows import ClaimRow, _pct, _verdict, markdown_rows, rows_to_json  # noqa: F401 (re-exported)
 from tinyserve_sim.serving.catalog import KV_CAPACITY_TOKENS
 from tinyserve_sim.serving.rate_sweep import FIG13_RATES, SWEEP_MAX_SEQS
 

@@ -132,7 +132,7 @@ def simulate_command(
             task = bar.add_task(f"{memory.name:>16}", total=len(workload.requests))
             sched = Scheduler(workload, memory, config)
             try:
-                sched.run(lambda done, total: bar.update(task, completed=done))
+                sched.run(lambda done, total, task=task: bar.update(task, completed=done))
             except SimError as exc:
                 raise fail(f"{memory.name}: {exc}") from None
             result = sched.result(window)

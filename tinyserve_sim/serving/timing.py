@@ -528,8 +528,8 @@ PRESETS_TABLE_MARKER = "<!-- time-model-presets -->"
 def presets_markdown() -> str:
     """The presets as a Markdown table (the docs page shows it, so it cannot drift from the code)."""
     lines = [
-        "| preset | model | GPU | weights | KV per token | stream | matrix | attention contiguous / paged "
-        "| overhead | KV capacity |",
+        ("| preset | model | GPU | weights | KV per token | stream | matrix | attention contiguous / paged "
+         "| overhead | KV capacity |"),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, t in TIME_MODELS.items():

@@ -167,3 +167,29 @@ def test_the_docs_examples_of_a_preset_work(tmp_path) -> None:
     mine = load_time_model(path)
     assert mine.name == "llama3-8b-my-gpu" and mine.kv_capacity_tokens == 200_000
     assert mine.step_time(StepWork(decode_tokens=8, decode_context=8000)) > mine.overhead
+
+
+def _tbps(log: str, start: str) -> float:
+    """The TB/s of the first line of a bench_kernels.py log that starts with ``start`` (spaces squeezed)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "benchmarks" / "results" / log).read_text()
+    for line in text.splitlines():
+        if " ".join(line.split()).startswith(start):
+            return float(line.split("TB/s")[0].split()[-1]) * 1e12
+    raise AssertionError(f"{log}: no line starting with {start!r}")
+
+
+@pytest.mark.parametrize(("preset", "log", "copy", "paged", "contiguous"), [
+    ("opt-13b-h100", "bench_h100_lead_final.log", "device-to-device copy",
+     "paged_attention auto B=64 L=4096 Hq=32 Hkv=32", "torch SDPA, contiguous K/V B=64 L=4096 Hq=32 Hkv=32"),
+    ("llama3-8b-h100", "bench_h100_lead_final.log", "device-to-device copy",
+     "paged_attention auto B=64 L=4096 Hq=32 Hkv=8", "torch SDPA, contiguous K/V B=64 L=4096 Hq=32 Hkv=8"),
+    ("llama3-8b-h200", "h200_call4_bench4.log", "device-to-device copy",
+     "ours (auto) B=64 L=4096 Hq=32 Hkv=8 D=128", "torch SDPA, contiguous K/V B=64 L=4096 Hq=32 Hkv=8 D=128"),
+])
+def test_gpu_presets_use_the_committed_benchmark_figures(preset, log, copy, paged, contiguous) -> None:
+    hardware = TIME_MODELS[preset].hardware
+    assert hardware.memory_bandwidth == _tbps(log, copy)
+    assert hardware.paged_attention_bandwidth == _tbps(log, paged)
+    assert hardware.attention_bandwidth == _tbps(log, contiguous)

@@ -394,25 +394,27 @@ A100_40GB = HardwareSpec(
     source="NVIDIA A100 datasheet (1,555 GB/s, 312 TFLOP/s fp16) x the efficiencies above; "
     "paged attention 23% slower (vLLM paper §7.1)",
 )
-#: H100 80GB HBM3: benchmarks/results/bench_h100_lead_final.log (bench_kernels.py, 2026-11-22): device copy
-#: 2.952 TB/s; B=64 L=4096 Hq=32: paged_attention (auto) 3.028 TB/s at 32 KV heads and 2.273 TB/s at 8;
-#: torch SDPA over contiguous K/V 2.979 and 2.668 TB/s. 989 TFLOP/s fp16 dense (datasheet) x 0.70.
+#: H100 80GB HBM3: benchmarks/results/bench_h100_lead_final.log (bench_kernels.py, 2026-11-22, kernel v4; the
+#: later kernels have no H100 run yet): device copy 2.952 TB/s; B=64 L=4096 Hq=32: paged_attention (auto)
+#: 3.028 TB/s at 32 KV heads and 2.273 TB/s at 8; torch SDPA over contiguous K/V 2.979 and 2.668 TB/s.
+#: 989 TFLOP/s fp16 dense (datasheet) x 0.70.
 H100_MHA = HardwareSpec(
     "H100 (32 KV heads)", memory_bandwidth=2.952e12, matrix_flops=MATMUL_EFFICIENCY * 989e12,
     attention_bandwidth=2.979e12, paged_attention_bandwidth=3.028e12, memory_bytes=80 * GiB,
-    source="benchmarks/results/bench_h100_lead_final.log (Hkv=32 rows)",
+    source="benchmarks/results/bench_h100_lead_final.log (kernel v4, Hkv=32 rows)",
 )
 H100_GQA = HardwareSpec(
     "H100 (8 KV heads)", memory_bandwidth=2.952e12, matrix_flops=MATMUL_EFFICIENCY * 989e12,
     attention_bandwidth=2.668e12, paged_attention_bandwidth=2.273e12, memory_bytes=80 * GiB,
-    source="benchmarks/results/bench_h100_lead_final.log (Hkv=8 rows)",
+    source="benchmarks/results/bench_h100_lead_final.log (kernel v4, Hkv=8 rows)",
 )
-#: H200 (141 GB HBM3e): the project's run of 2026-11-28 measured a 4.1-4.2 TB/s device copy, paged_attention
-#: at 8 KV heads 0.60 of it and contiguous SDPA 1.01 (no log committed yet); same tensor cores as the H100.
+#: H200 (141 GB HBM3e): benchmarks/results/h200_call4_bench4.log (bench_kernels.py with kernel v6, the lead's
+#: H200 run recorded in commit 82b04a9): device copy 4.125 TB/s; B=64 L=4096 Hq=32 Hkv=8: paged_attention (auto)
+#: 3.246 TB/s, torch SDPA over contiguous K/V 3.995 TB/s. Same tensor cores as the H100.
 H200_GQA = HardwareSpec(
-    "H200 (8 KV heads)", memory_bandwidth=4.15e12, matrix_flops=MATMUL_EFFICIENCY * 989e12,
-    attention_bandwidth=1.01 * 4.15e12, paged_attention_bandwidth=0.60 * 4.15e12, memory_bytes=141 * GiB,
-    source="project H200 run of 2026-11-28 (bench_kernels.py, 8 KV heads)",
+    "H200 (8 KV heads)", memory_bandwidth=4.125e12, matrix_flops=MATMUL_EFFICIENCY * 989e12,
+    attention_bandwidth=3.995e12, paged_attention_bandwidth=3.246e12, memory_bytes=141 * GiB,
+    source="benchmarks/results/h200_call4_bench4.log (kernel v6, Hkv=8 rows)",
 )
 
 #: Seconds of host work per iteration in the paper's setting: the one *fitted* figure. On Alpaca at

@@ -257,10 +257,17 @@ def _fill_alt_texts(markdown: str, page) -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Fill generated alternative texts, the getting-started outputs, and the claims tables."""
+    """Fill generated alternative texts, the getting-started outputs, the claims tables, and the
+    serving-time page's table of time-model presets (from ``timing.py``)."""
     markdown = _fill_alt_texts(markdown, page)
     if page.file.src_uri == "getting-started.md":
         return _getting_started(markdown)
+    if page.file.src_uri == "concepts/serving-time.md":
+        from tinyserve_sim.serving.timing import PRESETS_TABLE_MARKER, presets_markdown
+
+        if PRESETS_TABLE_MARKER not in markdown:
+            raise ValueError("serving-time.md lost its table marker " + PRESETS_TABLE_MARKER)
+        return markdown.replace(PRESETS_TABLE_MARKER, presets_markdown())
     if page.file.src_uri == "claims.md" and _EXPERIMENTS is not None:
         from tinyserve_sim.claims.verdicts import CLAIMS_TABLE_MARKER, claims_markdown
 

@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-TASK_C = "task C makes simulate/claims check their arguments and output paths first"
-
-
 
 def case(name: str, args: list[str], marks=(), timeout: float = 30):
     return pytest.param(args, timeout, id=name, marks=marks)
@@ -52,16 +49,17 @@ CASES = [
     case("simulate-bad-format", ["simulate", "--format", "xml", "--requests", "1"]),
     case("simulate-out-unwritable", ["simulate", "--requests", "1", "--out", "/proc/nope"]),
     case("simulate-save-trace-no-such-folder", ["simulate", "--requests", "1", "--save-trace", "/nonexistent/t.jsonl"]),
-    case("simulate-max-seqs-negative", ["simulate", "--requests", "1", "--max-seqs", "-1"],
-         marks=pytest.mark.xfail(strict=True, reason=TASK_C)),
-    case("simulate-rate-negative", ["simulate", "--requests", "1", "--rate", "-5"],
-         marks=pytest.mark.xfail(strict=True, reason=TASK_C)),
-    case("simulate-step-time-negative", ["simulate", "--requests", "1", "--step-time", "-1"],
-         marks=pytest.mark.xfail(strict=True, reason=TASK_C)),
+    case("simulate-max-seqs-negative", ["simulate", "--requests", "1", "--max-seqs", "-1"]),
+    case("simulate-rate-negative", ["simulate", "--requests", "1", "--rate", "-5"]),
+    case("simulate-step-time-negative", ["simulate", "--requests", "1", "--step-time", "-1"]),
+    case("simulate-unknown-time-model", ["simulate", "--requests", "1", "--time-model", "nope"]),
+    case("sweep-unknown-option", ["sweep", "--bogus"]),
+    case("sweep-rates-negative", ["sweep", "--rates", "1,-2"]),
+    case("sweep-out-unwritable", ["sweep", "--rates", "1", "--out", "/proc/nope"]),
     case("claims-unknown-size", ["claims", "--size", "nope"]),
-    # These two already end in one line here, but only after the quick run (task C checks first).
-    case("claims-json-no-such-folder", ["claims", "--quick", "--json", "/nonexistent/dir/c.json"], timeout=300),
-    case("claims-plots-unwritable", ["claims", "--quick", "--plots", "/proc/forbidden"], timeout=300),
+    # Checked before the run starts: one line at once, not after the simulations.
+    case("claims-json-no-such-folder", ["claims", "--quick", "--json", "/nonexistent/dir/c.json"]),
+    case("claims-plots-unwritable", ["claims", "--quick", "--plots", "/proc/forbidden"]),
 ]
 
 
@@ -122,7 +120,7 @@ def test_version(tmp_path):
 
 
 def test_help_fits_80_columns_and_shows_no_types_for_flags(tmp_path):
-    for command in ([], ["demo"], ["trace"], ["scenarios"]):
+    for command in ([], ["demo"], ["trace"], ["scenarios"], ["simulate"], ["sweep"], ["claims"]):
         result = run_cli([*command, "--help"], tmp_path)
         text = result.stdout.decode()
         assert result.returncode == 0, result.stderr.decode()

@@ -7,15 +7,22 @@ nothing is typed in. The setting follows the vLLM paper's main experiment:
   is left for the KV cache, and one token's keys and values take
   2 (K and V) x 40 layers x 5,120 x 2 bytes = 800 KiB (paper §3), so the cache
   holds ``12 GiB / 800 KiB = 15,728`` tokens.
-* **Load.** Saturated: every request arrives at time 0, so a request is
-  always waiting (the paper's Fig. 2 shows a busy server). Shares are
-  averaged over the steps in which memory held a request back.
+* **Load.** Two kinds of runs. *Saturated*: every request arrives at time
+  0, so a request is always waiting (the paper's Fig. 2 shows a busy
+  server); shares are averaged over the steps in which memory held a request
+  back. *At a rate*: Poisson arrivals, as in the paper's Fig. 12 and 13, with
+  vLLM's cap of 256 sequences per batch; latency needs these.
+* **Time.** The iteration-time model of :mod:`~tinyserve_sim.serving.timing`,
+  by default the paper's setting (``opt-13b-a100``); memory figures do not
+  depend on it, latency and throughput do.
 * **Managers.** Paged (block size 16, vLLM's default) and the three
   contiguous baselines over a buddy allocator; first fit for comparison.
 
-``size`` trades time for precision: ``"quick"`` (about 10 s on a 2-core
-machine) gives the same verdicts as ``"default"`` (about 25 s); ``"full"``
-uses 3x the requests of ``"default"``.
+``size`` trades time for precision; ``docs/claims.md`` gives the measured run
+times (``quick``: 22 s of CPU time, ``default``: 33 s, on a 2-core machine).
+``"quick"`` uses fewer requests in the saturated runs and a coarser grid of
+rates than ``"default"``, the same span of arrivals at each rate (the knees
+depend on it); ``"full"`` uses more requests and a finer grid.
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ from tinyserve_sim.serving.generator import Request, Workload, WorkloadSpec, gen
 from tinyserve_sim.serving.memory import KVMemory
 from tinyserve_sim.serving.metrics import StepLog, Summary
 from tinyserve_sim.serving.paged import PagedMemory
+from tinyserve_sim.serving.rate_sweep import DEFAULT_DURATION, FIG13_RATES, RateSweep, paper_rates, sweep_rates
 from tinyserve_sim.serving.scheduler import Scheduler, SchedulerConfig
+from tinyserve_sim.serving.timing import TimeModel
 
-#: Block sizes of the paper's §7.2 sweep.
+#: Block sizes of the paper's §7.2 sweep (memory side).
 BLOCK_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Block sizes whose latency is measured at the paper's loads (below 8 the real penalty is the GPU
+#: kernel's, which the time model does not have).
+LATENCY_BLOCK_SIZES: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
 #: Widths of the paper's Fig. 15 (parallel samples, beam widths).
 WIDTHS: tuple[int, ...] = (2, 4, 6)
 #: The context length the seed claims.
@@ -50,15 +62,23 @@ class Size:
     alpaca: int  # Alpaca runs (short requests: more of them keep the server busy as long)
     sweep: int  # each block size (ShareGPT; Alpaca runs 10x as many: they are short)
     sharing: int  # each sharing width
+    per_octave: int = 4  # rates per doubling of the rate in the latency sweeps (every size: the same arrivals)
+    load_scale: float = 1.0  # scales the seconds of arrivals of each run at a rate (tests only: it moves the knees)
 
     def requests(self, dataset: str) -> int:
         return self.sharegpt if dataset == "sharegpt" else self.alpaca
 
+    def rates(self, dataset: str) -> tuple[float, ...]:
+        """The latency sweep's rates: from below Orca (Max)'s knee to above paged memory's."""
+        if dataset == "sharegpt":
+            return paper_rates(2.0, -3 * self.per_octave, self.per_octave // 2, self.per_octave)
+        return paper_rates(30.0, -4 * self.per_octave, self.per_octave, self.per_octave)
+
 
 SIZES: dict[str, Size] = {
-    "quick": Size("quick", 400, 1200, 100, 30),
-    "default": Size("default", 800, 2400, 200, 60),
-    "full": Size("full", 2400, 7200, 600, 180),
+    "quick": Size("quick", 400, 1200, 100, 30, per_octave=2),
+    "default": Size("default", 800, 2400, 200, 60, per_octave=4),
+    "full": Size("full", 2400, 7200, 600, 180, per_octave=8),
 }
 
 #: The scheduler of the claims: the batch is limited by memory only (vLLM also
@@ -88,6 +108,12 @@ class Experiments:
         block_sizes: ``(dataset, block size) -> Summary`` (paged).
         sharing: ``(dataset, "parallel" | "beam", width) -> Summary`` (paged-16).
         long_context: figures of the one-request 131,072-token run.
+        rate_sweeps: ``dataset -> RateSweep``: latency against rate of the four
+            main managers (Fig. 12), with Fig. 13's rate among the rates.
+        block_latency: ``dataset -> RateSweep`` of paged memory at each of
+            :data:`LATENCY_BLOCK_SIZES` (managers ``paged-8`` ...), at the
+            dataset's Fig. 13 rate only (§7.2's latency side).
+        time_model: the name of the time model every run used.
         hit_rates: the fast tier's hit rate per eviction policy (query-aware selection,
             :mod:`~tinyserve_sim.claims.hit_rate`).
     """
@@ -98,6 +124,9 @@ class Experiments:
     block_sizes: dict[tuple[str, int], Summary] = field(default_factory=dict)
     sharing: dict[tuple[str, str, int], Summary] = field(default_factory=dict)
     long_context: dict[str, float] = field(default_factory=dict)
+    rate_sweeps: dict[str, RateSweep] = field(default_factory=dict)
+    block_latency: dict[str, RateSweep] = field(default_factory=dict)
+    time_model: str = ""
     hit_rates: list[HitRateRow] = field(default_factory=list)
 
 
@@ -105,12 +134,19 @@ MAIN_MANAGERS: tuple[str, ...] = ("paged-16", "max", "pow2", "oracle")
 FIRST_FIT: tuple[str, ...] = ("max-first-fit", "pow2-first-fit", "oracle-first-fit")
 
 
-def run_experiments(size: str = "default", progress: Callable[[str], None] | None = None) -> Experiments:
-    """Run every experiment of the claims table. ``progress(label)`` is called before each run."""
+def run_experiments(
+    size: str = "default", progress: Callable[[str], None] | None = None, time_model: TimeModel | None = None,
+) -> Experiments:
+    """Run every experiment of the claims table. ``progress(label)`` is called before each run.
+
+    ``time_model`` (default: the paper's setting) times every run; the memory
+    figures do not depend on it, the latency and throughput figures do.
+    """
     if size not in SIZES:
         raise WorkloadError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     sz = SIZES[size]
-    out = Experiments(sz)
+    config = SchedulerConfig(max_running_seqs=CLAIMS_SCHEDULER.max_running_seqs, time_model=time_model)
+    out = Experiments(sz, time_model=config.timer().name)
     tick = progress or (lambda label: None)
 
     for dataset in ("sharegpt", "alpaca"):
@@ -119,7 +155,7 @@ def run_experiments(size: str = "default", progress: Callable[[str], None] | Non
         for name in managers:
             tick(f"{dataset} / {name}")
             keep = dataset == "sharegpt"
-            summary, log = run_one(workload, make_memory(name), keep_log=keep)
+            summary, log = run_one(workload, make_memory(name), keep_log=keep, config=config)
             out.main[dataset, name] = summary
             if log is not None:
                 out.logs[name] = log
@@ -129,7 +165,7 @@ def run_experiments(size: str = "default", progress: Callable[[str], None] | Non
         workload = generate(WorkloadSpec(dataset, num_requests=count, seed=1))
         for block_size in BLOCK_SIZES:
             tick(f"{dataset} / block size {block_size}")
-            out.block_sizes[dataset, block_size] = run_one(workload, make_memory(f"paged-{block_size}"))[0]
+            out.block_sizes[dataset, block_size] = run_one(workload, make_memory(f"paged-{block_size}"), config=config)[0]
 
     for dataset in ("sharegpt", "alpaca"):
         for kind in ("parallel", "beam"):
@@ -141,7 +177,23 @@ def run_experiments(size: str = "default", progress: Callable[[str], None] | Non
                     dataset, num_requests=count, seed=2,
                     n=width if kind == "parallel" else 1, beam_width=width if kind == "beam" else 1,
                 )
-                out.sharing[dataset, kind, width] = run_one(generate(spec), make_memory("paged-16"), "all")[0]
+                out.sharing[dataset, kind, width] = run_one(generate(spec), make_memory("paged-16"), "all",
+                                                            config=config)[0]
+
+    # Latency against load (Fig. 12, 13), and latency against block size at the paper's loads (§7.2).
+    for dataset in ("sharegpt", "alpaca"):
+        out.rate_sweeps[dataset] = sweep_rates(
+            dataset, MAIN_MANAGERS, sz.rates(dataset), sz.load_scale * DEFAULT_DURATION[dataset], time_model,
+            progress=lambda label: tick(f"latency: {label}"),
+        )
+        rate = FIG13_RATES[dataset]
+        others = tuple(f"paged-{b}" for b in LATENCY_BLOCK_SIZES if b != 16)
+        blocks = sweep_rates(dataset, others, (rate,), sz.load_scale * DEFAULT_DURATION[dataset], time_model,
+                             progress=lambda label: tick(f"block size: {label}"))
+        # Block 16 at this rate is the same run as the latency sweep's: reuse it.
+        blocks.points["paged-16", rate] = out.rate_sweeps[dataset].points["paged-16", rate]
+        blocks.managers = tuple(f"paged-{b}" for b in LATENCY_BLOCK_SIZES)
+        out.block_latency[dataset] = blocks
 
     tick("long context")
     out.long_context = long_context_run()

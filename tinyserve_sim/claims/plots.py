@@ -11,13 +11,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tinyserve_sim.claims.experiments import BLOCK_SIZES, WIDTHS, Experiments
-from tinyserve_sim.claims.verdicts import (
+from tinyserve_sim.claims.experiments import BLOCK_SIZES, LATENCY_BLOCK_SIZES, WIDTHS, Experiments
+from tinyserve_sim.claims.paper import (
     PAPER_FIG2,
+    PAPER_FIG13,
     PAPER_FIG15,
     PAPER_PAGED_TOKEN_STATES,
 )
-from tinyserve_sim.serving.plots import COLORS, plot_shares, plot_timeline, save_figure
+from tinyserve_sim.serving.plots import COLORS, plot_latency_vs_rate, plot_shares, plot_timeline, save_figure
+from tinyserve_sim.serving.rate_sweep import FIG13_RATES
 
 
 def plot_fig2(e: Experiments, path: Path) -> Path:
@@ -42,24 +44,52 @@ def plot_fig2(e: Experiments, path: Path) -> Path:
 
 
 def plot_block_sizes(e: Experiments, path: Path) -> Path:
-    """§7.2: sustained batch (relative to block 16) and token-state share against block size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    """§7.2: saturated batch and token-state share against block size (memory), and latency at the paper's loads."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.4))
     for dataset, marker in (("sharegpt", "o"), ("alpaca", "s")):
         batch = np.array([e.block_sizes[dataset, b].mean_running_seqs for b in BLOCK_SIZES])
         share = np.array([100 * e.block_sizes[dataset, b].token_states for b in BLOCK_SIZES])
         base = e.block_sizes[dataset, 16].mean_running_seqs
         left.plot(BLOCK_SIZES, batch / base, marker=marker, label=dataset)
-        right.plot(BLOCK_SIZES, share, marker=marker, label=dataset)
-    for ax in (left, right):
+        middle.plot(BLOCK_SIZES, share, marker=marker, label=dataset)
+        sweep = e.block_latency[dataset]
+        rate = sweep.rates[0]
+        latency = np.array([sweep.points[f"paged-{b}", rate].latency for b in LATENCY_BLOCK_SIZES])
+        right.plot(LATENCY_BLOCK_SIZES, latency / sweep.points["paged-16", rate].latency, marker=marker,
+                   label=f"{dataset} at {rate:g} req/s")
+    for ax, sizes in ((left, BLOCK_SIZES), (middle, BLOCK_SIZES), (right, LATENCY_BLOCK_SIZES)):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(BLOCK_SIZES, [str(b) for b in BLOCK_SIZES])
+        ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.set_xlabel("block size (tokens)")
         ax.axvspan(16, 128, color="#e8f5e9", zorder=0)
         ax.legend(fontsize=8)
-    left.set_ylabel("sustained batch / batch at block 16")
-    right.set_ylabel("% of KV memory in token states")
-    left.set_title("Batch vs block size (green: paper's best for ShareGPT)", fontsize=9)
-    right.set_title("Utilisation vs block size", fontsize=9)
+    right.set_yscale("log")
+    left.set_ylabel("saturated batch / batch at block 16")
+    middle.set_ylabel("% of KV memory in token states")
+    right.set_ylabel("latency / latency at block 16")
+    left.set_title("Batch (memory, saturated); green: paper's best, ShareGPT", fontsize=9)
+    middle.set_title("Utilisation (memory, saturated)", fontsize=9)
+    right.set_title(f"Latency at the paper's loads ({e.time_model})", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_fig13(e: Experiments, path: Path) -> Path:
+    """Fig. 13: mean batched requests at ShareGPT 2 req/s and Alpaca 30 req/s, ours beside the paper's."""
+    names = ["max", "pow2", "oracle", "paged-16"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, dataset in zip(axes, ("sharegpt", "alpaca")):
+        rate = FIG13_RATES[dataset]
+        ours = [e.rate_sweeps[dataset].batch(n, rate) for n in names]
+        paper = [PAPER_FIG13[dataset][n] for n in names]
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, paper, 0.4, label="vLLM paper, Fig. 13", color="#90a4ae")
+        ax.bar(x + 0.2, ours, 0.4, label=f"simulated ({e.time_model})", color=COLORS["token_states"])
+        for xi, v in zip(x, ours):
+            ax.text(xi + 0.2, v * 1.02, f"{v:.1f}", ha="center", fontsize=8)
+        ax.set_xticks(x, names)
+        ax.set_ylabel("mean batched requests")
+        ax.set_title(f"{dataset}-like at {rate:g} req/s", fontsize=9)
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
@@ -81,7 +111,7 @@ def plot_sharing(e: Experiments, path: Path) -> Path:
 
 
 def plot_throughput(e: Experiments, path: Path) -> Path:
-    """Sustained batch of each manager on both datasets (log scale)."""
+    """Sustained batch of each manager on both datasets, saturated (log scale): memory's upper bound."""
     names = ["max", "pow2", "oracle", "paged-16"]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -110,4 +140,6 @@ def write_claim_plots(e: Experiments, out_dir: str | Path) -> list[Path]:
         plot_throughput(e, out / "claims_batch_sizes.png"),
         plot_block_sizes(e, out / "claims_block_size.png"),
         plot_sharing(e, out / "claims_sharing.png"),
+        plot_latency_vs_rate([e.rate_sweeps["sharegpt"], e.rate_sweeps["alpaca"]], out / "claims_fig12_latency.png"),
+        plot_fig13(e, out / "claims_fig13_batch.png"),
     ]

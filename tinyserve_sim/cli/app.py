@@ -23,6 +23,7 @@ from tinyserve_sim.cli.claims import claims_command
 from tinyserve_sim.cli.common import console, fail
 from tinyserve_sim.cli.selection import select_app
 from tinyserve_sim.cli.simulate import simulate_command
+from tinyserve_sim.cli.sweep import sweep_command
 from tinyserve_sim.cli.trace_commands import demo, scenarios, trace_command
 from tinyserve_sim.errors import SimError
 
@@ -101,6 +102,7 @@ app.command("demo")(demo)
 app.command("trace")(trace_command)
 app.command("scenarios")(scenarios)
 app.command("simulate")(simulate_command)
+app.command("sweep")(sweep_command)
 app.command("claims")(claims_command)
 app.add_typer(select_app, name="select")
 

@@ -245,7 +245,8 @@ class PrefillBatch:
         those are the prompt tokens *after* the cached blocks; for an ``append``
         (the next chunk of a chunked prefill) all of its tokens.
         """
-        recs = list(records)
+        # One record or several (an OpRecord is itself a named tuple: test for the record first).
+        recs = [records] if hasattr(records, "slot_mapping") else list(records)
         query_lens: dict[SeqId, int] = {}
         for rec in recs:
             if getattr(rec, "op", None) not in ("add", "append"):

@@ -13,6 +13,12 @@ measures where the KV memory goes. One module per concept:
 * :mod:`~tinyserve_sim.serving.catalog` - managers by name (``paged-16``, ``oracle``...);
 * :mod:`~tinyserve_sim.serving.scheduler` - the iteration-level scheduler (one *step*
   is one scheduler iteration, as in vLLM);
+* :mod:`~tinyserve_sim.serving.timing` - how long a step takes: a roofline model of
+  an iteration, with presets (OPT-13B on an A100 as in the vLLM paper, H100, H200);
+* :mod:`~tinyserve_sim.serving.quiet_steps` - stretches of steps in which only token
+  counts change, computed at once;
+* :mod:`~tinyserve_sim.serving.rate_sweep` - latency against request rate (the vLLM
+  paper's Fig. 12 and 13);
 * :mod:`~tinyserve_sim.serving.metrics` - per-step records and summaries;
 * :mod:`~tinyserve_sim.serving.compaction` - the compaction planner;
 * :mod:`~tinyserve_sim.serving.plots` - the figures of a run.
@@ -32,15 +38,35 @@ from tinyserve_sim.serving.generator import (
 )
 from tinyserve_sim.serving.metrics import StepLog, Summary
 from tinyserve_sim.serving.paged import PagedMemory
+from tinyserve_sim.serving.rate_sweep import RatePoint, RateSweep, sweep_rates
 from tinyserve_sim.serving.scheduler import (
     RunResult,
     Scheduler,
     SchedulerConfig,
     simulate,
 )
+from tinyserve_sim.serving.timing import (
+    TIME_MODELS,
+    ConstantTime,
+    HardwareSpec,
+    ModelSpec,
+    RooflineTime,
+    StepWork,
+    get_time_model,
+)
 
 __all__ = [
     "KV_CAPACITY_TOKENS",
+    "TIME_MODELS",
+    "ConstantTime",
+    "HardwareSpec",
+    "ModelSpec",
+    "RatePoint",
+    "RateSweep",
+    "RooflineTime",
+    "StepWork",
+    "get_time_model",
+    "sweep_rates",
     "make_memory",
     "PRESETS",
     "CompactionPlan",

@@ -47,6 +47,10 @@ from tinyserve_sim.errors import InvalidArgumentError
 
 #: Token id used for the shared system prompt's tokens (any fixed ids would do).
 SYSTEM_TOKEN_BASE = 1_000_000
+#: Limits of a workload spec: beyond them a run would not fit in memory or in a lifetime.
+MAX_REQUESTS = 10_000_000
+MAX_WIDTH = 64  # samples or beams per request
+MAX_LEN = 1_000_000  # tokens per sequence (request ids keep 10,000,000 token ids apart)
 
 
 @dataclass(frozen=True)
@@ -141,19 +145,28 @@ class WorkloadSpec:
     seed: int = 0
 
     def check(self) -> None:
-        """Raise :class:`InvalidArgumentError` for an impossible spec."""
-        if self.dataset not in PRESETS:
+        """Raise :class:`InvalidArgumentError` naming the first impossible field."""
+        if not isinstance(self.dataset, str) or self.dataset not in PRESETS:
             raise InvalidArgumentError(f"unknown dataset {self.dataset!r}; choose one of {sorted(PRESETS)}")
-        if self.num_requests < 1:
-            raise InvalidArgumentError(f"num_requests must be at least 1, got {self.num_requests}")
-        if not self.rate > 0:
-            raise InvalidArgumentError(f"rate must be positive (or inf), got {self.rate}")
-        if self.n < 1 or self.beam_width < 1 or (self.n > 1 and self.beam_width > 1):
-            raise InvalidArgumentError("n and beam_width must be >= 1, and at most one of them > 1")
-        if self.max_len < 4:
-            raise InvalidArgumentError(f"max_len must be at least 4, got {self.max_len}")
-        if not 0 <= self.system_prompt_len < self.max_len // 2:
-            raise InvalidArgumentError(f"system_prompt_len must be in [0, max_len // 2), got {self.system_prompt_len}")
+        for name, low, high in (
+            ("num_requests", 1, MAX_REQUESTS),
+            ("n", 1, MAX_WIDTH),
+            ("beam_width", 1, MAX_WIDTH),
+            ("max_len", 4, MAX_LEN),
+            ("system_prompt_len", 0, MAX_LEN),
+            ("seed", 0, 2**63 - 1),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                raise InvalidArgumentError(f"{name} must be a whole number in [{low}, {high:,}], got {value!r}")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not self.rate > 0:
+            raise InvalidArgumentError(f"rate must be a positive number of requests/s (or inf), got {self.rate!r}")
+        if self.n > 1 and self.beam_width > 1:
+            raise InvalidArgumentError("at most one of n and beam_width may exceed 1")
+        if not self.system_prompt_len < self.max_len // 2:
+            raise InvalidArgumentError(
+                f"system_prompt_len must be below max_len // 2 = {self.max_len // 2}, got {self.system_prompt_len}"
+            )
 
 
 @dataclass
@@ -177,11 +190,19 @@ class Workload:
 
 
 def workload_from_json(obj: dict) -> Workload:
-    """Rebuild a workload written by :meth:`Workload.to_json`."""
-    spec = dict(obj["spec"])
-    spec["rate"] = float(spec["rate"])
-    requests = [Request(**{**r, "output_lens": tuple(r["output_lens"])}) for r in obj["requests"]]
-    return Workload(WorkloadSpec(**spec), requests)
+    """Rebuild a workload written by :meth:`Workload.to_json`.
+
+    Anything else raises :class:`InvalidArgumentError` (never a ``KeyError`` or ``TypeError``).
+    """
+    try:
+        spec = dict(obj["spec"])
+        spec["rate"] = float(spec["rate"])
+        requests = [Request(**{**r, "output_lens": tuple(r["output_lens"])}) for r in obj["requests"]]
+        workload = Workload(WorkloadSpec(**spec), requests)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidArgumentError(f"not a workload written by Workload.to_json ({type(exc).__name__}: {exc})") from None
+    workload.spec.check()
+    return workload
 
 
 # ------------------------------------------------------------------ lengths

@@ -15,12 +15,23 @@ the batch; nobody waits for the whole batch to finish. One step here:
    while the memory accepts them and the batch has room (at most
    ``max_running_seqs`` sequences). Their prompt is stored (prefill); they
    decode from the next step on. No admission in a step that preempted.
-4. **Record.** One row of the :class:`~tinyserve_sim.serving.metrics.StepLog`.
-5. **Finish.** Sequences that reached their final length are freed.
+4. **Time and record.** The time model (:mod:`~tinyserve_sim.serving.timing`)
+   says how long the step took, from the work it did: the decodes, the
+   context they read, the prompts it prefilled. One row of the
+   :class:`~tinyserve_sim.serving.metrics.StepLog`.
+5. **Finish.** Sequences that reached their final length are freed; a
+   request's latency is its finish time minus its arrival time.
 
-Time advances ``step_time`` seconds per step (a deliberately simple model: a
-real step's duration grows with the batch). When nothing runs or waits, the
-clock jumps to the next arrival.
+The clock advances by each step's duration; when nothing runs or waits, it
+jumps to the next arrival.
+
+Quiet steps
+    Most steps of a long run change nothing but the token counts: nobody
+    arrives, finishes, is preempted or admitted. :meth:`Scheduler.run` computes
+    such a stretch of steps all at once (:mod:`~tinyserve_sim.serving.quiet_steps`)
+    and logs exactly the rows that stepping one by one would have logged (a
+    test checks it). :meth:`Scheduler.step` always does one step, and a run
+    with an ``observer`` sees every step.
 """
 
 from __future__ import annotations
@@ -31,10 +42,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyserve_sim.errors import WorkloadError
+from tinyserve_sim.errors import InvalidArgumentError, WorkloadError
+from tinyserve_sim.serving import quiet_steps
 from tinyserve_sim.serving.generator import Workload
 from tinyserve_sim.serving.memory import Group, KVMemory
-from tinyserve_sim.serving.metrics import StepLog, Summary, summarize
+from tinyserve_sim.serving.metrics import MAX_COUNT, StepLog, Summary, summarize
+from tinyserve_sim.serving.paged import PagedMemory
+from tinyserve_sim.serving.timing import (
+    DEFAULT_TIME_MODEL,
+    TIME_MODELS,
+    ConstantTime,
+    StepWork,
+    TimeModel,
+    causal_pairs,
+)
+
+
+def _is_count(value: object, low: int, high: int = MAX_COUNT) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high
 
 
 @dataclass(frozen=True)
@@ -43,18 +68,57 @@ class SchedulerConfig:
 
     Attributes:
         max_running_seqs: most sequences in one batch (vLLM's default is 256).
-        step_time: seconds one step takes (the time model).
+        step_time: seconds every step takes, a constant
+            (:class:`~tinyserve_sim.serving.timing.ConstantTime`); ``None`` (the
+            default) uses ``time_model``.
+        time_model: how long a step takes given its work
+            (:mod:`~tinyserve_sim.serving.timing`); ``None``: the paper's setting,
+            ``TIME_MODELS["opt-13b-a100"]``.
         beam_stay: beam search: chance that a beam continues itself at a step;
             otherwise it continues a beam chosen at random (which may be itself).
         seed: seeds the beam choices.
         max_steps: stop after this many steps (``None``: run to the end).
+        skip_quiet_steps: let :meth:`Scheduler.run` compute stretches of quiet
+            steps at once (same log, much faster); ``False`` steps one by one.
+
+    Every field is checked: an impossible value raises
+    :class:`~tinyserve_sim.errors.InvalidArgumentError` naming it.
     """
 
     max_running_seqs: int = 256
-    step_time: float = 0.04
+    step_time: float | None = None
+    time_model: TimeModel | None = None
     beam_stay: float = 0.9
     seed: int = 0
     max_steps: int | None = None
+    skip_quiet_steps: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.max_running_seqs, 1, 10**12):
+            raise InvalidArgumentError(f"max_running_seqs must be a whole number >= 1, got {self.max_running_seqs!r}")
+        if self.step_time is not None:
+            if self.time_model is not None:
+                raise InvalidArgumentError("give step_time (a constant) or time_model, not both")
+            ConstantTime(self.step_time)  # raises if it is not a positive number of seconds
+        if self.time_model is not None and not (
+            callable(getattr(self.time_model, "step_time", None))
+            and callable(getattr(self.time_model, "decode_step_times", None))
+        ):
+            raise InvalidArgumentError(f"time_model must be a time model (see timing.py), got {self.time_model!r}")
+        if isinstance(self.beam_stay, bool) or not isinstance(self.beam_stay, (int, float)) or not (
+            0.0 <= self.beam_stay <= 1.0
+        ):
+            raise InvalidArgumentError(f"beam_stay must be a probability in [0, 1], got {self.beam_stay!r}")
+        if not _is_count(self.seed, 0, 2**63 - 1):
+            raise InvalidArgumentError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.max_steps is not None and not _is_count(self.max_steps, 0, 2**63 - 1):
+            raise InvalidArgumentError(f"max_steps must be None or a whole number >= 0, got {self.max_steps!r}")
+
+    def timer(self) -> TimeModel:
+        """The time model this configuration runs with."""
+        if self.step_time is not None:
+            return ConstantTime(self.step_time)
+        return self.time_model if self.time_model is not None else TIME_MODELS[DEFAULT_TIME_MODEL]
 
 
 @dataclass
@@ -88,6 +152,8 @@ class Scheduler:
         self.observer = observer
         self.memory = memory
         self.config = config
+        self.timer = config.timer()
+        self.paged = isinstance(memory, PagedMemory)  # picks the attention kernel's speed
         self.rng = np.random.default_rng(config.seed)
         self.pending = deque(sorted(workload.requests, key=lambda r: (r.arrival, r.req_id)))
         self.waiting: deque[Group] = deque()
@@ -99,6 +165,10 @@ class Scheduler:
         self.preemptions = 0
         self.recomputed_tokens = 0
         self.running_seqs = 0
+        self.running_tokens = 0  # tokens held by the running sequences
+        self.latencies: list[float] = []  # seconds per output token of each finished request
+        # Why the last step's admission stopped: "empty" queue, batch "cap", "memory", or "preempted".
+        self.admission_stop = "empty"
 
     @property
     def done(self) -> bool:
@@ -119,22 +189,31 @@ class Scheduler:
             if group.req.beam_width > 1:
                 self.memory.reparent(group, self._beam_parents(len(group.seqs)))
         preempted = self._make_room_to_decode()
-        generated = 0
+        generated = self.running_seqs  # every running sequence decodes one token
         self.memory.decode_all(self.running)  # one batched call for the whole step
         for group in self.running:
             for seq in group.seqs:
                 seq.tokens += 1
-            generated += len(group.seqs)
+        self.running_tokens += generated
+        decode_context = self.running_tokens  # each decode reads its sequence's KV, the new token's included
 
         # 3. Admission, first come first served.
-        admitted = 0
+        admitted = prefill_tokens = prefill_pairs = 0
         memory_blocked = preempted > 0
+        stop = "preempted" if preempted else "empty"
         while self.waiting and not preempted:
             head = self.waiting[0]
             if self.running_seqs + len(head.seqs) > self.config.max_running_seqs:
+                if not self.running:
+                    raise WorkloadError(
+                        f"request {head.req.req_id} runs {len(head.seqs)} sequences, more than a batch holds "
+                        f"(max_running_seqs={self.config.max_running_seqs})"
+                    )
+                stop = "cap"
                 break  # the batch is full: free memory is idle, not fragmented
             if not self.memory.admit(head):
                 memory_blocked = True
+                stop = "memory"
                 if not self.running:
                     raise WorkloadError(
                         f"request {head.req.req_id} ({head.req.prompt_len} prompt tokens, {len(head.seqs)} "
@@ -142,29 +221,45 @@ class Scheduler:
                     )
                 break
             self.waiting.popleft()
+            tokens, pairs = self._prefill_work(head)
+            prefill_tokens += tokens
+            prefill_pairs += pairs
             self._start(head)
             admitted += 1
+        self.admission_stop = stop
 
-        # 4. Record this step.
-        self._record(generated, admitted, preempted, memory_blocked)
+        # 4. How long the step took, and its row.
+        work = StepWork(generated, decode_context, prefill_tokens, prefill_pairs, self.paged)
+        duration = self.timer.step_time(work)
+        self._record(generated, admitted, preempted, memory_blocked, duration)
         if self.observer is not None:
             self.observer(self)
 
         # 5. Finish the sequences that reached their final length.
+        end = self.now + duration
         done_now = 0
-        for group in list(self.running):
-            for seq in [s for s in group.seqs if s.tokens >= s.final]:
-                self.memory.release_seq(group, seq)
-                group.seqs.remove(seq)
-                self.running_seqs -= 1
-            if not group.seqs:
+        still_running = []
+        for group in self.running:
+            if all(seq.tokens < seq.final for seq in group.seqs):
+                still_running.append(group)
+                continue
+            for seq in group.seqs:
+                if seq.tokens >= seq.final:
+                    self.memory.release_seq(group, seq)
+                    self.running_seqs -= 1
+                    self.running_tokens -= seq.tokens
+            group.seqs[:] = [seq for seq in group.seqs if seq.tokens < seq.final]
+            if group.seqs:
+                still_running.append(group)
+            else:
                 group.finished_at = self.step_index
-                self.running.remove(group)
                 self.finished.append(group)
+                self.latencies.append(max(end - group.req.arrival, 0.0) / max(group.req.output_lens))
                 done_now += 1
-        self.log.columns["finished"][-1] = done_now
+        self.running[:] = still_running  # in admission order, as before
+        self.log.column("finished")[-1] = done_now
         self.step_index += 1
-        self.now += self.config.step_time
+        self.now = end
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> RunResult:
         """Step until every request has finished (or ``max_steps``).
@@ -172,25 +267,45 @@ class Scheduler:
         ``progress(finished, total)`` is called every 256 steps and at the end.
         """
         total = len(self.workload.requests)
+        skip = self.config.skip_quiet_steps and self.observer is None
+        limit = self.config.max_steps
+        reported = 0
         while not self.done:
-            if self.config.max_steps is not None and self.step_index >= self.config.max_steps:
+            if limit is not None and self.step_index >= limit:
                 break
             self.step()
-            if progress is not None and self.step_index % 256 == 0:
+            if skip:
+                quiet_steps.skip(self, limit)
+            if progress is not None and self.step_index - reported >= 256:
+                reported = self.step_index
                 progress(len(self.finished), total)
         if progress is not None:
             progress(len(self.finished), total)
         return self.result()
 
     def result(self, window: str = "all") -> RunResult:
-        latencies = []
-        for group in self.finished:
-            elapsed = (group.finished_at + 1) * self.config.step_time - group.req.arrival
-            latencies.append(max(elapsed, 0.0) / max(group.req.output_lens))
-        summary = summarize(self.log, self.memory.name, self.preemptions, self.recomputed_tokens, latencies, window)
+        """The run so far: its log, its summary over ``window`` (``"all"`` or ``"saturated"`` steps)."""
+        summary = summarize(self.log, self.memory.name, self.preemptions, self.recomputed_tokens, self.latencies,
+                            window)
         return RunResult(self.memory.name, self.log, summary, self.finished)
 
     # --------------------------------------------------------------- helpers
+    @staticmethod
+    def _prefill_work(group: Group) -> tuple[int, int]:
+        """Tokens and causal attention pairs the admission of ``group`` computes.
+
+        The prompt is computed once for all the group's sequences (they share
+        it). After a preemption, each sequence's generated tokens are computed
+        again too, each attending to the prompt and to its own earlier tokens.
+        """
+        prompt = group.req.prompt_len
+        tokens, pairs = prompt, causal_pairs(0, prompt)
+        for seq in group.seqs:
+            if seq.tokens > prompt:
+                tokens += seq.tokens - prompt
+                pairs += causal_pairs(prompt, seq.tokens)
+        return tokens, pairs
+
     def _start(self, group: Group) -> None:
         """Bookkeeping for an admitted group (its memory is already allocated)."""
         recomputed = sum(seq.tokens - group.req.prompt_len for seq in group.seqs)
@@ -201,25 +316,29 @@ class Scheduler:
         group.admitted_at = self.step_index
         self.running.append(group)
         self.running_seqs += len(group.seqs)
+        self.running_tokens += sum(seq.tokens for seq in group.seqs)
 
     def _make_room_to_decode(self) -> int:
         """Preempt newest-first until every remaining running group can decode; return how many."""
+        memory = self.memory
         preempted = 0
+        available = memory.free_slots() // memory.unit  # units free now; a preemption frees more
         promised = 0  # units set aside for the older groups already checked
         i = 0
         while i < len(self.running):
             group = self.running[i]
-            need = self.memory.decode_need(group)
-            while need > self.memory.free_slots() // self.memory.unit - promised:
+            need = memory.decode_need(group)
+            while need > available - promised:
                 victim = self.running[-1]  # the most recently admitted request
                 if victim is group and i == 0:
                     # Alone in memory and still out of room: recomputing would loop forever.
                     raise WorkloadError(
                         f"request {group.req.req_id} needs more KV memory than the whole "
-                        f"{self.memory.name} memory ({self.memory.capacity_slots} slots) to continue"
+                        f"{memory.name} memory ({memory.capacity_slots} slots) to continue"
                     )
                 self._preempt(victim)
                 preempted += 1
+                available = memory.free_slots() // memory.unit
                 if victim is group:
                     break
             else:
@@ -230,8 +349,9 @@ class Scheduler:
     def _preempt(self, group: Group) -> None:
         for seq in group.seqs:
             self.memory.release_seq(group, seq)
-        self.running.remove(group)
+        self.running[:] = [g for g in self.running if g is not group]  # by identity: groups compare by value
         self.running_seqs -= len(group.seqs)
+        self.running_tokens -= sum(seq.tokens for seq in group.seqs)
         group.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(group)  # back to the front: it keeps its place in line
@@ -246,7 +366,7 @@ class Scheduler:
                 parents.append(int(self.rng.integers(width)))
         return parents
 
-    def _record(self, generated: int, admitted: int, preempted: int, memory_blocked: bool) -> None:
+    def _record(self, generated: int, admitted: int, preempted: int, memory_blocked: bool, duration: float) -> None:
         usage = self.memory.account(self.running)
         free = self.memory.free_slots()
         blocked_free = free if memory_blocked and self.waiting else 0
@@ -254,6 +374,7 @@ class Scheduler:
         self.log.append(
             step=self.step_index,
             time=self.now,
+            duration=duration,
             running_seqs=self.running_seqs,
             running_requests=len(self.running),
             waiting=len(self.waiting),

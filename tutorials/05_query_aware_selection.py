@@ -40,6 +40,7 @@ from tinyserve_sim.data.backends import get_backend
 from tinyserve_sim.data.page_metadata import page_metadata_from_cache
 from tinyserve_sim.data.page_scores import page_scores_reference
 from tinyserve_sim.errors import BackendUnavailableError
+from tinyserve_sim.render import Picture
 from tinyserve_sim.render.selection import draw_budget_sweep, draw_selection_step
 from tinyserve_sim.selection import (
     AttentionWorkloadSpec,
@@ -106,7 +107,9 @@ ax.set_ylabel("softmax mass")
 ax.set_title("pink: sink page; blue: pages with this query's needles; green: newest page", fontsize=9)
 fig.tight_layout()
 print(f"the top 8 of {mass.size} pages hold {np.sort(mass)[::-1][:8].sum():.1%} of the mass")
-fig
+Picture(fig, f"Bar chart of the softmax mass of each of the {mass.size} pages for query head 0: the sink "
+        "page, the newest page and the pages holding this query's needle tokens stand out; the "
+        f"top 8 pages hold {np.sort(mass)[::-1][:8].sum():.0%} of the mass.")
 
 # %% [markdown]
 # ## The two planes, now with page metadata
@@ -179,7 +182,9 @@ ax.set_xlabel("page")
 ax.set_title("KV head 0: the bound is loose, but its ranking finds the pages that matter", fontsize=9)
 ax.legend(fontsize=8)
 fig.tight_layout()
-fig
+Picture(fig, "Bar chart of each page's score (the Quest upper bound) for KV head 0, with the true maximum "
+        "of q . k over the page's tokens as dots: every bar is at or above its dot, and the highest "
+        "bars fall on the pages whose tokens score highest.")
 
 # %% [markdown]
 # ## Selection within a budget
@@ -193,7 +198,8 @@ fig
 # %%
 record = select_step(cache, query, batch, budget_tokens=128)
 print(record.explain())
-draw_selection_step(record)
+Picture(draw_selection_step(record), "Grid of pages per (sequence, KV head), coloured by score, with the kept "
+        "pages marked by reason: the sink, the newest page and the top-K by score. " + record.explain().splitlines()[0])
 
 # %% [markdown]
 # The selection is handed to paged attention as **compacted per-head block tables**: each
@@ -267,7 +273,9 @@ switch = next((i for i in range(1, len(topics)) if topics[i] != topics[i - 1]), 
 report = run.steps[switch]
 print(f"step {switch}: the topic changes {topics[switch - 1]} -> {topics[switch]}")
 print(report.explain())
-draw_selection_step(report, policy="score-aware")
+Picture(draw_selection_step(report, policy="score-aware"), f"The selection at step {switch}, where the query "
+        "changes topic: the kept pages by reason, and red dots on the pages that missed the fast tier and "
+        "were copied in under the score-aware policy.")
 
 # %% [markdown]
 # ## The budget sweep
@@ -279,7 +287,9 @@ draw_selection_step(report, policy="score-aware")
 # %%
 rows = budget_sweep(AttentionWorkloadSpec(num_seqs=2, context_len=2048, decode_steps=4, seed=0))
 print(format_sweep(rows))
-draw_budget_sweep(rows)
+Picture(draw_budget_sweep(rows), "Two line charts against the budget, from 1/2 to 1/32 of the context: the "
+        "recall of the dense softmax mass falls and the output error grows as the budget shrinks, while the "
+        "byte ceiling of the speed-up rises, always below 1 / budget.")
 
 # %% [markdown]
 # ## On a GPU: the kernels and their twins

@@ -28,13 +28,13 @@ ratios ours / SDPA and ours / FlashInfer (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cupy as cp
 import numpy as np
+from gpu_timing import time_cupy, time_torch
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
@@ -70,38 +70,6 @@ class Result:
     case: Case
     nbytes: int
     times: dict[str, float] = field(default_factory=dict)
-
-
-def time_cupy(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    cp.cuda.get_current_stream().synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
-    return statistics.median(times)
-
-
-def time_torch(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def report(name: str, nbytes: float, seconds: float, copy_bw: float) -> None:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 
 import cupy as cp
 import numpy as np
+from gpu_timing import time_torch
+from gpu_timing import time_cupy as time_fn
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data import (
     make_prefill_plan,
@@ -58,39 +60,6 @@ def check(name: str, ok: bool, detail: str = "") -> None:
 
 def bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16 if a.dtype == np.float16 else np.uint32)
-
-
-def time_fn(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    """Median seconds of ``fn`` between CUDA events (torch launches run on the same stream)."""
-    for _ in range(warmup):
-        fn()
-    cp.cuda.Device().synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
-    return statistics.median(times)
-
-
-def time_torch(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------ inputs

@@ -50,6 +50,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinyserve_sim.control.checks import frozen as _frozen
+from tinyserve_sim.control.checks import host_array as _host_array
+from tinyserve_sim.control.checks import no_slots as _no_slots
 from tinyserve_sim.control.records import SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
@@ -80,26 +83,6 @@ def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = 
         except (TypeError, ValueError, OverflowError):
             raise InvalidArgumentError(f"block table {i} is not a list of int32 block ids: {table!r}") from None
     return out
-
-
-def _no_slots() -> np.ndarray:
-    return np.empty(0, dtype=np.int64)
-
-
-def _host_array(name: str, a: Any) -> np.ndarray:
-    """``a`` as a NumPy array, or InvalidArgumentError naming it (a CuPy array, a ragged list...)."""
-    try:
-        return np.asarray(a)
-    except Exception:  # noqa: BLE001 - ragged lists, device arrays, objects: one clear error
-        raise InvalidArgumentError(f"{name} must be a host (NumPy) integer array, got {type(a).__name__}") from None
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    if a.flags.writeable:
-        a = a.copy()
-        a.setflags(write=False)
-    return a
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,9 @@ raw Python error (``TypeError``, ``OverflowError``, ``RecursionError``...) out.
 from __future__ import annotations
 
 import reprlib
+from typing import Any
+
+import numpy as np
 
 from tinyserve_sim.errors import InvalidArgumentError
 
@@ -52,3 +55,26 @@ def check_int(
         limit = f" no larger than {high:,}" if high < INT64_MAX else ""
         raise error(f"{what} must be {kind}{limit}, got {short_repr(value)}")
     return int(value)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------- arrays of the batch descriptions
+def no_slots() -> np.ndarray:
+    """An empty int64 slot mapping."""
+    return np.empty(0, dtype=np.int64)
+
+
+def host_array(name: str, a: Any) -> np.ndarray:
+    """``a`` as a NumPy array, or InvalidArgumentError naming it (a CuPy array, a ragged list...)."""
+    try:
+        return np.asarray(a)
+    except Exception:  # noqa: BLE001 - ragged lists, device arrays, objects: one clear error
+        raise InvalidArgumentError(f"{name} must be a host (NumPy) integer array, got {type(a).__name__}") from None
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous, read-only copy of ``a`` (``a`` itself if it already is one)."""
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        a = a.copy()
+        a.setflags(write=False)
+    return a

@@ -51,6 +51,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch, pack_block_tables
+from tinyserve_sim.control.checks import frozen as _frozen
+from tinyserve_sim.control.checks import host_array as _host_array
+from tinyserve_sim.control.checks import no_slots as _no_slots
 from tinyserve_sim.control.records import SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
@@ -58,24 +61,6 @@ if TYPE_CHECKING:
     from tinyserve_sim.control.manager import BlockManager
     from tinyserve_sim.control.records import OpRecord
 
-
-def _no_slots() -> np.ndarray:
-    return np.empty(0, dtype=np.int64)
-
-
-def _host_array(name: str, a: Any) -> np.ndarray:
-    try:
-        return np.asarray(a)
-    except Exception:  # noqa: BLE001 - ragged lists, device arrays, objects: one clear error
-        raise InvalidArgumentError(f"{name} must be a host (NumPy) integer array, got {type(a).__name__}") from None
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    if a.flags.writeable:
-        a = a.copy()
-        a.setflags(write=False)
-    return a
 
 
 def _count(name: str, value: Any) -> int:

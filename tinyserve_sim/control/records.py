@@ -29,7 +29,11 @@ import numpy as np
 
 from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.control.operations import OPERATIONS, format_ids
-from tinyserve_sim.errors import InvalidArgumentError, InvariantError, UnknownSequenceError
+from tinyserve_sim.errors import (
+    InvalidArgumentError,
+    InvariantError,
+    UnknownSequenceError,
+)
 
 #: A sequence id: a string or an integer (anything else is rejected).
 SeqId = Union[str, int]

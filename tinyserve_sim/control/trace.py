@@ -77,10 +77,20 @@ from typing import Any, Callable
 from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
 from tinyserve_sim.control.manager import MAX_BLOCK_SIZE, BlockManager
 from tinyserve_sim.control.operations import OPERATIONS, Operation
-from tinyserve_sim.control.policies import EVICTORS, POLICIES, evictor_class, free_queue_class
+from tinyserve_sim.control.policies import (
+    EVICTORS,
+    POLICIES,
+    evictor_class,
+    free_queue_class,
+)
 from tinyserve_sim.control.pool import MAX_NUM_BLOCKS
 from tinyserve_sim.control.records import OpRecord
-from tinyserve_sim.errors import ConfigError, OutOfBlocksError, SimError, TraceFormatError
+from tinyserve_sim.errors import (
+    ConfigError,
+    OutOfBlocksError,
+    SimError,
+    TraceFormatError,
+)
 
 FORMAT = "tinyserve-sim-trace"
 VERSION = 1

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinyserve_sim.control.checks import check_block_size, check_row_ids
 from tinyserve_sim.control.checks import frozen as _frozen
 from tinyserve_sim.control.checks import host_array as _host_array
 from tinyserve_sim.control.checks import no_slots as _no_slots
@@ -108,9 +109,7 @@ class DecodeBatch:
     seq_ids: tuple[SeqId, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block_size, (int, np.integer)) or isinstance(self.block_size, bool) or self.block_size < 1:
-            raise InvalidArgumentError(f"block_size must be a positive integer, got {self.block_size!r}")
-        object.__setattr__(self, "block_size", int(self.block_size))
+        object.__setattr__(self, "block_size", check_block_size(self.block_size))
         tables = _host_array("block_tables", self.block_tables)
         lens = _host_array("seq_lens", self.seq_lens)
         slots = _host_array("slot_mapping", self.slot_mapping)
@@ -126,9 +125,7 @@ class DecodeBatch:
             )
         if slots.dtype != np.int64 or slots.ndim != 1:
             raise InvalidArgumentError(f"slot_mapping must be int64 [T], got {slots.dtype} {slots.shape}")
-        ids = tuple(self.seq_ids) if isinstance(self.seq_ids, (tuple, list)) else None
-        if ids is None or (ids and len(ids) != tables.shape[0]):
-            raise InvalidArgumentError(f"seq_ids must be a tuple with one id per table row ({tables.shape[0]})")
+        ids = check_row_ids(self.seq_ids, tables.shape[0])
         object.__setattr__(self, "block_tables", _frozen(tables))
         object.__setattr__(self, "seq_lens", _frozen(lens))
         object.__setattr__(self, "slot_mapping", _frozen(slots))

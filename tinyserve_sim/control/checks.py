@@ -57,7 +57,22 @@ def check_int(
     return int(value)  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------- arrays of the batch descriptions
+# ------------------------------------------------------- fields of the batch descriptions
+def check_block_size(value: object) -> int:
+    """``value`` as an int if it is a positive Python or NumPy integer (not a bool); else InvalidArgumentError."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"block_size must be a positive integer, got {short_repr(value)}")
+    return int(value)
+
+
+def check_row_ids(seq_ids: object, rows: int) -> tuple[Any, ...]:
+    """``seq_ids`` as a tuple: empty (ids unknown) or one id per table row; else InvalidArgumentError."""
+    ids = tuple(seq_ids) if isinstance(seq_ids, (tuple, list)) else None
+    if ids is None or (ids and len(ids) != rows):
+        raise InvalidArgumentError(f"seq_ids must be a tuple with one id per table row ({rows})")
+    return ids
+
+
 def no_slots() -> np.ndarray:
     """An empty int64 slot mapping."""
     return np.empty(0, dtype=np.int64)

@@ -257,9 +257,9 @@ def _compile_check_nvcc(name: str, source: str, name_expressions: tuple[str, ...
 def paged_prefill_attention_kernel_name(plan: Any, dtype: Any) -> str:
     """The template instantiation of ``paged_prefill_attention_kernel`` for one
     :class:`~tinyserve_sim.data.prefill_plan.PrefillPlan`: element type, padded
-    head dim, rows per row group, key tile."""
+    head dim, rows per row group, key tile, threads per block."""
     return (f"paged_prefill_attention_kernel<{CTYPE[np.dtype(dtype)]}, {plan.padded_dim}, "
-            f"{plan.rows_per_thread}, {plan.key_tile}>")
+            f"{plan.rows_per_thread}, {plan.key_tile}, {plan.threads}>")
 
 
 def all_paged_prefill_attention_names() -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
-from tinyserve_sim.data.prefill_plan import NUM_THREADS, check_prefill_launch_limits, make_prefill_plan, work_items
+from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, make_prefill_plan, work_items
 from tinyserve_sim.data.validation import check_scale
 
 from .build import get_module, paged_prefill_attention_kernel_name
@@ -59,7 +59,7 @@ def prepare_paged_prefill_attention(
     grid = (len(work), Hkv)
 
     def launch() -> cp.ndarray:
-        kernel(grid, (NUM_THREADS,), args, shared_mem=smem)
+        kernel(grid, (plan.threads,), args, shared_mem=smem)
         return out
 
     return launch

@@ -8,9 +8,11 @@
 //
 //   grid.x : work item = (sequence, first query row), longest first (host-sorted)
 //   grid.y : KV head
-//   block  : 256 threads = 16 row groups (RG) x 16 column lanes (CL)
+//   block  : NT threads = NT/16 row groups (RG) x 16 column lanes (CL); NT = 512
+//            for head dims up to 128 (32 row groups of TM = 4 rows), 256 above
+//            (16 row groups of TM = 4 rows: shared memory holds no larger tile)
 //
-// A tile of BM = 16 * TM query rows (token-major (token, head of the GQA
+// A tile of BM = (NT / 16) * TM query rows (token-major (token, head of the GQA
 // group) pairs of one KV head) stays in shared memory as float32. For every
 // tile of BN keys (64, or 32 when the padded head dim DP exceeds 128):
 //
@@ -32,30 +34,15 @@
 // Shared memory rows are padded by 4 floats (16 bytes): the 16 lanes that read
 // 16 different key rows at the same d then hit 16 different bank quads.
 #include <cuda_fp16.h>
+// cache_vectors.cuh: to_float, cp_async16 (and its zero-filling form), commit, wait
+#include "cache_vectors.cuh"
 #include "exact_math.cuh"
 
 namespace {
 
-constexpr int NT = 256;     // threads per block
-constexpr int GROUPS = 16;  // row groups; and column lanes per row group
+constexpr int GROUPS = 16;  // column lanes per row group (and per query row)
 
 template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
-
-// One aligned 16-byte vector of global memory, converted exactly to float.
-__device__ __forceinline__ void load_vector(const __half* p, float (&x)[8]) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const float2 f = __half22float2(h[e]);
-        x[2 * e] = f.x;
-        x[2 * e + 1] = f.y;
-    }
-}
-__device__ __forceinline__ void load_vector(const float* p, float (&x)[4]) {
-    const float4 f = *reinterpret_cast<const float4*>(p);
-    x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
-}
 
 // Four consecutive output elements (8 bytes of float16 or 16 bytes of float32; aligned).
 __device__ __forceinline__ void store4(__half* p, float a, float b, float c, float d) {
@@ -67,21 +54,10 @@ __device__ __forceinline__ void store4(float* p, float a, float b, float c, floa
     *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
 }
 
-#ifndef TS_HOST_EMULATION  // tests/gpu/host_emulation supplies these on the CPU
-// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers.
-// With src_bytes = 0 it reads nothing and writes 16 zero bytes.
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-#endif
 
 }  // namespace
 
-template <typename T, int DP, int TM, int BN>
+template <typename T, int DP, int TM, int BN, int NT>
 __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
     T* __restrict__ out,                     // [T, Hq, D]
     const T* __restrict__ query,             // [T, Hq, D]
@@ -96,7 +72,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
     const int block_size, const int max_blocks)
 {
     constexpr bool HALF = sizeof(T) == 2;
-    constexpr int BM = GROUPS * TM;  // query rows of the tile
+    constexpr int BM = (NT / GROUPS) * TM;  // query rows of the tile: NT/16 row groups of TM
     constexpr int TN = BN / GROUPS;  // keys per column lane
     constexpr int DV = DP / 64;      // float4 output vectors per column lane (TD = 4 * DV)
     constexpr int QS = DP + 4;       // row stride (floats) of the Q, K and V tiles
@@ -161,14 +137,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
             const int j = i / NVP, v = i % NVP;
             float f[8];
             if (v < nv && c0 + j < kv_end) {
-                const uint4 raw = src[i];
-                const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float2 x = __half22float2(h[e]);
-                    f[2 * e] = x.x;
-                    f[2 * e + 1] = x.y;
-                }
+                to_float(src[i], f, __half());
             } else {
 #pragma unroll
                 for (int e = 0; e < 8; ++e) f[e] = 0.0f;
@@ -190,7 +159,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
             const int row = row0 + r;
             const int tok = row / group;
             const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
-            load_vector(query + head * head_dim + v * EV, x);
+            to_float(*reinterpret_cast<const uint4*>(query + head * head_dim + v * EV), x, T());
         }
         float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
 #pragma unroll
@@ -229,7 +198,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
         for (int i = 0; i < TM; ++i)
 #pragma unroll
             for (int b = 0; b < TN; ++b) s[i][b] = 0.0f;
-#pragma unroll 2
+#pragma unroll 8
         for (int d = 0; d < DP; d += 4) {
             float4 kv[TN];
 #pragma unroll
@@ -288,7 +257,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
 
     // ---- O += P V: keys in order, one fused multiply-add per (row, dim, key)
     auto accumulate = [&]() {
-#pragma unroll 4
+#pragma unroll 8
         for (int j = 0; j < BN; ++j) {
             float p[TM];
 #pragma unroll

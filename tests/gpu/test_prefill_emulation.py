@@ -8,7 +8,7 @@ poisoned with NaN before every block), and g++ compiles the very source the GPU
 runs. So the kernel's indexing, tiling, masking and operation order are checked
 on any machine with g++; what only hardware shows (races, timing, NVRTC's code)
 is left to the GPU tests and compute-sanitizer. Slow: each instantiation is
-compiled once (cached in the temp folder), and a thread block is 256 threads;
+compiled once (cached in the temp folder), and a thread block is 256 or 512 threads;
 ``TS_EMULATION_EXAMPLES=50`` runs more random cases than the default 6."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from prefill_strategies import PrefillCase, prefill_cases
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data import make_prefill_plan, paged_prefill_attention
-from tinyserve_sim.data.prefill_plan import NUM_THREADS, work_items
+from tinyserve_sim.data.prefill_plan import work_items
 from tinyserve_sim.gpu import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "host_emulation"))
@@ -41,7 +41,7 @@ pytestmark = [
 SMEM_CAPACITY = 232448
 
 
-def _driver(name: str, ctype: str) -> str:
+def _driver(name: str, ctype: str, threads: int) -> str:
     return f"""
 #include "paged_prefill_attention.cu"
 alignas(16) float4 ts_smem[{SMEM_CAPACITY} / 16];
@@ -49,7 +49,7 @@ extern "C" void run(void* out, const void* q, const void* kc, const void* vc, co
                     const int* starts, const int* work, int n_items, int Hkv, float scale, int Hq, int D, int bs,
                     int W, long long smem) {{
     using T = {ctype};
-    ts_emu::launch(n_items, Hkv, {NUM_THREADS}, ts_smem, smem, [&] {{
+    ts_emu::launch(n_items, Hkv, {threads}, ts_smem, smem, [&] {{
         {name}(static_cast<T*>(out), static_cast<const T*>(q), static_cast<const T*>(kc),
                static_cast<const T*>(vc), tables, lens, starts, work, scale, Hq, Hkv, D, bs, W);
     }});
@@ -63,7 +63,7 @@ def emulated_prefill(q, kc, vc, batch: PrefillBatch, scale: float) -> np.ndarray
     Hkv = kc.shape[2]
     plan = make_prefill_plan(D)
     name = build.paged_prefill_attention_kernel_name(plan, q.dtype)
-    lib = emulate.load(_driver(name, build.CTYPE[np.dtype(q.dtype)]), "paged_prefill_attention")
+    lib = emulate.load(_driver(name, build.CTYPE[np.dtype(q.dtype)], plan.threads), "paged_prefill_attention")
     smem = plan.shared_memory_bytes(q.dtype)
     assert smem <= SMEM_CAPACITY
     work = work_items(batch.query_start_loc, batch.seq_lens, Hq // Hkv, plan.row_tile)

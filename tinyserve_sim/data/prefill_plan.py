@@ -9,8 +9,10 @@ The rest (how many query rows a thread block takes, how the head dim is padded,
 in which order the blocks run) only decides how fast the kernel is: every query
 row's arithmetic is the same whatever tile of rows it lands in.
 
-A thread block has 256 threads: 16 *row groups* of ``row_tile / 16`` query rows
-times 16 *column lanes*. A query row is one (new token, query head) pair;
+A thread block has ``threads`` threads: ``threads / 16`` *row groups* of
+``rows_per_thread`` = 4 query rows, times 16 *column lanes*; 512 threads (a
+128-row tile) for padded head dims up to 128, 256 (a 64-row tile) above, where
+shared memory holds no larger tile. A query row is one (new token, query head) pair;
 the rows of a tile share one KV head (so a GQA group's query heads share every
 key and value the block reads), token-major: with ``G`` query heads per KV head,
 row ``r`` is token ``r // G`` and head ``r % G`` of the group.
@@ -24,8 +26,9 @@ import numpy as np
 
 from tinyserve_sim.errors import KernelInputError
 
-NUM_THREADS = 256  #: threads per thread block
-GROUPS = 16  #: row groups per block, and column lanes per row group (16 x 16 = 256 threads)
+GROUPS = 16  #: column lanes per row group: the 16 lanes that share a query row
+#: Query rows of one row group (``TM``): each thread keeps 4 rows' scores and outputs in registers.
+ROWS_PER_THREAD = 4
 #: Head dims are padded with zeros to a multiple of this in shared memory (a column lane owns
 #: whole float4 vectors: 16 lanes x 4 floats).
 DIM_QUANTUM = 64
@@ -46,6 +49,7 @@ class PrefillPlan:
         padded_dim: D rounded up to a multiple of 64 (zeros: they change no bit, see the kernel page).
         key_tile: keys per online-softmax step (64, or 32 when ``padded_dim > 128``).
         row_tile: query rows per thread block (128, or 64 when ``padded_dim > 128``).
+        threads: threads per block, ``row_tile / rows_per_thread * 16`` (512 or 256).
         column_lanes: the 16 lanes that share a query row; lane ``c`` holds keys
             ``c, c + 16, ...`` of a key tile and sums their probabilities in that order.
     """
@@ -59,7 +63,12 @@ class PrefillPlan:
     @property
     def rows_per_thread(self) -> int:
         """``TM``: query rows of one row group."""
-        return self.row_tile // GROUPS
+        return ROWS_PER_THREAD
+
+    @property
+    def threads(self) -> int:
+        """``NT``: threads per block, 16 column lanes for each of ``row_tile / TM`` row groups."""
+        return self.row_tile // ROWS_PER_THREAD * GROUPS
 
     @property
     def keys_per_lane(self) -> int:

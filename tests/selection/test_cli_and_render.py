@@ -94,3 +94,21 @@ def test_policies_prints_the_claims_study(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "topic stay 0.9, budget 1/8, capacity 1.1x" in result.output and "optimum" in result.output
     assert (tmp_path / "hits.png").stat().st_size > 1000
+
+
+def test_the_top_level_demo_walks_the_selection_scenarios(tmp_path) -> None:
+    """``tinyserve-sim demo --scenario NAME`` takes a selection scenario as well as a trace one:
+    the same walk as ``select demo``, step for step; and ``scenarios`` lists both kinds."""
+    for name, scenario in SELECTION_SCENARIOS.items():
+        top = runner.invoke(app, ["demo", "--scenario", name, "--render", str(tmp_path / name)], env=ENV)
+        sub = runner.invoke(app, ["select", "demo", "--scenario", name], env=ENV)
+        assert top.exit_code == 0 and sub.exit_code == 0, (top.output, sub.output)
+        assert top.output == sub.output
+        assert f"decode step {scenario.spec.decode_steps - 1}:" in top.output
+        assert len(list((tmp_path / name).iterdir())) == scenario.spec.decode_steps
+    listed = runner.invoke(app, ["scenarios"], env=ENV)
+    assert listed.exit_code == 0 and all(name in listed.output for name in SELECTION_SCENARIOS)
+    unknown = runner.invoke(app, ["demo", "--scenario", "nope"], env=ENV)
+    assert unknown.exit_code == 2 and "query-aware-selection" in unknown.output and "tour" in unknown.output
+    as_trace = runner.invoke(app, ["scenarios", "query-aware-selection"], env=ENV)
+    assert as_trace.exit_code == 2 and "demo --scenario query-aware-selection" in as_trace.output

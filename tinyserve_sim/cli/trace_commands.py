@@ -22,6 +22,7 @@ from tinyserve_sim.control.trace import Replay, Trace, load
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.render import SequenceColors, print_state, render_record, save_state, write_player
 from tinyserve_sim.scenarios import SCENARIOS, get_scenario
+from tinyserve_sim.selection.scenarios import SELECTION_SCENARIOS
 
 
 def picture_name(position: int | None, picture_format: str) -> str:
@@ -99,15 +100,23 @@ def _walk(
 
 
 def demo(
-    scenario: Annotated[str, typer.Option(metavar="NAME", help="Which built-in scenario to walk.")] = "tour",
+    scenario: Annotated[str, typer.Option(metavar="NAME", help=(
+        "Which built-in scenario to walk: a block-manager one (`tinyserve-sim scenarios` lists them) "
+        f"or a query-aware selection one ({', '.join(SELECTION_SCENARIOS)}).")
+    )] = "tour",
     render: Annotated[Optional[Path], typer.Option(
         metavar="DIR", help="Also write one picture per operation into this folder.")] = None,
 ) -> None:
     """Walk a built-in scenario, explaining each operation in one line."""
+    if scenario in SELECTION_SCENARIOS:  # selection scenarios are walked by `select demo`
+        from tinyserve_sim.cli.selection import demo_command
+
+        demo_command(scenario=scenario, render=render, picture_format="svg", policy=None)
+        return
     try:
         trace = get_scenario(scenario).trace()
     except SimError as exc:
-        raise fail(str(exc)) from None
+        raise fail(f"{exc}; or a selection scenario: {', '.join(SELECTION_SCENARIOS)}") from None
     if render is not None:
         output_folder(render, "--render")
     _walk(trace, render_dir=render)
@@ -164,10 +173,15 @@ def scenarios(
         table.add_column("what it shows")
         for scenario in SCENARIOS.values():
             table.add_row(scenario.name, scenario.title)
+        for selection in SELECTION_SCENARIOS.values():
+            table.add_row(selection.name, f"(query-aware selection) {selection.title}")
         console.print(table)
         console.print("[dim]`tinyserve-sim scenarios NAME --write FILE` saves one; "
                       "`tinyserve-sim demo --scenario NAME` walks it.[/]")
         return
+    if name in SELECTION_SCENARIOS:
+        raise fail(f"{name!r} is a query-aware selection scenario, not a trace; "
+                   f"`tinyserve-sim demo --scenario {name}` walks it")
     try:
         text = get_scenario(name).trace().dumps()
     except SimError as exc:

@@ -35,6 +35,12 @@ constexpr int UN = 4;  // pages per row whose loads are issued together
 __device__ __forceinline__ float bound_term(float q, float lo, float hi) {
     return q > 0.0f ? q * hi : (q < 0.0f ? q * lo : 0.0f);
 }
+// The same term when q is known to be neither 0 nor NaN: one comparison, one
+// select, one product (bound_term compiles to two of each). For such a q both
+// give the same product of the same operands, hence the same bits.
+__device__ __forceinline__ float bound_term_nonzero(float q, float lo, float hi) {
+    return q * (q < 0.0f ? lo : hi);
+}
 
 }  // namespace
 
@@ -77,6 +83,10 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
     // Element offset of this lane's i-th owned vector, or -1 if it owns none.
     auto vec_off = [&](int i) { const int c = lane + i * LANES; return c < num_vecs ? c * VEC : -1; };
     float qr[QREG ? GQ : 1][QREG ? EPL : 1];
+    // `nonzero`: every query element this lane owns (real heads, owned vectors) is
+    // neither 0 nor NaN, so the cheaper bound_term_nonzero gives the same bits. Almost
+    // always true for real queries; a lane with an exact zero takes bound_term.
+    bool nonzero = QREG;
     if constexpr (QREG) {
 #pragma unroll
         for (int g = 0; g < GQ; ++g)
@@ -85,7 +95,10 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
                     const int off = vec_off(i);
-                    qr[g][i * VEC + e] = (g < group && off >= 0) ? q_s[g * head_dim + off + e] : 0.0f;
+                    const bool real = g < group && off >= 0;
+                    const float q = real ? q_s[g * head_dim + off + e] : 0.0f;
+                    qr[g][i * VEC + e] = q;
+                    if (real && !(q > 0.0f || q < 0.0f)) nonzero = false;
                 }
     }
 
@@ -119,23 +132,55 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                 to_float(hi[u][i], hf[i], T());
             }
             float best = TS_NEG_INF;
-            const int gcount = QREG ? GQ : group;      // QREG: heads past the group have q = 0
-            for (int g = 0; g < gcount; ++g) {
-                float part = 0.0f;                     // sequential over this lane's elements
+            if constexpr (QREG) {
+                // Each head's lane partial: sequential over this lane's elements, from +0.
+                // (Heads past the group have q = 0: computed, never used.)
+                float part[GQ];
 #pragma unroll
-                for (int i = 0; i < VPL; ++i) {
-                    const int off = vec_off(i);
-                    if (off < 0) continue;
+                for (int g = 0; g < GQ; ++g) part[g] = 0.0f;
+                if (nonzero) {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) {
-                        const float q = QREG ? qr[QREG ? g : 0][QREG ? i * VEC + e : 0]
-                                             : q_s[g * head_dim + off + e];
-                        part = part + bound_term(q, lf[i][e], hf[i][e]);
-                    }
+                    for (int g = 0; g < GQ; ++g)
+#pragma unroll
+                        for (int i = 0; i < VPL; ++i) {
+                            if (vec_off(i) < 0) continue;
+#pragma unroll
+                            for (int e = 0; e < VEC; ++e)
+                                part[g] = part[g] + bound_term_nonzero(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
+                        }
+                } else {
+#pragma unroll
+                    for (int g = 0; g < GQ; ++g)
+#pragma unroll
+                        for (int i = 0; i < VPL; ++i) {
+                            if (vec_off(i) < 0) continue;
+#pragma unroll
+                            for (int e = 0; e < VEC; ++e)
+                                part[g] = part[g] + bound_term(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
+                        }
                 }
-                // Masks 1, 2, 4, ...: the twin's pairwise_sum over the lanes.
-                const float total = ts_butterfly_sum<LANES>(part);
-                if (g < group) best = fmaxf(best, total);  // max is exact in any order
+                // Outside the branch (every lane of the warp takes part): masks 1, 2, 4, ...,
+                // the twin's pairwise_sum over the lanes.
+#pragma unroll
+                for (int g = 0; g < GQ; ++g) {
+                    const float total = ts_butterfly_sum<LANES>(part[g]);
+                    if (g < group) best = fmaxf(best, total);  // max is exact in any order
+                }
+            } else {
+                for (int g = 0; g < group; ++g) {
+                    float part = 0.0f;                 // sequential over this lane's elements
+#pragma unroll
+                    for (int i = 0; i < VPL; ++i) {
+                        const int off = vec_off(i);
+                        if (off < 0) continue;
+#pragma unroll
+                        for (int e = 0; e < VEC; ++e)
+                            part = part + bound_term(q_s[g * head_dim + off + e], lf[i][e], hf[i][e]);
+                    }
+                    // Masks 1, 2, 4, ...: the twin's pairwise_sum over the lanes.
+                    const float total = ts_butterfly_sum<LANES>(part);
+                    best = fmaxf(best, total);     // max is exact in any order
+                }
             }
             if (lane == 0 && p < last) out[p] = p < n ? best : TS_NEG_INF;
         }

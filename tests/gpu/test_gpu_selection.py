@@ -304,6 +304,31 @@ def test_page_scores_every_group_tile(dtype, group, head_dim):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_page_scores_lanes_with_and_without_zero_queries(dtype, group):
+    """The kernel takes a cheaper term on lanes whose query elements are all non-zero and
+    the exact select on lanes with a zero: in one warp some lanes take each path. Empty
+    pages (metadata still +inf / -inf) inside the rows check that the zero lanes' terms
+    stay 0 (a product 0 * inf would be NaN). Bits equal the twin's."""
+    cp = _cp()
+    rng = np.random.default_rng(group)
+    nb, bs, Hkv, S, D = 40, 16, 2, 3, 128
+    key_min = rng.standard_normal((nb, Hkv, D)).astype(dtype)
+    key_max = (key_min + np.abs(rng.standard_normal(key_min.shape))).astype(dtype)
+    key_min[[3, 7]], key_max[[3, 7]] = np.inf, -np.inf  # two empty pages
+    q = rng.standard_normal((S, Hkv * group, D)).astype(dtype)
+    q[0, :, ::9] = 0.0  # sequence 0: zeros in some lanes of every head
+    q[1, 0, 5] = -0.0  # sequence 1: one negative zero in one head
+    table = [1, 3, 7] + [b for b in rng.permutation(nb).tolist() if b not in (1, 3, 7)][:27]
+    batch = DecodeBatch.from_tables([table] * S, [480, 200, 17], bs)
+    gpu = sl.page_scores(cp.asarray(q), cp.asarray(key_min), cp.asarray(key_max), batch)
+    twin = page_scores(q, key_min, key_max, batch)
+    assert_bits_equal(gpu.get(), twin)
+    assert np.isneginf(twin[:, :, 1:3]).all() and not np.isnan(twin).any()  # the empty pages: -inf
+
+
+@pytest.mark.gpu
 @GPU_SETTINGS
 @given(case=selection_cases())
 @example(case=(np.zeros((1, 1, 5), np.float32), DecodeBatch.from_tables([[4, 3, 2, 1, 0]], [5], 1), 3))

@@ -61,8 +61,8 @@ from tinyserve_sim.control.pool import BlockPool
 from tinyserve_sim.control.prefix_cache import (
     ROOT_HASH,
     PrefixCache,
-    hash_block,
     hash_blocks,
+    hash_token_array,
 )
 from tinyserve_sim.control.records import (
     OpRecord,
@@ -80,7 +80,7 @@ from tinyserve_sim.control.sequence import (
     plan_add,
     plan_append,
 )
-from tinyserve_sim.control.tokens import TokenIds, Tokens, token_arg, token_ids
+from tinyserve_sim.control.tokens import TokenIds, Tokens, checked_ids, token_arg
 from tinyserve_sim.errors import (
     ConfigError,
     DuplicateSequenceError,
@@ -652,11 +652,11 @@ class BlockManager:
                 seen.add(seq_id)
         return ids, seqs
 
-    def _batch_tokens(self, tokens: object, n: int) -> TokenIds | None:
+    def _batch_tokens(self, tokens: object, n: int) -> SequenceABC[int] | None:
         """A decode's token ids: None, or one 64-bit int per sequence."""
         if tokens is None:
             return None
-        ids = token_ids(tokens)
+        ids = checked_ids(tokens)
         if ids is None or len(ids) != n:
             raise InvalidTokenCountError(
                 f"decode needs one integer token id (64-bit) per sequence ({n}), got {short_repr(tokens)}"
@@ -710,7 +710,7 @@ class BlockManager:
         """The tail has just filled ``block``, the sequence's last: hash it once (chained to
         the block before), cache it, start a new tail."""
         hashes = seq.block_hashes
-        block_hash = hash_block(hashes[-1] if hashes else ROOT_HASH, seq.tail)  # type: ignore[arg-type]
+        block_hash = hash_token_array(hashes[-1] if hashes else ROOT_HASH, seq.tail)  # type: ignore[arg-type]
         self.cache._register(block, block_hash)  # type: ignore[union-attr]
         hashes.append(block_hash)
         seq.tail = array("q")

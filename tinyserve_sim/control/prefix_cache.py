@@ -93,6 +93,18 @@ def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray | array) 
     return _chain(parent_hash, pack_tokens(token_ids))
 
 
+if _BIG_ENDIAN:
+
+    def hash_token_array(parent_hash: int, token_ids: array) -> int:
+        """:func:`hash_block` of token ids kept as an ``array("q")`` (the manager's tails)."""
+        return _chain(parent_hash, pack_tokens(token_ids))
+
+else:
+    #: :func:`hash_block` of token ids kept as an ``array("q")`` (the manager's tails): on a
+    #: little-endian machine the array already holds the bytes to hash.
+    hash_token_array = _chain
+
+
 def hash_blocks(
     token_ids: Sequence[int] | np.ndarray | array, block_size: int, parent_hash: int = ROOT_HASH
 ) -> list[int]:

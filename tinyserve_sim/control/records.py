@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
@@ -200,10 +199,11 @@ class OpRecord(NamedTuple):
 
 _ALWAYS_SHOWN = ("index", "op", "seq_id", "num_free", "num_cached_free", "num_used")
 
-#: ``OpRecord`` from all its values as one tuple, in field order. ``OpRecord(...)``
-#: with keywords is for people; the per-token paths (``append``, ``decode``) make a
-#: record for every token and use this, which costs half as much.
-record_from_values = partial(tuple.__new__, OpRecord)
+#: ``new_record(OpRecord, values)``: an ``OpRecord`` from all its values as one tuple,
+#: in field order (it is ``tuple.__new__``). ``OpRecord(...)`` with keywords is for
+#: people; the manager makes a record for every token it appends and uses this, which
+#: costs a fifth as much.
+new_record = tuple.__new__
 
 
 @dataclass(frozen=True)

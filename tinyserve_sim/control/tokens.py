@@ -58,6 +58,22 @@ def token_ids(tokens: object) -> TokenIds | None:
     return ids
 
 
+def checked_ids(tokens: object) -> Sequence[int] | TokenIds | None:
+    """Like :func:`token_ids`, but a list or tuple is only checked, and returned as it is.
+
+    For a caller that reads the ids once, at once (``decode`` appends each to a
+    sequence's ``array("q")``, which stores the same 64-bit value): no copy, and no
+    new int object per id when it is read back.
+    """
+    if type(tokens) is list or type(tokens) is tuple:
+        try:
+            struct.pack(f"{len(tokens)}q", *tokens)  # checks every item, in C
+        except (struct.error, TypeError, OverflowError, ValueError):
+            return None
+        return tokens
+    return token_ids(tokens)
+
+
 def token_arg(tokens: Tokens, what: str) -> tuple[int, TokenIds | None]:
     """Normalise a token count or token ids to ``(count, ids or None)``.
 

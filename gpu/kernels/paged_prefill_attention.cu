@@ -8,11 +8,12 @@
 //
 //   grid.x : work item = (sequence, first query row), longest first (host-sorted)
 //   grid.y : KV head
-//   block  : NT threads = NT/16 row groups (RG) x 16 column lanes (CL); NT = 512
-//            for head dims up to 128 (32 row groups of TM = 4 rows), 256 above
-//            (16 row groups of TM = 4 rows: shared memory holds no larger tile)
+//   block  : NT = 256 threads = 16 row groups (RG) x 16 column lanes (CL); two
+//            blocks share an SM where their shared memory fits (float16, padded
+//            head dims up to 192; at most 128 registers each), so one computes
+//            while the other waits at a barrier
 //
-// A tile of BM = (NT / 16) * TM query rows (token-major (token, head of the GQA
+// A tile of BM = 16 * TM = 64 query rows (token-major (token, head of the GQA
 // group) pairs of one KV head) stays in shared memory as float32. For every
 // tile of BN keys (64, or 32 when the padded head dim DP exceeds 128):
 //
@@ -26,13 +27,15 @@
 //              (4 per float4: dims 64u + 4cl .. 64u + 4cl + 3): a TM x TD
 //              register tile, one FMA per (row, dim, key), keys in order.
 //
-// Keys and values are copied global -> shared by cp.async one tile ahead of
-// their use (float16: into raw staging tiles, then converted to float32 once
-// per tile, for all BM rows; float32: straight into the float tiles), so the
-// loads of tile c+1 overlap the arithmetic of tile c.
+// Keys and values are copied global -> shared by cp.async in the cache's own
+// dtype and converted to float as the inner loops read them (float16: one 8-byte
+// load and two conversions per 4 elements), K of the next tile while this
+// tile's P V runs, V of the next tile while the next tile's scores run.
 //
-// Shared memory rows are padded by 4 floats (16 bytes): the 16 lanes that read
-// 16 different key rows at the same d then hit 16 different bank quads.
+// Shared memory rows are padded by 16 bytes (rows stay 16-byte aligned for
+// cp.async): the 16 lanes that read 16 different key rows at the same d then
+// hit 16 different bank quads (float32), or two lanes to a bank pair (float16:
+// two wavefronts for the 16 rows' 8 bytes, as many as float32's 16 bytes).
 #include <cuda_fp16.h>
 // cache_vectors.cuh: to_float, cp_async16 (and its zero-filling form), commit, wait
 #include "cache_vectors.cuh"
@@ -43,6 +46,23 @@ namespace {
 constexpr int GROUPS = 16;  // column lanes per row group (and per query row)
 
 template <bool B> struct ts_bool { static constexpr bool value = B; };  // a bool as a type
+
+// Blocks per SM the kernel is compiled for: two (at most 128 registers per thread)
+// where two blocks' shared memory fits an SM (float16 tiles, padded head dims up to
+// 192); else one, and the compiler may use more registers (no spills at D = 256).
+template <typename T, int DP> struct blocks_per_sm {
+    static constexpr int value = (sizeof(T) == 2 && DP <= 192) ? 2 : 1;
+};
+
+// Four consecutive elements of a shared-memory K or V tile (8 bytes of float16, or 16
+// bytes of float32; aligned), converted exactly to float.
+__device__ __forceinline__ float4 load4(const __half* p) {
+    const float2 raw = *reinterpret_cast<const float2*>(p);  // one 8-byte load
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 // Four consecutive output elements (8 bytes of float16 or 16 bytes of float32; aligned).
 __device__ __forceinline__ void store4(__half* p, float a, float b, float c, float d) {
@@ -58,7 +78,7 @@ __device__ __forceinline__ void store4(float* p, float a, float b, float c, floa
 }  // namespace
 
 template <typename T, int DP, int TM, int BN, int NT>
-__global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
+__global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefill_attention_kernel(
     T* __restrict__ out,                     // [T, Hq, D]
     const T* __restrict__ query,             // [T, Hq, D]
     const T* __restrict__ key_cache,         // [num_blocks, block_size, Hkv, D]
@@ -71,25 +91,23 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
     const int num_heads, const int num_kv_heads, const int head_dim,
     const int block_size, const int max_blocks)
 {
-    constexpr bool HALF = sizeof(T) == 2;
     constexpr int BM = (NT / GROUPS) * TM;  // query rows of the tile: NT/16 row groups of TM
     constexpr int TN = BN / GROUPS;  // keys per column lane
     constexpr int DV = DP / 64;      // float4 output vectors per column lane (TD = 4 * DV)
-    constexpr int QS = DP + 4;       // row stride (floats) of the Q, K and V tiles
-    constexpr int PS = BM + 4;       // row stride of the transposed probabilities
     constexpr int EV = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
+    constexpr int QS = DP + 4;       // row stride (floats) of the Q tile
+    constexpr int KS = DP + EV;      // row stride (elements of T) of the K and V tiles: 16 bytes of padding
+    constexpr int PS = BM + 4;       // row stride of the transposed probabilities
     constexpr int NVP = DP / EV;     // 16-byte vectors of a padded row
-    static_assert(BN % GROUPS == 0 && DP % 64 == 0 && TM % 4 == 0, "geometry");
+    static_assert(BN % GROUPS == 0 && DP % 64 == 0 && TM % 4 == 0 && BN <= NT, "geometry");
 
     // ---- shared memory (dynamic; the launcher sizes it: PrefillPlan.shared_memory_bytes)
     extern __shared__ float4 ts_smem[];
     float* q_s = reinterpret_cast<float*>(ts_smem);  // [BM][QS] queries, float32
-    float* k_s = q_s + BM * QS;                      // [BN][QS] keys of the tile
-    float* v_s = k_s + BN * QS;                      // [BN][QS] values
-    float* p_s = v_s + BN * QS;                      // [BN][PS] probabilities, key-major
-    uint4* k_stage = reinterpret_cast<uint4*>(p_s + BN * PS);  // float16: [BN][NVP] raw keys
-    uint4* v_stage = k_stage + (HALF ? BN * NVP : 0);          // and values
-    long long* base_s = reinterpret_cast<long long*>(v_stage + (HALF ? BN * NVP : 0));  // [2][BN]
+    float* p_s = q_s + BM * QS;                      // [BN][PS] probabilities, key-major
+    T* k_t = reinterpret_cast<T*>(p_s + BN * PS);    // [BN][KS] keys of the tile, as stored
+    T* v_t = k_t + BN * KS;                          // [BN][KS] values
+    long long* base_s = reinterpret_cast<long long*>(v_t + BN * KS);  // [2][BN] token offsets
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -112,43 +130,21 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
         const long long blk = table[t / block_size];
         return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * static_cast<long long>(head_dim);
     };
-    // Copies of a tile of keys (or values) starting at key c0, with bases[j] the
-    // offset of key c0 + j. float16: raw 16-byte vectors into a staging tile;
-    // float32: straight into the float tile, zero-filled past kv_end.
-    auto copy_tile = [&](float* dst_f, uint4* dst_raw, const T* cache, const long long* bases, int c0) {
+    // cp.async copies of a tile of keys (or values) starting at key c0 into `dst`, in the
+    // cache's own dtype, with bases[j] the offset of key c0 + j. Rows past kv_end and the
+    // padding dims are zero-filled (a copy of 0 source bytes): every element read later
+    // is written by every tile.
+    auto copy_tile = [&](T* dst, const T* cache, const long long* bases, int c0) {
         const int nv = head_dim / EV;  // real vectors of a row
         for (int i = tid; i < BN * NVP; i += NT) {
             const int j = i / NVP, v = i % NVP;
-            if (v >= nv) continue;
-            const bool real = c0 + j < kv_end;
-            if constexpr (HALF) {
-                if (real) cp_async16(dst_raw + i, cache + bases[j] + v * EV, 16);
-            } else {
-                cp_async16(dst_f + j * QS + v * EV, real ? cache + bases[j] + v * EV : cache, real ? 16 : 0);
-            }
+            const bool real = v < nv && c0 + j < kv_end;
+            cp_async16(dst + j * KS + v * EV, real ? cache + bases[j] + v * EV : cache, real ? 16 : 0);
         }
         cp_async_commit();
     };
-    // float16: convert a staged tile to float32 (exactly); rows past kv_end and
-    // the padding dims become zeros.
-    auto convert_tile = [&](float* dst, const uint4* src, int c0) {
-        const int nv = head_dim / EV;
-        for (int i = tid; i < BN * NVP; i += NT) {
-            const int j = i / NVP, v = i % NVP;
-            float f[8];
-            if (v < nv && c0 + j < kv_end) {
-                to_float(src[i], f, __half());
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) f[e] = 0.0f;
-            }
-            float4* d4 = reinterpret_cast<float4*>(dst + j * QS + v * 8);
-            d4[0] = make_float4(f[0], f[1], f[2], f[3]);
-            d4[1] = make_float4(f[4], f[5], f[6], f[7]);
-        }
-    };
 
-    // ---- prologue: offsets of the first key tile, the query tile, padding zeros
+    // ---- prologue: offsets of the first key tile, the query tile (float32, padded with zeros)
     if (tid < BN && tid < kv_end) base_s[tid] = token_base(tid);
     for (int i = tid; i < BM * NVP; i += NT) {  // one 16-byte vector of a query row at a time
         const int r = i / NVP, v = i % NVP;
@@ -165,15 +161,9 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
 #pragma unroll
         for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
     }
-    if constexpr (!HALF) {  // float32: the tiles' padding dims are never copied into; zero them once
-        for (int i = tid; i < BN * DP; i += NT) {
-            const int j = i / DP, d = i % DP;
-            if (d >= head_dim) { k_s[j * QS + d] = 0.0f; v_s[j * QS + d] = 0.0f; }
-        }
-    }
     __syncthreads();
-    copy_tile(k_s, k_stage, key_cache, base_s, 0);
-    copy_tile(v_s, v_stage, value_cache, base_s, 0);
+    copy_tile(k_t, key_cache, base_s, 0);
+    copy_tile(v_t, value_cache, base_s, 0);
 
     // ---- this thread's rows: positions, running max, normaliser, output accumulators
     int pos[TM];
@@ -202,7 +192,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
         for (int d = 0; d < DP; d += 4) {
             float4 kv[TN];
 #pragma unroll
-            for (int b = 0; b < TN; ++b) kv[b] = *reinterpret_cast<const float4*>(k_s + (cl + GROUPS * b) * QS + d);
+            for (int b = 0; b < TN; ++b) kv[b] = load4(k_t + (cl + GROUPS * b) * KS + d);
 #pragma unroll
             for (int i = 0; i < TM; ++i) {
                 const float4 qv = *reinterpret_cast<const float4*>(q_s + (rg * TM + i) * QS + d);
@@ -267,7 +257,7 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
             }
 #pragma unroll
             for (int u = 0; u < DV; ++u) {
-                const float4 v4 = *reinterpret_cast<const float4*>(v_s + j * QS + 64 * u + 4 * cl);
+                const float4 v4 = load4(v_t + j * KS + 64 * u + 4 * cl);
 #pragma unroll
                 for (int i = 0; i < TM; ++i) {
                     acc[i][4 * u + 0] = __fmaf_rn(p[i], v4.x, acc[i][4 * u + 0]);
@@ -279,38 +269,26 @@ __global__ void __launch_bounds__(NT, 1) paged_prefill_attention_kernel(
         }
     };
 
-    // ---- the key tiles. cp.async groups, per thread, in issue order:
-    //   K0 V0 | K1 (after tile 0 has its keys) V1 (after tile 0 has its values) | K2 ...
+    // ---- the key tiles. cp.async groups, per thread, in issue order: K0 V0 | K1 V1 | ...
+    // K of tile c+1 is copied while tile c's P V runs (the K tile is free once the scores
+    // are done), V of tile c+1 while tile c+1's scores run. Two blocks share each SM, so
+    // one computes while the other waits at a barrier.
     for (int c0 = 0, buf = 0; c0 < kv_end; c0 += BN, buf ^= 1) {
         const bool more = c0 + BN < kv_end;
         long long* next_bases = base_s + (buf ^ 1) * BN;
         // Offsets of the next tile's keys. Their buffer was last read by the copies of
-        // tile c-1, several barriers ago.
+        // tile c-1, issued during tile c-2.
         if (more && tid < BN && c0 + BN + tid < kv_end) next_bases[tid] = token_base(c0 + BN + tid);
         cp_async_wait<1>();  // this tile's keys have landed (its values may be in flight)
-        __syncthreads();
-        if constexpr (HALF) {
-            convert_tile(k_s, k_stage, c0);
-            __syncthreads();
-            if (more) copy_tile(k_s, k_stage, key_cache, next_bases, c0 + BN);  // staging is free
-        }
+        __syncthreads();     // ... every thread's; and next_bases is written
         if (c0 + BN - 1 <= min_pos) scores_and_softmax(c0, ts_bool<true>());
         else scores_and_softmax(c0, ts_bool<false>());
-        if (HALF && more) cp_async_wait<1>();  // this tile's values (the next keys may fly on)
-        else cp_async_wait<0>();
-        __syncthreads();  // P^T complete; k_s no longer read
-        if constexpr (HALF) {
-            convert_tile(v_s, v_stage, c0);
-            __syncthreads();
-            if (more) copy_tile(v_s, v_stage, value_cache, next_bases, c0 + BN);
-        } else {
-            if (more) copy_tile(k_s, k_stage, key_cache, next_bases, c0 + BN);
-        }
+        cp_async_wait<0>();  // this tile's values
+        __syncthreads();     // P^T complete, the K tile no longer read, the values visible
+        if (more) copy_tile(k_t, key_cache, next_bases, c0 + BN);
         accumulate();
-        if constexpr (!HALF) {
-            __syncthreads();  // v_s no longer read
-            if (more) copy_tile(v_s, v_stage, value_cache, next_bases, c0 + BN);
-        }
+        __syncthreads();     // the V tile and P^T no longer read
+        if (more) copy_tile(v_t, value_cache, next_bases, c0 + BN);
     }
 
     // ---- out = acc / l for the real rows and dims

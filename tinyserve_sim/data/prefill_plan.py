@@ -9,10 +9,11 @@ The rest (how many query rows a thread block takes, how the head dim is padded,
 in which order the blocks run) only decides how fast the kernel is: every query
 row's arithmetic is the same whatever tile of rows it lands in.
 
-A thread block has ``threads`` threads: ``threads / 16`` *row groups* of
-``rows_per_thread`` = 4 query rows, times 16 *column lanes*; 512 threads (a
-128-row tile) for padded head dims up to 128, 256 (a 64-row tile) above, where
-shared memory holds no larger tile. A query row is one (new token, query head) pair;
+A thread block has 256 threads: 16 *row groups* of ``rows_per_thread`` = 4
+query rows, times 16 *column lanes*: a 64-row tile. Two blocks share an SM
+(the kernel asks for at most 128 registers per thread, and the float16 tiles
+of two blocks fit in its shared memory), so that one computes while the other
+waits at a barrier. A query row is one (new token, query head) pair;
 the rows of a tile share one KV head (so a GQA group's query heads share every
 key and value the block reads), token-major: with ``G`` query heads per KV head,
 row ``r`` is token ``r // G`` and head ``r % G`` of the group.
@@ -29,6 +30,8 @@ from tinyserve_sim.errors import KernelInputError
 GROUPS = 16  #: column lanes per row group: the 16 lanes that share a query row
 #: Query rows of one row group (``TM``): each thread keeps 4 rows' scores and outputs in registers.
 ROWS_PER_THREAD = 4
+#: Query rows of a thread block: 16 row groups of 4.
+ROW_TILE = 64
 #: Head dims are padded with zeros to a multiple of this in shared memory (a column lane owns
 #: whole float4 vectors: 16 lanes x 4 floats).
 DIM_QUANTUM = 64
@@ -48,8 +51,7 @@ class PrefillPlan:
         head_dim: D.
         padded_dim: D rounded up to a multiple of 64 (zeros: they change no bit, see the kernel page).
         key_tile: keys per online-softmax step (64, or 32 when ``padded_dim > 128``).
-        row_tile: query rows per thread block (128, or 64 when ``padded_dim > 128``).
-        threads: threads per block, ``row_tile / rows_per_thread * 16`` (512 or 256).
+        row_tile: query rows per thread block (64).
         column_lanes: the 16 lanes that share a query row; lane ``c`` holds keys
             ``c, c + 16, ...`` of a key tile and sums their probabilities in that order.
     """
@@ -67,7 +69,7 @@ class PrefillPlan:
 
     @property
     def threads(self) -> int:
-        """``NT``: threads per block, 16 column lanes for each of ``row_tile / TM`` row groups."""
+        """``NT``: threads per block, 16 column lanes for each of ``row_tile / TM`` row groups (256)."""
         return self.row_tile // ROWS_PER_THREAD * GROUPS
 
     @property
@@ -81,27 +83,31 @@ class PrefillPlan:
         return self.padded_dim // GROUPS
 
     def shared_memory_bytes(self, dtype: np.dtype | type) -> int:
-        """Dynamic shared memory of one thread block, in the kernel's order: the query tile,
-        the key and value tiles (float32, rows padded by 4 floats against bank conflicts),
-        the probabilities (transposed, padded too), for float16 the raw K and V staging
-        tiles that ``cp.async`` fills, and two buffers of token offsets."""
-        row = self.padded_dim + 4
-        floats = self.row_tile * row + 2 * self.key_tile * row + self.key_tile * (self.row_tile + 4)
-        staging = 2 * self.key_tile * self.padded_dim * 2 if np.dtype(dtype) == np.float16 else 0
-        return 4 * floats + staging + 2 * self.key_tile * 8
+        """Dynamic shared memory of one thread block, in the kernel's order: the query tile
+        (float32, rows padded by 4 floats against bank conflicts), the probabilities
+        (transposed, padded too), the key and value tiles in the cache's dtype (rows
+        padded by 16 bytes), and two buffers of token offsets.
+
+        >>> make_prefill_plan(128).shared_memory_bytes(np.float16)   # two blocks fit an H100's SM
+        87040
+        """
+        itemsize = np.dtype(dtype).itemsize
+        floats = self.row_tile * (self.padded_dim + 4) + self.key_tile * (self.row_tile + 4)
+        tiles = 2 * self.key_tile * (self.padded_dim * itemsize + 16)
+        return 4 * floats + tiles + 2 * self.key_tile * 8
 
 
 def make_prefill_plan(head_dim: int) -> PrefillPlan:
     """The plan for head dim ``head_dim`` (a multiple of 8, at most 256), for either dtype.
 
     >>> make_prefill_plan(128)
-    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=128, column_lanes=16)
+    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=64, column_lanes=16)
     >>> make_prefill_plan(160).key_tile
     32
     """
     padded = -(-head_dim // DIM_QUANTUM) * DIM_QUANTUM
     small = padded <= 128
-    return PrefillPlan(head_dim, padded, MAX_KEY_TILE if small else MIN_KEY_TILE, 128 if small else 64)
+    return PrefillPlan(head_dim, padded, MAX_KEY_TILE if small else MIN_KEY_TILE, ROW_TILE)
 
 
 def work_items(query_start_loc: np.ndarray, seq_lens: np.ndarray, group: int, row_tile: int) -> np.ndarray:
@@ -157,7 +163,7 @@ def prefill_cost(
 
     >>> c = prefill_cost(np.array([0, 2048], np.int32), np.array([2048], np.int32), 32, 8, 128, 2)
     >>> c.flops, c.blocks
-    (34376515584, 512)
+    (34376515584, 1024)
     """
     plan = make_prefill_plan(head_dim)
     group = num_heads // num_kv_heads

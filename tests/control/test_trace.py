@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tinyserve_sim import BlockManager
 from tinyserve_sim.control.operations import Add, Append, Decode, Evict, Fork, Free, Move
 from tinyserve_sim.control.trace import Recorder, Trace, TraceHeader, load, loads
-from tinyserve_sim.errors import TraceFormatError
+from tinyserve_sim.errors import OutOfBlocksError, TraceFormatError
 
 HEADER = '{"format": "tinyserve-sim-trace", "version": 1, "block_size": 4, "num_blocks": 4}'
 
@@ -145,6 +145,6 @@ def test_replay_until():
 def test_recorder_records_only_successful_operations():
     rec = Recorder(BlockManager(1, 4))
     rec.add("a", 4)
-    with pytest.raises(Exception):
+    with pytest.raises(OutOfBlocksError):
         rec.add("b", 4)
     assert [op.name for op in rec.trace.ops] == ["add"]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.data import KVCache
+from tinyserve_sim.errors import InvalidArgumentError
 from tinyserve_sim.serving.compaction import (
     STRATEGIES,
     compact,
@@ -153,5 +154,5 @@ def test_weighted_keeps_a_hot_shared_block_in_place() -> None:
     assert low.moves == ((6, 1),) and low.table_entries == 5  # the hot block moves down
     assert weighted.moves == ((0, 7),) and weighted.table_entries == 1  # the cold one moves instead
     assert weighted.free_start == 0
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidArgumentError, match="unknown compaction strategy 'nope'"):
         plan_compaction(m, "nope")

@@ -136,29 +136,21 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                 // Each head's lane partial: sequential over this lane's elements, from +0.
                 // (Heads past the group have q = 0: computed, never used.)
                 float part[GQ];
+                auto sum_terms = [&](auto term) {  // the same loop with either form of the term
 #pragma unroll
-                for (int g = 0; g < GQ; ++g) part[g] = 0.0f;
-                if (nonzero) {
-#pragma unroll
-                    for (int g = 0; g < GQ; ++g)
-#pragma unroll
-                        for (int i = 0; i < VPL; ++i) {
-                            if (vec_off(i) < 0) continue;
-#pragma unroll
-                            for (int e = 0; e < VEC; ++e)
-                                part[g] = part[g] + bound_term_nonzero(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
-                        }
-                } else {
-#pragma unroll
-                    for (int g = 0; g < GQ; ++g)
+                    for (int g = 0; g < GQ; ++g) {
+                        part[g] = 0.0f;
 #pragma unroll
                         for (int i = 0; i < VPL; ++i) {
                             if (vec_off(i) < 0) continue;
 #pragma unroll
                             for (int e = 0; e < VEC; ++e)
-                                part[g] = part[g] + bound_term(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
+                                part[g] = part[g] + term(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
                         }
-                }
+                    }
+                };
+                if (nonzero) sum_terms([](float q, float lo, float hi) { return bound_term_nonzero(q, lo, hi); });
+                else sum_terms([](float q, float lo, float hi) { return bound_term(q, lo, hi); });
                 // Outside the branch (every lane of the warp takes part): masks 1, 2, 4, ...,
                 // the twin's pairwise_sum over the lanes.
 #pragma unroll

@@ -126,6 +126,21 @@ META_NAMES = tuple(
 )
 
 
+def _grouped_launch(kernel_name: str, slots: np.ndarray, block_size: int, key_min: Any, leading_args: tuple) -> Callable[[], None]:
+    """The launch of a metadata kernel of ``page_metadata.cu`` over the blocks that ``slots``
+    touch: one thread block per touched block, its tokens in slot-mapping order. The
+    kernel's arguments are ``leading_args``, then the grouping (token order, group
+    blocks, group starts) and the 16-byte vectors of a metadata row."""
+    token_order, group_block, group_start = _group_by_block(slots, block_size)
+    if group_block.size == 0:
+        return lambda: None
+    row_vecs = _row_vecs(key_min)
+    name = f"{kernel_name}<{CTYPE[np.dtype(key_min.dtype)]}>"
+    kernel = get_module("page_metadata.cu", META_NAMES).get_function(name)
+    args = (*leading_args, cp.asarray(token_order), cp.asarray(group_block), cp.asarray(group_start), np.int32(row_vecs))
+    return lambda: kernel((group_block.size,), (_threads_for(row_vecs),), args)
+
+
 def prepare_update_page_metadata(
     key: Any, slot_mapping: Any, key_min: Any, key_max: Any, block_size: int
 ) -> Callable[[], None]:
@@ -133,17 +148,7 @@ def prepare_update_page_metadata(
     slots, block_size = check_update_page_metadata(key, slot_mapping, key_min, key_max, block_size)
     for n, a in (("key", key), ("key_min", key_min), ("key_max", key_max)):
         _device(a, n)
-    token_order, group_block, group_start = _group_by_block(slots, block_size)
-    if group_block.size == 0:
-        return lambda: None
-    row_vecs = _row_vecs(key_min)
-    t = CTYPE[np.dtype(key_min.dtype)]
-    kernel = get_module("page_metadata.cu", META_NAMES).get_function(f"update_page_metadata_kernel<{t}>")
-    args = (
-        key, key_min, key_max, cp.asarray(token_order), cp.asarray(group_block), cp.asarray(group_start),
-        np.int32(row_vecs),
-    )
-    return lambda: kernel((group_block.size,), (_threads_for(row_vecs),), args)
+    return _grouped_launch("update_page_metadata_kernel", slots, block_size, key_min, (key, key_min, key_max))
 
 
 def update_page_metadata(key: Any, slot_mapping: Any, key_min: Any, key_max: Any, block_size: int) -> None:
@@ -162,17 +167,10 @@ def prepare_reshape_and_cache_with_metadata(
     for n, a in (("key", key), ("value", value), ("key_cache", key_cache), ("value_cache", value_cache),
                  ("key_min", key_min), ("key_max", key_max)):
         _device(a, n)
-    token_order, group_block, group_start = _group_by_block(slots, block_size)
-    if group_block.size == 0:
-        return lambda: None
-    row_vecs = _row_vecs(key_min)
-    t = CTYPE[np.dtype(key_min.dtype)]
-    kernel = get_module("page_metadata.cu", META_NAMES).get_function(f"reshape_and_cache_with_metadata_kernel<{t}>")
-    args = (
-        key, value, key_cache, value_cache, cp.asarray(slots), key_min, key_max,
-        cp.asarray(token_order), cp.asarray(group_block), cp.asarray(group_start), np.int32(row_vecs),
+    return _grouped_launch(
+        "reshape_and_cache_with_metadata_kernel", slots, block_size, key_min,
+        (key, value, key_cache, value_cache, cp.asarray(slots), key_min, key_max),
     )
-    return lambda: kernel((group_block.size,), (_threads_for(row_vecs),), args)
 
 
 def reshape_and_cache_with_metadata(

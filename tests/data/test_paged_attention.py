@@ -336,3 +336,32 @@ def test_the_agreement_bound_still_catches_a_wrong_page():
     foreign[0, page] = tables[1, page]
     bad = paged_attention(q, kc, vc, DecodeBatch(bs, foreign, good.seq_lens), scale).astype(np.float64)
     assert (np.abs(bad - ours) > allowed).any()
+
+
+def test_auto_takes_one_pass_when_the_batch_fills_the_gpu_and_the_twin_follows():
+    """``variant="auto"``: one pass from 512 (sequence, KV head) rows of similar length,
+    split-K below that or when one row is much longer than the rest; the twin's "auto"
+    output is, bit for bit, the output of the variant the rule names."""
+    from tinyserve_sim.data.geometry import resolve_variant
+
+    lens = np.full(64, 200, np.int32)
+    assert resolve_variant("auto", 64, 64, 8, lens) == "one_pass"  # 512 rows
+    assert resolve_variant("auto", 64, 63, 8, lens[:63]) == "split_k"  # 504 rows
+    skewed = lens.copy()
+    skewed[0] = 1000  # more than twice the mean (212.5)
+    assert resolve_variant("auto", 64, 64, 8, skewed) == "split_k"
+    assert resolve_variant("auto", 256, 8, 8, lens[:8]) == "one_pass"  # within one partition
+
+    rng = np.random.default_rng(0)
+    S, Hkv, G, D, bs = 64, 8, 1, 8, 16
+    blocks = -(-200 // bs)
+    tables = rng.permutation(S * blocks).reshape(S, blocks).astype(np.int32)
+    batch = DecodeBatch(bs, tables, lens)
+    kc = rng.standard_normal((S * blocks, bs, Hkv, D)).astype(np.float16)
+    vc = rng.standard_normal((S * blocks, bs, Hkv, D)).astype(np.float16)
+    q = rng.standard_normal((S, Hkv * G, D)).astype(np.float16)
+    auto = paged_attention(q, kc, vc, batch, 0.35, "auto", 64)
+    one = paged_attention(q, kc, vc, batch, 0.35, "one_pass", 64)
+    split = paged_attention(q, kc, vc, batch, 0.35, "split_k", 64)
+    assert (auto.view(np.uint16) == one.view(np.uint16)).all()
+    assert (one.view(np.uint16) != split.view(np.uint16)).any()  # the variants' trees differ

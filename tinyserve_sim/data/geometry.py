@@ -100,17 +100,37 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
 
 
-def choose_variant(num_seqs: int, num_kv_heads: int, max_seq_len: int, partition_size: int) -> str:
-    """``"auto"``: split-K as soon as a sequence is longer than one partition.
+#: (sequence, KV head) rows from which one pass fills an H100 or H200 by itself: 512
+#: thread blocks are about four per SM (132 SMs), one full wave.
+ONE_PASS_ROWS = 512
 
-    Measured on an H100 (docs/dev/kernel-notes.md), split-K was never slower
-    than one pass once sequences span several partitions, even at batch 64,
-    and far faster at small batch. Depends on shapes only, so both backends
-    always pick the same variant. ``num_seqs``/``num_kv_heads`` are kept for
-    finer rules."""
-    if max_seq_len > partition_size:
-        return "split_k"
-    return "one_pass"
+
+def choose_variant(
+    num_seqs: int, num_kv_heads: int, max_seq_len: int, partition_size: int, mean_seq_len: float | None = None
+) -> str:
+    """``"auto"``: one pass when the batch alone fills the GPU with rows of similar length;
+    else split-K as soon as a sequence is longer than one partition.
+
+    One pass fills the GPU when there are at least :data:`ONE_PASS_ROWS` (sequence,
+    KV head) rows and the longest is at most twice the mean (a full wave of rows that
+    end together): then split-K only adds its partial results and the reduce launch.
+    Measured on an H200 (docs/dev/kernel-notes.md, kernel v6): at batch 64, 4,096 tokens
+    and 8 KV heads one pass took 0.308 ms and split-K 0.321-0.375 ms; at 32 KV heads,
+    and at 64 query heads on 8, the two were level. At small batch split-K is many
+    times faster (one pass leaves most SMs idle). A rule on shapes only, so both
+    backends always pick the same variant.
+
+    >>> choose_variant(64, 8, 4096, 1024), choose_variant(8, 8, 32768, 1024)
+    ('one_pass', 'split_k')
+    >>> choose_variant(64, 8, 65536, 1024, mean_seq_len=4096)   # one long row would run alone
+    'split_k'
+    """
+    if max_seq_len <= partition_size:
+        return "one_pass"
+    mean = max_seq_len if mean_seq_len is None else mean_seq_len
+    if num_seqs * num_kv_heads >= ONE_PASS_ROWS and max_seq_len <= 2 * mean:
+        return "one_pass"
+    return "split_k"
 
 
 def resolve_variant(
@@ -125,7 +145,8 @@ def resolve_variant(
         raise KernelInputError(f"unknown paged_attention variant {variant!r} (one_pass, split_k or auto)")
     if variant == "auto":
         max_len = int(lens.max()) if lens.size else 0
-        return choose_variant(num_seqs, num_kv_heads, max_len, partition_size)
+        mean_len = float(lens.mean()) if lens.size else 0.0
+        return choose_variant(num_seqs, num_kv_heads, max_len, partition_size, mean_len)
     return variant
 
 

@@ -29,6 +29,27 @@ class PrefillCase:
                        value_cache=self.value_cache.astype(dtype))
 
 
+def fixed_prefill_case(
+    seed: int, dtype, head_dim: int, block_size: int, group: int, seq_lens: list[int], query_lens: list[int],
+    num_kv_heads: int = 2, spare_blocks: int = 3,
+) -> PrefillCase:
+    """A reproducible case: each sequence's blocks drawn at random from a cache with
+    ``spare_blocks`` blocks more than the sequences use; random keys (x 3), values and
+    queries; the softmax scale ``head_dim ** -0.5``."""
+    rng = np.random.default_rng(seed)
+    blocks = [-(-n // block_size) for n in seq_lens]
+    perm = rng.permutation(sum(blocks) + spare_blocks)
+    tables, at = [], 0
+    for n in blocks:
+        tables.append(perm[at : at + n].tolist())
+        at += n
+    shape = (len(perm), block_size, num_kv_heads, head_dim)
+    kc = (rng.standard_normal(shape) * 3).astype(dtype)
+    vc = rng.standard_normal(shape).astype(dtype)
+    q = rng.standard_normal((sum(query_lens), num_kv_heads * group, head_dim)).astype(dtype)
+    return PrefillCase(q, kc, vc, PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size), head_dim**-0.5)
+
+
 def _length(draw, block_size: int, most: int, least: int) -> int:
     """A length in ``least .. most``: 1, whole blocks, or anything (mid-block)."""
     if most <= least:

@@ -23,7 +23,13 @@ pytest.importorskip("cupy", reason="the launcher needs CuPy importable (its host
 
 from gpu_helpers import GPU_SETTINGS, assert_bits_equal  # noqa: E402  (puts tests/data on the path)
 from hypothesis import example, given  # noqa: E402
-from prefill_strategies import BAD_PREFILL_INPUTS, PrefillCase, good_prefill_args, prefill_cases  # noqa: E402
+from prefill_strategies import (  # noqa: E402
+    BAD_PREFILL_INPUTS,
+    PrefillCase,
+    fixed_prefill_case,
+    good_prefill_args,
+    prefill_cases,
+)
 
 from tinyserve_sim import BlockManager  # noqa: E402
 from tinyserve_sim.control.prefill_batch import PrefillBatch  # noqa: E402
@@ -32,25 +38,10 @@ from tinyserve_sim.errors import KernelInputError  # noqa: E402
 from tinyserve_sim.gpu import prefill_launchers  # noqa: E402
 
 
-def _fixed_case(seed, dtype, head_dim, block_size, group, seq_lens, query_lens, num_kv_heads=2) -> PrefillCase:
-    rng = np.random.default_rng(seed)
-    blocks = [-(-n // block_size) for n in seq_lens]
-    perm = rng.permutation(sum(blocks) + 3)
-    tables, at = [], 0
-    for n in blocks:
-        tables.append(perm[at : at + n].tolist())
-        at += n
-    shape = (len(perm), block_size, num_kv_heads, head_dim)
-    kc = (rng.standard_normal(shape) * 3).astype(dtype)
-    vc = rng.standard_normal(shape).astype(dtype)
-    q = rng.standard_normal((sum(query_lens), num_kv_heads * group, head_dim)).astype(dtype)
-    return PrefillCase(q, kc, vc, PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size), head_dim**-0.5)
-
-
 #: Every instantiation (dtype x padded head dim), row tiles cut mid-group, key tiles cut
 #: mid-block, prefixes ending mid-block, one-token sequences, several sequences per launch.
 FIXED = [
-    _fixed_case(i, dtype, d, bs, g, lens, qlens)
+    fixed_prefill_case(i, dtype, d, bs, g, lens, qlens)
     for i, (dtype, d, bs, g, lens, qlens) in enumerate(
         [
             (np.float16, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
@@ -69,7 +60,7 @@ FIXED = [
 #: Small launches for compute-sanitizer (racecheck instruments every shared-memory access):
 #: several key tiles, a partial last tile, a prefix ending mid-block, both staging paths.
 SANITIZER = [
-    _fixed_case(20 + i, dtype, d, bs, g, lens, qlens, num_kv_heads=1)
+    fixed_prefill_case(20 + i, dtype, d, bs, g, lens, qlens, num_kv_heads=1)
     for i, (dtype, d, bs, g, lens, qlens) in enumerate(
         [
             (np.float16, 128, 16, 2, [150, 5], [70, 5]),
@@ -115,7 +106,7 @@ def test_gpu_equals_twin_bit_for_bit(case):
 def test_a_benchmark_sized_case_equals_the_twin():
     # Two sequences of 512 new tokens over 1,024 and 0 cached ones, 32 query heads over
     # 8 KV heads, head dim 128: the benchmark's shape, smaller.
-    case = _fixed_case(7, np.float16, 128, 16, 4, [1536, 512], [512, 512], num_kv_heads=8)
+    case = fixed_prefill_case(7, np.float16, 128, 16, 4, [1536, 512], [512, 512], num_kv_heads=8)
     assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from gpu_helpers import assert_bits_equal  # also puts tests/data on the path
 from hypothesis import example, given, settings
-from prefill_strategies import PrefillCase, prefill_cases
+from prefill_strategies import fixed_prefill_case, prefill_cases
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data import make_prefill_plan, paged_prefill_attention
@@ -76,34 +76,19 @@ def emulated_prefill(q, kc, vc, batch: PrefillBatch, scale: float) -> np.ndarray
     return out
 
 
-def _case(seed, dtype, head_dim, block_size, group, seq_lens, query_lens) -> PrefillCase:
-    rng = np.random.default_rng(seed)
-    blocks = [-(-n // block_size) for n in seq_lens]
-    perm = rng.permutation(sum(blocks) + 2)
-    tables, at = [], 0
-    for n in blocks:
-        tables.append(perm[at : at + n].tolist())
-        at += n
-    shape = (len(perm), block_size, 2, head_dim)
-    kc = (rng.standard_normal(shape) * 3).astype(dtype)
-    vc = rng.standard_normal(shape).astype(dtype)
-    q = rng.standard_normal((sum(query_lens), 2 * group, head_dim)).astype(dtype)
-    return PrefillCase(q, kc, vc, PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size), head_dim**-0.5)
-
-
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("head_dim", [40, 128, 192, 256])
 def test_every_instantiation_equals_the_twin(dtype, head_dim):
     # Two sequences: one whose new tokens span several row tiles and key tiles over a
     # prefix that ends mid-block, and a one-token one; GQA groups of 3.
-    case = _case(head_dim, dtype, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1])
+    case = fixed_prefill_case(head_dim, dtype, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1], spare_blocks=2)
     twin = paged_prefill_attention(*case.args())
     assert_bits_equal(emulated_prefill(*case.args()), twin)
 
 
 @settings(max_examples=int(os.environ.get("TS_EMULATION_EXAMPLES", "6")), deadline=None)
 @given(case=prefill_cases(max_len=160, max_new=48, head_dims=(8, 64, 96, 160)))
-@example(case=_case(0, np.float16, 128, 16, 4, seq_lens=[64, 200], query_lens=[64, 72]))  # whole key tiles
+@example(case=fixed_prefill_case(0, np.float16, 128, 16, 4, seq_lens=[64, 200], query_lens=[64, 72], spare_blocks=2))  # whole key tiles
 def test_random_cases_equal_the_twin(case):
     twin = paged_prefill_attention(*case.args())
     assert_bits_equal(emulated_prefill(*case.args()), twin)

@@ -24,6 +24,10 @@ from tinyserve_sim.data.validation import (
     CACHE_DTYPES,
     HEAD_DIM_MULTIPLE,
     MAX_HEAD_DIM,
+    check_contiguous,
+    check_positive_lengths,
+    check_rows_fit,
+    check_slots,
     to_host,
 )
 from tinyserve_sim.errors import KernelInputError
@@ -33,11 +37,6 @@ SCORE_DTYPE = np.dtype(np.float32)
 #: page_scores stages one GQA group's queries (as float32) in shared memory: at most
 #: this many elements (128 KiB), e.g. 128 query heads per KV head of 256 elements.
 MAX_GROUP_ELEMENTS = 32768
-
-
-def _contiguous(name: str, a: Any) -> None:
-    if not a.flags.c_contiguous:
-        raise KernelInputError(f"{name} must be C-contiguous (the kernel ignores strides)")
 
 
 def _int_scalar(name: str, value: Any, minimum: int) -> int:
@@ -57,7 +56,7 @@ def check_page_metadata(key_min: Any, key_max: Any) -> tuple[int, int, int]:
             )
         if np.dtype(a.dtype) not in CACHE_DTYPES:
             raise KernelInputError(f"{name} has dtype {a.dtype}; expected float16 or float32")
-        _contiguous(name, a)
+        check_contiguous(name, a)
     if key_min.shape != key_max.shape or key_min.dtype != key_max.dtype:
         raise KernelInputError(
             f"key_min {tuple(key_min.shape)} {key_min.dtype} and key_max "
@@ -95,18 +94,13 @@ def check_update_page_metadata(
         raise KernelInputError(f"key must have shape [T, {num_kv_heads}, {head_dim}], got {tuple(key.shape)}")
     if key.dtype != key_min.dtype:
         raise KernelInputError(f"key dtype {key.dtype} differs from the metadata's {key_min.dtype}")
-    _contiguous("key", key)
+    check_contiguous("key", key)
     if np.dtype(slot_mapping.dtype) != np.dtype(np.int64):
         raise KernelInputError(f"slot_mapping must be int64, got {slot_mapping.dtype}")
     slots = to_host(slot_mapping)
     if slots.shape != (key.shape[0],):
         raise KernelInputError(f"slot_mapping must have shape [{key.shape[0]}], got {slots.shape}")
-    real = slots[slots >= 0]
-    capacity = num_blocks * block_size
-    if real.size and int(real.max()) >= capacity:
-        raise KernelInputError(f"slot {int(real.max())} is out of range (the metadata covers {capacity} slots)")
-    if np.unique(real).size != real.size:
-        raise KernelInputError("slot_mapping writes one slot twice in a single launch")
+    check_slots(slots, num_blocks * block_size, "the metadata covers")
     return np.ascontiguousarray(slots), block_size
 
 
@@ -130,18 +124,8 @@ def check_batch_tables(batch: Any, num_kv_heads: int, num_blocks: int) -> tuple[
         tables, lens = batch.head_tables(num_kv_heads)
     except Exception as exc:  # InvalidArgumentError: a head axis of the wrong size
         raise KernelInputError(str(exc)) from exc
-    bs = batch.block_size
-    if lens.size and int(lens.min()) < 1:
-        raise KernelInputError("every sequence length must be at least 1")
-    capacity = batch.max_blocks * bs
-    if lens.size and int(lens.max()) > capacity:
-        raise KernelInputError(
-            f"a sequence of {int(lens.max())} tokens does not fit a table of {batch.max_blocks} blocks of {bs}"
-        )
-    used = np.arange(batch.max_blocks) < (lens[..., None] + bs - 1) // bs
-    ids = tables[used]
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-        raise KernelInputError(f"the batch's block tables use a block id outside 0..{num_blocks - 1}")
+    check_positive_lengths(batch)
+    check_rows_fit(batch, num_blocks)
     return tables, lens
 
 
@@ -152,7 +136,7 @@ def check_page_scores(query: Any, key_min: Any, key_max: Any, batch: Any) -> tup
         raise KernelInputError(f"query must have shape [S, Hq, {head_dim}], got {tuple(query.shape)}")
     if query.dtype != key_min.dtype:
         raise KernelInputError(f"query dtype {query.dtype} differs from the metadata's {key_min.dtype}")
-    _contiguous("query", query)
+    check_contiguous("query", query)
     num_heads = int(query.shape[1])
     if num_heads < 1 or num_heads % num_kv_heads:
         raise KernelInputError(
@@ -186,7 +170,7 @@ def check_select_pages(scores: Any, batch: Any, budget_tokens: Any) -> tuple[np.
     """Check ``select_pages`` inputs; return ``(tables [S, Hkv, W], lengths [S, Hkv], pages K)``."""
     if scores.ndim != 3 or np.dtype(scores.dtype) != SCORE_DTYPE:
         raise KernelInputError(f"scores must be float32 [S, Hkv, W], got {scores.dtype} {tuple(scores.shape)}")
-    _contiguous("scores", scores)
+    check_contiguous("scores", scores)
     if not isinstance(batch, DecodeBatch):
         raise KernelInputError(f"batch must be a DecodeBatch, got {type(batch).__name__}")
     S, num_kv_heads, width = (int(s) for s in scores.shape)

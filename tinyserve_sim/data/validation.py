@@ -63,9 +63,80 @@ def to_host(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def _check_contiguous(name: str, a: Any) -> None:
+def check_contiguous(name: str, a: Any) -> None:
+    """A kernel reads an array as flat memory: it must be C-contiguous."""
     if not a.flags.c_contiguous:
         raise KernelInputError(f"{name} must be C-contiguous (the kernel ignores strides)")
+
+
+def check_query(query: Any, key_cache: Any, num_kv_heads: int, head_dim: int, rows: str) -> tuple[int, int]:
+    """An attention query: ``[rows, Hq, head_dim]`` in the cache's dtype, C-contiguous, with
+    ``Hq`` a positive multiple of ``num_kv_heads``. Returns ``(rows, Hq)``; ``rows`` names
+    the first axis in messages (``S`` sequences for decode, ``T`` tokens for prefill)."""
+    check_array("query", query)
+    if query.ndim != 3 or query.shape[2] != head_dim:
+        raise KernelInputError(f"query must have shape [{rows}, Hq, {head_dim}], got {tuple(query.shape)}")
+    if query.dtype != key_cache.dtype:
+        raise KernelInputError(f"query dtype {query.dtype} differs from the cache's {key_cache.dtype}")
+    check_contiguous("query", query)
+    num_rows, num_heads = int(query.shape[0]), int(query.shape[1])
+    if num_heads < 1 or num_heads % num_kv_heads:
+        raise KernelInputError(
+            f"num query heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
+        )
+    return num_rows, num_heads
+
+
+def check_batch_kind(batch: Any, kind: type, block_size: int) -> None:
+    """``batch`` is a ``kind`` (``DecodeBatch`` or ``PrefillBatch``) whose tables count blocks
+    of the cache's ``block_size``."""
+    if not isinstance(batch, kind):
+        raise KernelInputError(f"batch must be a {kind.__name__} ({kind.__module__}), got {type(batch).__name__}")
+    if batch.block_size != block_size:
+        raise KernelInputError(
+            f"batch: its tables count blocks of {batch.block_size} tokens, the cache's blocks hold {block_size}"
+        )
+
+
+def check_positive_lengths(batch: Any) -> None:
+    """Every row of a decode batch holds at least one token (``seq_lens`` ``[S]`` or ``[S, Hkv]``)."""
+    lens = batch.seq_lens
+    if lens.size and int(lens.min()) < 1:
+        where = [int(i) for i in np.unravel_index(int(lens.argmin()), lens.shape)]
+        raise KernelInputError(f"batch.seq_lens{where} is {int(lens.min())}: every length must be at least 1")
+
+
+def check_rows_fit(batch: Any, num_blocks: int) -> None:
+    """Every row of a batch's tables holds its sequence: no length exceeds the row's
+    ``max_blocks * block_size`` tokens, and every block a row uses (its first
+    ``ceil(len / block_size)`` entries) is a block of a cache of ``num_blocks``.
+    Works for lengths ``[S]`` and ``[S, Hkv]``; the message names the first culprit."""
+    lens, tables, bs = batch.seq_lens, batch.block_tables, batch.block_size
+    capacity = batch.max_blocks * bs
+    if lens.size and int(lens.max()) > capacity:
+        where = [int(i) for i in np.unravel_index(int(lens.argmax()), lens.shape)]
+        raise KernelInputError(
+            f"batch.seq_lens{where}: a sequence of {int(lens.max())} tokens does not fit a table of "
+            f"{batch.max_blocks} blocks of {bs}"
+        )
+    used = np.arange(batch.max_blocks) < ((lens[..., None].astype(np.int64) + bs - 1) // bs)
+    ids = tables[used]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
+        bad = np.argwhere(used & ((tables < 0) | (tables >= num_blocks)))[0]
+        raise KernelInputError(
+            f"batch.block_tables{bad.tolist()} = {int(tables[tuple(bad)])} is a block id outside 0..{num_blocks - 1}"
+        )
+
+
+def check_slots(slots: np.ndarray, capacity: int, holder: str) -> None:
+    """The valid slots of a slot mapping (``-1`` is padding) lie below ``capacity`` and are
+    distinct (two tokens of one launch must not write one slot). ``holder`` says what
+    holds the slots, for the message (``"cache holds"``)."""
+    real = slots[slots >= 0]
+    if real.size and int(real.max()) >= capacity:
+        raise KernelInputError(f"slot {int(real.max())} is out of range ({holder} {capacity} slots)")
+    if np.unique(real).size != real.size:
+        raise KernelInputError("slot_mapping writes one slot twice in a single launch")
 
 
 def _check_dtype(name: str, a: Any, allowed: tuple[np.dtype, ...]) -> None:
@@ -89,7 +160,7 @@ def check_caches(key_cache: Any, value_cache: Any) -> tuple[int, int, int, int]:
                 f"got shape {tuple(c.shape)}"
             )
         _check_dtype(name, c, CACHE_DTYPES)
-        _check_contiguous(name, c)
+        check_contiguous(name, c)
     if key_cache.shape != value_cache.shape or key_cache.dtype != value_cache.dtype:
         raise KernelInputError(
             f"key_cache {tuple(key_cache.shape)} {key_cache.dtype} and value_cache "
@@ -118,7 +189,7 @@ def check_reshape_and_cache(
             )
         if a.dtype != key_cache.dtype:
             raise KernelInputError(f"{name} dtype {a.dtype} differs from the cache's {key_cache.dtype}")
-        _check_contiguous(name, a)
+        check_contiguous(name, a)
     if key.shape != value.shape:
         raise KernelInputError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ")
     _check_dtype("slot_mapping", slot_mapping, (np.dtype(np.int64),))
@@ -129,12 +200,7 @@ def check_reshape_and_cache(
         raise KernelInputError(
             f"key and value hold {key.shape[0]} tokens but slot_mapping has {slots.shape[0]} slots"
         )
-    real = slots[slots >= 0]
-    capacity = num_blocks * block_size
-    if real.size and int(real.max()) >= capacity:
-        raise KernelInputError(f"slot {int(real.max())} is out of range (cache holds {capacity} slots)")
-    if np.unique(real).size != real.size:
-        raise KernelInputError("slot_mapping writes one slot twice in a single launch")
+    check_slots(slots, num_blocks * block_size, "cache holds")
     return np.ascontiguousarray(slots)
 
 
@@ -177,25 +243,8 @@ def check_paged_attention(
     least 1 and fits its row; every block a row uses is a block of the cache.
     """
     num_blocks, block_size, num_kv_heads, head_dim = check_caches(key_cache, value_cache)
-    check_array("query", query)
-    if query.ndim != 3 or query.shape[2] != head_dim:
-        raise KernelInputError(f"query must have shape [S, Hq, {head_dim}], got {tuple(query.shape)}")
-    if query.dtype != key_cache.dtype:
-        raise KernelInputError(f"query dtype {query.dtype} differs from the cache's {key_cache.dtype}")
-    _check_contiguous("query", query)
-    num_seqs, num_heads = int(query.shape[0]), int(query.shape[1])
-    if num_heads < 1 or num_heads % num_kv_heads:
-        raise KernelInputError(
-            f"num query heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
-        )
-    if not isinstance(batch, DecodeBatch):
-        raise KernelInputError(
-            f"batch must be a DecodeBatch (tinyserve_sim.control.batch), got {type(batch).__name__}"
-        )
-    if batch.block_size != block_size:
-        raise KernelInputError(
-            f"batch: its tables count blocks of {batch.block_size} tokens, the cache's blocks hold {block_size}"
-        )
+    num_seqs, _ = check_query(query, key_cache, num_kv_heads, head_dim, "S")
+    check_batch_kind(batch, DecodeBatch, block_size)
     if batch.num_seqs != num_seqs:
         raise KernelInputError(f"batch has {batch.num_seqs} sequences but query has {num_seqs} rows")
     if batch.per_head and batch.block_tables.shape[1] != num_kv_heads:
@@ -204,24 +253,8 @@ def check_paged_attention(
             f"the cache has {num_kv_heads}"
         )
     tables, lens = batch.head_tables(num_kv_heads)
-    if num_seqs and int(lens.min()) < 1:
-        where = [int(i) for i in np.unravel_index(int(batch.seq_lens.argmin()), batch.seq_lens.shape)]
-        raise KernelInputError(f"batch.seq_lens{where} is {int(lens.min())}: every length must be at least 1")
-    capacity = batch.max_blocks * block_size
-    if num_seqs and int(lens.max()) > capacity:
-        where = [int(i) for i in np.unravel_index(int(batch.seq_lens.argmax()), batch.seq_lens.shape)]
-        raise KernelInputError(
-            f"batch.seq_lens{where}: a sequence of {int(lens.max())} tokens does not fit a table of "
-            f"{batch.max_blocks} blocks of {block_size}"
-        )
-    own = batch.block_tables
-    used = np.arange(batch.max_blocks) < ((batch.seq_lens[..., None].astype(np.int64) + block_size - 1) // block_size)
-    ids = own[used]
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_blocks):
-        bad = np.argwhere(used & ((own < 0) | (own >= num_blocks)))[0]
-        raise KernelInputError(
-            f"batch.block_tables{bad.tolist()} = {int(own[tuple(bad)])} is a block id outside 0..{num_blocks - 1}"
-        )
+    check_positive_lengths(batch)
+    check_rows_fit(batch, num_blocks)
     return tables, lens
 
 

@@ -27,6 +27,10 @@ CASES = [
     case("demo-unknown-scenario", ["demo", "--scenario", "nope"]),
     case("demo-unknown-option", ["demo", "--bogus"]),
     case("demo-render-unwritable", ["demo", "--render", "/proc/forbidden"]),
+    case("demo-selection-render-unwritable", ["demo", "--scenario", "query-aware-selection", "--render", "/proc/forbidden"]),
+    case("select-demo-render-is-a-file", ["select", "demo", "--render", "{trace}"]),
+    case("select-run-render-unwritable", ["select", "run", "--quiet", "--steps", "2", "--render", "/proc/forbidden"]),
+    case("scenarios-selection-is-no-trace", ["scenarios", "query-aware-selection"]),
     case("trace-missing-file-argument", ["trace"]),
     case("trace-no-such-file", ["trace", "/nonexistent/t.jsonl"]),
     case("trace-folder-as-file", ["trace", "{folder}"]),
@@ -95,6 +99,15 @@ def test_a_mistake_is_one_line_and_exit_status_2(args, timeout, files, tmp_path)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert result.returncode == 2, (result.returncode, stderr)
+
+
+@pytest.mark.parametrize("args", [
+    ["demo", "--scenario", "query-aware-selection", "--render", "/proc/forbidden"],
+    ["select", "demo", "--render", "{trace}"],
+])
+def test_a_bad_render_folder_is_refused_before_anything_prints(args, files, tmp_path):
+    result = run_cli([a.format(**files) for a in args], tmp_path)
+    assert result.returncode == 2 and result.stdout.decode() == "", result.stdout.decode()[:300]
 
 
 def test_step_without_a_terminal_reads_standard_input(files, tmp_path):

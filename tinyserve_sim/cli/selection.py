@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tinyserve_sim.cli.common import console, fail, progress
+from tinyserve_sim.cli.common import console, fail, output_folder, progress, writing
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.selection.hit_rates import HitRateRow
 from tinyserve_sim.selection.scenarios import SELECTION_SCENARIOS, get_selection_scenario
@@ -66,9 +66,10 @@ def _walk(session: SelectionSession, render: Optional[Path], picture_format: str
             console.print(Text(note, style="italic"))
         console.print(render_selection_step(report, policy))
         if render is not None:
-            render.mkdir(parents=True, exist_ok=True)
             fig = draw_selection_step(report, policy)
-            fig.savefig(render / f"step-{step:03d}.{picture_format}", dpi=110)
+            picture = render / f"step-{step:03d}.{picture_format}"
+            with writing(picture, "--render"):
+                fig.savefig(picture, dpi=110)
         run.steps.append(report)
     run.hit_rates = {name: tier.hit_rate for name, tier in session.tiers.items()}
     return run
@@ -90,9 +91,12 @@ def _totals(run: SelectionRun) -> Table:
     return table
 
 
-def _check_format(picture_format: str) -> None:
+def _check_pictures(picture_format: str, render: Optional[Path]) -> None:
+    """``--format`` and the ``--render`` folder, checked before anything prints: a mistake is one line."""
     if picture_format not in ("svg", "png"):
         raise fail(f"--format must be svg or png, got {picture_format!r}")
+    if render is not None:
+        output_folder(render, "--render")
 
 
 def demo_command(
@@ -102,7 +106,7 @@ def demo_command(
     policy: Annotated[Optional[str], typer.Option(help="Whose misses to mark (default: the first policy).")] = None,
 ) -> None:
     """Walk a built-in selection scenario: every page's score, what was kept and why, hits and misses."""
-    _check_format(picture_format)
+    _check_pictures(picture_format, render)
     try:
         chosen = get_selection_scenario(scenario)
         session = chosen.session()
@@ -139,7 +143,7 @@ def run_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the totals as JSON.")] = None,
 ) -> None:
     """Run selection on a workload you describe, step by step, and print the totals."""
-    _check_format(picture_format)
+    _check_pictures(picture_format, render)
     try:
         spec = AttentionWorkloadSpec(num_seqs=seqs, context_len=context, decode_steps=steps, num_kv_heads=kv_heads,
                                      num_q_heads=q_heads, head_dim=head_dim, topic_stay=topic_stay, seed=seed)

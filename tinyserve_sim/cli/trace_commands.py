@@ -18,6 +18,7 @@ from rich.text import Text
 
 from tinyserve_sim.cli.common import console, fail, output_file, output_folder, writing
 from tinyserve_sim.cli.export import export_target, write_export
+from tinyserve_sim.cli.selection import demo_command as select_demo
 from tinyserve_sim.control.trace import Replay, Trace, load
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.render import SequenceColors, print_state, render_record, save_state, write_player
@@ -109,9 +110,7 @@ def demo(
 ) -> None:
     """Walk a built-in scenario, explaining each operation in one line."""
     if scenario in SELECTION_SCENARIOS:  # selection scenarios are walked by `select demo`
-        from tinyserve_sim.cli.selection import demo_command
-
-        demo_command(scenario=scenario, render=render, picture_format="svg", policy=None)
+        select_demo(scenario=scenario, render=render, picture_format="svg", policy=None)
         return
     try:
         trace = get_scenario(scenario).trace()

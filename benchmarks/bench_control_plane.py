@@ -22,7 +22,13 @@ Two modes:
     and prints the ratios. nano-vllm is not a dependency: without the path, one
     line says the comparison is skipped and why.
 
-Run: ``python benchmarks/bench_control_plane.py [--mode serving] [--nano-vllm PATH] [--ops N]``
+With ``--bound`` (serving mode) it also measures how far *any* batched decode written as a
+Python loop over the batch could go: the same replay with each decode done by a bare
+per-token loop (only what must be done per token: count it, find its slot, take a new
+block when the last one is full, keep its id, hash the block it fills; no checks, no
+copy-on-write, no record), and with the decodes skipped (``add`` and ``free`` alone).
+
+Run: ``python benchmarks/bench_control_plane.py [--mode serving] [--nano-vllm PATH] [--ops N] [--bound]``
 
 It never asserts on time: figures are for reading and comparing. Each replay
 runs ``--repeat`` times (default 5), the variants taking turns, and the fastest
@@ -233,6 +239,46 @@ def replay_batched(batched: list[tuple[str, object, object]], record_ops: bool) 
     return timed(run)
 
 
+def bare_decode(manager: BlockManager, seq_ids: list[int], token_ids: list[int]) -> None:
+    """A lower bound on a batched decode as a Python loop: only the per-token work (see the
+    module docstring), on the manager's own state, for ``--bound``. The serving trace has no
+    forks, so no last block is shared and no copy-on-write is needed; the pool never runs
+    short, so no block is evicted. Not an API: it checks nothing and records nothing."""
+    bs, ref, queue = manager.block_size, manager._ref, manager._queue
+    slots = []
+    for seq, token in zip(map(manager._seqs.__getitem__, seq_ids), token_ids):
+        n = seq.num_tokens
+        seq.num_tokens = n + 1
+        offset = n % bs
+        if offset:
+            block = seq.table[-1]
+        else:  # the last block is full: a new one
+            block = queue.pop()
+            ref[block] = 1
+            seq.table.append(block)
+        slots.append(block * bs + offset)
+        seq.tail.append(token)
+        if offset == bs - 1:  # the token fills its block: hash it once
+            manager._cache_full_block(seq, block)
+
+
+def replay_bound(batched: list[tuple[str, object, object]], decodes: bool) -> float:
+    """``--bound``: the batched replay with each decode done by :func:`bare_decode`, or skipped."""
+    manager = BlockManager(100_000, 16, prefix_caching=True, record_ops=True)
+
+    def run() -> None:
+        for op, seq, arg in batched:
+            if op == "decode":
+                if decodes:
+                    bare_decode(manager, seq, arg)  # type: ignore[arg-type]
+            elif op == "add":
+                manager.add(seq, arg)  # type: ignore[arg-type]
+            else:
+                manager.free(seq)  # type: ignore[arg-type]
+
+    return timed(run)
+
+
 def load_nano_vllm(path: Path) -> tuple[type, type] | str:
     """nano-vllm's ``BlockManager`` and ``Sequence`` from a checkout, or why they cannot be loaded.
 
@@ -330,6 +376,9 @@ def run_serving(args: argparse.Namespace) -> None:
         "ours, per operation, records off": lambda: replay_per_operation(rows, False),
         "ours, batched decode, records on": lambda: replay_batched(batched, True),
     }
+    if args.bound:
+        runs["bound: bare per-token decode loop"] = lambda: replay_bound(batched, True)
+        runs["bound: add and free only, no decode"] = lambda: replay_bound(batched, False)
     nano = load_nano_vllm(Path(args.nano_vllm)) if args.nano_vllm else "no --nano-vllm PATH given"
     if isinstance(nano, str):
         print(f"nano-vllm comparison skipped: {nano}")
@@ -350,6 +399,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16, help="mixed mode: tokens per block")
     parser.add_argument("--nano-vllm", metavar="PATH", help="serving mode: a nano-vllm checkout to compare with")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each replay; the fastest is reported")
+    parser.add_argument("--bound", action="store_true", help="serving mode: also the bare-loop bounds (see above)")
     args = parser.parse_args()
     if args.mode == "mixed":
         args.ops = args.ops or 1_000_000

@@ -54,8 +54,12 @@ _INF_WORDS = {
 }
 #: Register tiles of the page_scores kernel (query heads held per lane); 0 = generic.
 SCORE_GROUP_TILES = (0, 1, 2, 4, 8)
-#: Threads per page_scores block, and pages each row takes per step (see the .cu).
-_SCORE_THREADS, _SCORE_UNROLL = 128, 4
+#: Threads per page_scores block, and pages each row takes per step (``UN`` in the .cu).
+_SCORE_THREADS, _SCORE_UNROLL = 128, 2
+#: page_scores aims at about this many thread blocks (4 per SM of an H100 or H200): fewer
+#: leave SMs idle, more pay the query staging and the load pipeline's start more often.
+_SCORE_TARGET_BLOCKS = 512
+_SCORE_MAX_PAGES_PER_BLOCK = 256
 _SELECT_THREADS = 256
 #: Rows of at most this many pages stage their keys in shared memory (48 KiB).
 _SELECT_STAGE_MAX = 12288
@@ -264,8 +268,7 @@ def prepare_page_scores(
     if smem > _DEFAULT_SMEM:
         kernel.max_dynamic_shared_size_bytes = smem
     tables, lens, strides = _batch_strides(batch, Hkv)
-    rows = _SCORE_THREADS // plan.lanes
-    ppb = pages_per_block or rows * _SCORE_UNROLL * 2
+    ppb = pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes)
     args = (
         scores, query, key_min, key_max, cp.asarray(tables), cp.asarray(lens), *(np.int32(x) for x in strides),
         np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(batch.block_size), np.int32(W), np.int32(ppb),
@@ -277,6 +280,21 @@ def prepare_page_scores(
         return scores
 
     return launch
+
+
+def _score_pages_per_block(width: int, rows: int, page_rows: int) -> int:
+    """Pages per page_scores block: whole loop iterations (two steps of ``_SCORE_UNROLL``
+    pages for each of the block's ``page_rows`` rows), about ``_SCORE_TARGET_BLOCKS`` blocks
+    over the ``rows`` (sequence, KV head) rows of ``width`` pages, at most 256 pages.
+    Measured on an H200 (kernel notes): 2,048 pages x 64 rows -> 256 (31.5 us, 64 per
+    block: 34.2 us); 512 x 64 -> 64 (12.2 us, 256 per block: 24.5 us).
+
+    >>> _score_pages_per_block(2048, 64, 8), _score_pages_per_block(512, 64, 8), _score_pages_per_block(3, 1, 8)
+    (256, 64, 32)
+    """
+    step = 2 * _SCORE_UNROLL * page_rows
+    want = -(-width * rows // _SCORE_TARGET_BLOCKS)
+    return max(step, min(_SCORE_MAX_PAGES_PER_BLOCK, -(-want // step) * step))
 
 
 def page_scores(query: Any, key_min: Any, key_max: Any, batch: DecodeBatch, out: Any = None) -> cp.ndarray:

@@ -4,15 +4,18 @@
 // exact order of every float operation done here).
 //
 //   term_d = q_d > 0 ? q_d * max_d : (q_d < 0 ? q_d * min_d : 0)
-//   bound_g = sum_d term_d             (lane partials, then a butterfly)
+//   bound_g = sum_d term_d             (lane partials by fused multiply-adds, then a butterfly)
 //   score   = max over the GQA group's query heads g of bound_g
 //
 // Grid: x = a run of `pages_per_block` pages, y = KV head, z = sequence.
 // Block: NT = 128 threads = ROWS rows of LANES lanes (the lanes/vec/vecs-per-lane
 // plan of paged attention, tinyserve_sim/data/geometry.py::make_plan). A row
 // scores one page at a time; lane i owns the 16-byte vectors i, i+LANES, ... of
-// the page's min and max rows. Each row takes UN pages per step and issues all
-// their loads before using any, so that several loads are in flight.
+// the page's min and max rows. Each row takes UN pages per step, and the loads
+// are double-buffered: a step's loads are issued before the previous step's
+// pages are scored, so memory is always busy (the kernel reads every byte once
+// and does little arithmetic per byte: it is bound by how many loads are in
+// flight, not by the arithmetic).
 //
 // The group's queries are staged as float in shared memory; when the group fits
 // a register tile (GQ heads, GQ * elements-per-lane <= 64) each lane keeps its
@@ -26,20 +29,24 @@
 namespace {
 
 constexpr int NT = 128;
-constexpr int UN = 4;  // pages per row whose loads are issued together
+constexpr int UN = 2;  // pages per row and step (each of the two load buffers holds one step)
 
 
-// One term of the bound. Rounding is monotonic, so this equals the twin's and
-// Quest's max(q * min, q * max) for every non-empty page; multiply, then the
-// caller adds: two roundings, as --fmad=false guarantees.
-__device__ __forceinline__ float bound_term(float q, float lo, float hi) {
-    return q > 0.0f ? q * hi : (q < 0.0f ? q * lo : 0.0f);
+// One step of a lane's partial sum: `part` plus the term of the bound for one element,
+//   q > 0: fma(q, max, part)   q < 0: fma(q, min, part)   else (0, NaN): part + 0
+// with ONE rounding where q is not 0 (an explicit __fmaf_rn: nothing is contracted
+// behind our back under --fmad=false). For float16 inputs the product is exact in
+// float32 (11 + 11 significant bits), so this is bit for bit the multiply-then-add
+// of Quest's max(q * min, q * max) term; for float32 it is the product rounded once
+// with the sum, and the twin uses its exact fma_f32 at the same place.
+__device__ __forceinline__ float add_term(float part, float q, float lo, float hi) {
+    return q > 0.0f ? __fmaf_rn(q, hi, part) : (q < 0.0f ? __fmaf_rn(q, lo, part) : part + 0.0f);
 }
-// The same term when q is known to be neither 0 nor NaN: one comparison, one
-// select, one product (bound_term compiles to two of each). For such a q both
-// give the same product of the same operands, hence the same bits.
-__device__ __forceinline__ float bound_term_nonzero(float q, float lo, float hi) {
-    return q * (q < 0.0f ? lo : hi);
+// The same step when q is known to be neither 0 nor NaN: one comparison, one select,
+// one fused multiply-add (add_term compiles to two comparisons). For such a q both
+// give the same FMA of the same operands, hence the same bits.
+__device__ __forceinline__ float add_term_nonzero(float part, float q, float lo, float hi) {
+    return __fmaf_rn(q, q < 0.0f ? lo : hi, part);
 }
 
 }  // namespace
@@ -84,8 +91,8 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
     auto vec_off = [&](int i) { const int c = lane + i * LANES; return c < num_vecs ? c * VEC : -1; };
     float qr[QREG ? GQ : 1][QREG ? EPL : 1];
     // `nonzero`: every query element this lane owns (real heads, owned vectors) is
-    // neither 0 nor NaN, so the cheaper bound_term_nonzero gives the same bits. Almost
-    // always true for real queries; a lane with an exact zero takes bound_term.
+    // neither 0 nor NaN, so the cheaper add_term_nonzero gives the same bits. Almost
+    // always true for real queries; a lane with an exact zero takes add_term.
     bool nonzero = QREG;
     if constexpr (QREG) {
 #pragma unroll
@@ -104,12 +111,13 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
 
     const int first = blockIdx.x * pages_per_block;
     const int last = min(first + pages_per_block, width);
-    // Every row runs the same number of steps (the butterflies need all lanes
-    // of the warp); a row without a page computes on zeros and writes nothing.
-    for (int p0 = first; p0 < last; p0 += ROWS * UN) {
-        uint4 lo[UN][VPL], hi[UN][VPL];
+    constexpr int STEP = ROWS * UN;                    // pages of one step, over the block's rows
+
+    // Issue the loads of the step starting at page p0 into (lo, hi); pages past the
+    // block's run or the row's length, and vectors past the head dim, are zeros.
+    auto load_step = [&](uint4 (&lo)[UN][VPL], uint4 (&hi)[UN][VPL], const int p0) {
 #pragma unroll
-        for (int u = 0; u < UN; ++u) {                 // issue all loads first
+        for (int u = 0; u < UN; ++u) {
             const int p = p0 + u * ROWS + row;
             const bool live = p < last && p < n;
             const long long base = live
@@ -122,6 +130,10 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                 hi[u][i] = ok ? *reinterpret_cast<const uint4*>(key_max + base + off) : make_uint4(0u, 0u, 0u, 0u);
             }
         }
+    };
+
+    // Score the step starting at page p0 from (lo, hi) and write the scores.
+    auto score_step = [&](const uint4 (&lo)[UN][VPL], const uint4 (&hi)[UN][VPL], const int p0) {
 #pragma unroll
         for (int u = 0; u < UN; ++u) {
             const int p = p0 + u * ROWS + row;
@@ -136,7 +148,7 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                 // Each head's lane partial: sequential over this lane's elements, from +0.
                 // (Heads past the group have q = 0: computed, never used.)
                 float part[GQ];
-                auto sum_terms = [&](auto term) {  // the same loop with either form of the term
+                auto sum_terms = [&](auto step) {  // the same loop with either form of the step
 #pragma unroll
                     for (int g = 0; g < GQ; ++g) {
                         part[g] = 0.0f;
@@ -145,12 +157,12 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                             if (vec_off(i) < 0) continue;
 #pragma unroll
                             for (int e = 0; e < VEC; ++e)
-                                part[g] = part[g] + term(qr[g][i * VEC + e], lf[i][e], hf[i][e]);
+                                part[g] = step(part[g], qr[g][i * VEC + e], lf[i][e], hf[i][e]);
                         }
                     }
                 };
-                if (nonzero) sum_terms([](float q, float lo, float hi) { return bound_term_nonzero(q, lo, hi); });
-                else sum_terms([](float q, float lo, float hi) { return bound_term(q, lo, hi); });
+                if (nonzero) sum_terms([](float t, float q, float lo, float hi) { return add_term_nonzero(t, q, lo, hi); });
+                else sum_terms([](float t, float q, float lo, float hi) { return add_term(t, q, lo, hi); });
                 // Outside the branch (every lane of the warp takes part): masks 1, 2, 4, ...,
                 // the twin's pairwise_sum over the lanes.
 #pragma unroll
@@ -167,7 +179,7 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                         if (off < 0) continue;
 #pragma unroll
                         for (int e = 0; e < VEC; ++e)
-                            part = part + bound_term(q_s[g * head_dim + off + e], lf[i][e], hf[i][e]);
+                            part = add_term(part, q_s[g * head_dim + off + e], lf[i][e], hf[i][e]);
                     }
                     // Masks 1, 2, 4, ...: the twin's pairwise_sum over the lanes.
                     const float total = ts_butterfly_sum<LANES>(part);
@@ -176,6 +188,19 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
             }
             if (lane == 0 && p < last) out[p] = p < n ? best : TS_NEG_INF;
         }
+    };
+
+    // Two buffers, two steps per iteration (registers cannot be indexed at run time).
+    // Every row runs every step (the butterflies need all lanes of the warp); a row
+    // without a page scores zeros and writes nothing.
+    uint4 lo_a[UN][VPL], hi_a[UN][VPL], lo_b[UN][VPL], hi_b[UN][VPL];
+    load_step(lo_a, hi_a, first);
+    for (int p0 = first; p0 < last; p0 += 2 * STEP) {
+        load_step(lo_b, hi_b, p0 + STEP);              // in flight while step p0 is scored
+        score_step(lo_a, hi_a, p0);
+        if (p0 + STEP >= last) break;                  // uniform: p0 is the same for the whole block
+        load_step(lo_a, hi_a, p0 + 2 * STEP);
+        score_step(lo_b, hi_b, p0 + STEP);
     }
 }
 

@@ -18,6 +18,7 @@ from tinyserve_sim.data import (
     page_scores,
     page_scores_reference,
 )
+from tinyserve_sim.data.exact_math import fma_f32
 from tinyserve_sim.errors import KernelInputError
 
 F32 = np.float32
@@ -92,8 +93,12 @@ def spec_score(q_group: np.ndarray, lo: np.ndarray, hi: np.ndarray, plan) -> np.
                 if vec < plan.num_vecs:
                     for d in range(vec * plan.vec, (vec + 1) * plan.vec):
                         qd = F32(q[d])
-                        term = F32(qd * F32(hi[d])) if qd > 0 else F32(qd * F32(lo[d])) if qd < 0 else F32(0)
-                        p = F32(p + term)
+                        if qd > 0:
+                            p = F32(fma_f32(qd, F32(hi[d]), p))  # one rounding
+                        elif qd < 0:
+                            p = F32(fma_f32(qd, F32(lo[d]), p))
+                        else:  # 0 or NaN
+                            p = F32(p + F32(0))
             parts.append(p)
         while len(parts) > 1:  # butterfly with masks 1, 2, 4, ...: adjacent pairs
             parts = [F32(parts[i] + parts[i + 1]) for i in range(0, len(parts), 2)]

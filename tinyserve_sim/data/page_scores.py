@@ -42,8 +42,12 @@ The kernel reads a page's metadata row like paged attention reads a key row
 ``i`` owning the 16-byte vectors ``i, i + lanes, ...``. For each query head
 ``g`` of the group:
 
-1. each lane sums its own terms sequentially, in increasing ``d``, from ``+0``
-   (multiply, then add: two roundings; the kernels are built with ``--fmad=false``);
+1. each lane sums its own terms sequentially, in increasing ``d``, from ``+0``,
+   each by one fused multiply-add ``part = fma(q_d, max_d or min_d, part)``
+   (one rounding, :func:`~tinyserve_sim.data.exact_math.fma_f32`; the kernel's
+   explicit ``__fmaf_rn``), or ``part = part + 0`` where ``q_d`` is 0. For
+   float16 inputs the product is exact in float32, so the FMA equals a multiply
+   then an add, and the twin computes it that way (faster, the same bits);
 2. the ``lanes`` partial sums are added by a butterfly with masks
    ``1, 2, 4, ...`` (:func:`~tinyserve_sim.data.exact_math.pairwise_sum`);
 3. the score is the ``fmax`` of the group's totals (exact in any order).
@@ -60,7 +64,7 @@ import math
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.exact_math import pairwise_sum
+from tinyserve_sim.data.exact_math import fma_f32, pairwise_sum
 from tinyserve_sim.data.geometry import make_plan
 from tinyserve_sim.data.selection_checks import check_page_scores
 
@@ -106,6 +110,8 @@ def page_scores(query: np.ndarray, key_min: np.ndarray, key_max: np.ndarray, bat
     lo = key_min[blocks, heads].astype(F32)  # [S, Hkv, W, D]
     hi = key_max[blocks, heads].astype(F32)
     q = query.astype(F32).reshape(S, Hkv, G, D)
+    # A float16 product is exact in float32: there fma(q, x, part) is part + q * x.
+    exact_products = np.dtype(query.dtype).itemsize <= 2
     part = np.zeros((S, Hkv, G, W, lanes), dtype=F32)
     lane_ids = np.arange(lanes)
     for i in range(plan.vecs_per_lane):
@@ -114,11 +120,15 @@ def page_scores(query: np.ndarray, key_min: np.ndarray, key_max: np.ndarray, bat
         for e in range(vec):
             d = np.minimum(vec_id * vec + e, D - 1)
             qd = q[:, :, :, None, d]  # [S, Hkv, G, 1, lanes]
+            # The end of [min_d, max_d] that maximises q_d * k_d (0 where q_d is 0 or NaN).
+            nonzero = (qd > 0) | (qd < 0)
+            end = np.where(qd > 0, hi[:, :, None, :, d], np.where(qd < 0, lo[:, :, None, :, d], F32(0)))
             with np.errstate(invalid="ignore"):  # 0 * inf in the branches np.where discards
-                term = np.where(
-                    qd > 0, qd * hi[:, :, None, :, d], np.where(qd < 0, qd * lo[:, :, None, :, d], F32(0))
-                )
-            part = np.where(owned, part + term, part)
+                if exact_products:
+                    step = part + np.where(nonzero, qd * end, F32(0))
+                else:
+                    step = np.where(nonzero, fma_f32(qd, end, part), part + F32(0))
+            part = np.where(owned, step, part)
     totals = pairwise_sum(part, axis=-1)  # [S, Hkv, G, W]: the butterfly over lanes
     scores = np.fmax.reduce(totals, axis=2)  # the group's maximum
     return np.where(valid, scores, F32(-np.inf)).astype(F32)

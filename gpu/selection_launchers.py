@@ -60,9 +60,8 @@ _SCORE_THREADS, _SCORE_UNROLL = 128, 2
 #: leave SMs idle, more pay the query staging and the load pipeline's start more often.
 _SCORE_TARGET_BLOCKS = 512
 _SCORE_MAX_PAGES_PER_BLOCK = 256
-_SELECT_THREADS = 256
-#: Rows of at most this many pages stage their keys in shared memory (48 KiB).
-_SELECT_STAGE_MAX = 12288
+#: Threads per select_pages block: one block per row; must equal NT in select_pages.cu.
+_SELECT_THREADS = 512
 _DEFAULT_SMEM = 48 * 1024
 
 
@@ -320,16 +319,15 @@ def prepare_select_pages(
     if S == 0:
         return lambda: (logical, tables_out, lens_out)
     tables, lens, strides = _batch_strides(batch, Hkv)
-    stage = W <= _SELECT_STAGE_MAX
     kernel = get_module("select_pages.cu").get_function("select_pages_kernel")
     args = (
         logical, tables_out, lens_out, scores, cp.asarray(tables), cp.asarray(lens),
         *(np.int32(x) for x in strides), np.int32(Hkv), np.int32(W), np.int32(batch.block_size),
-        np.int32(K), np.int32(width), np.int32(int(stage)),
+        np.int32(K), np.int32(width),
     )
 
     def launch() -> tuple[cp.ndarray, cp.ndarray, cp.ndarray]:
-        kernel((Hkv, S), (_SELECT_THREADS,), args, shared_mem=4 * W if stage else 0)
+        kernel((Hkv, S), (_SELECT_THREADS,), args)
         return logical, tables_out, lens_out
 
     return launch

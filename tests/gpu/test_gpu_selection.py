@@ -346,10 +346,13 @@ def test_select_pages_matches_twin(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("W, budget_pages", [(2048, 256), (2048, 3), (5000, 4999), (13000, 1625)])
+@pytest.mark.parametrize(
+    "W, budget_pages", [(2048, 256), (2048, 3), (2049, 300), (4096, 2), (4097, 300), (5000, 4999), (13000, 1625)]
+)
 @pytest.mark.parametrize("kind", ["continuous", "ties"])
 def test_select_pages_long_rows(W, budget_pages, kind):
-    """Rows of thousands of pages; 13,000 pages do not fit shared memory (keys read from global)."""
+    """Rows of thousands of pages; past 2,048 pages (512 threads x 4 keys in registers) the
+    kernel works in tiles, reading the keys of the tiles after the first again from global memory."""
     cp = _cp()
     rng = np.random.default_rng(W + budget_pages)
     S, Hkv, bs = 2, 3, 16

@@ -22,22 +22,15 @@
 // min/max are exact, so the result does not depend on the order anyway; the
 // only ambiguity IEEE leaves, the sign of min(-0, +0), is removed by storing
 // every zero as +0 (the twin does the same). NaN keys are ignored (fminf).
-#include <cuda_fp16.h>
+// cache_vectors.cuh: to_float, the exact 16-byte vector -> floats conversion.
+#include "cache_vectors.cuh"
 
 namespace {
 
-template <typename T> struct Vec;  // 16 bytes of T <-> floats, exactly
+// The way back: floats -> one 16-byte vector of T (the unpacking is to_float).
+template <typename T> struct Vec;
 template <> struct Vec<__half> {
     static constexpr int N = 8;
-    __device__ static void unpack(const uint4& raw, float* out) {
-        const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(h[i]);
-            out[2 * i] = f.x;
-            out[2 * i + 1] = f.y;
-        }
-    }
     // Every value packed back is one of the halves unpacked (or +-inf, or +0):
     // the conversion is exact.
     __device__ static uint4 pack(const float* v) {
@@ -50,12 +43,6 @@ template <> struct Vec<__half> {
 };
 template <> struct Vec<float> {
     static constexpr int N = 4;
-    __device__ static void unpack(const uint4& raw, float* out) {
-        out[0] = __uint_as_float(raw.x);
-        out[1] = __uint_as_float(raw.y);
-        out[2] = __uint_as_float(raw.z);
-        out[3] = __uint_as_float(raw.w);
-    }
     __device__ static uint4 pack(const float* v) {
         return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
     }
@@ -68,12 +55,24 @@ __device__ __forceinline__ float plus_zero(float x) { return x == 0.0f ? 0.0f : 
 template <typename T>
 __device__ __forceinline__ void fold(const uint4& raw, float* mn, float* mx) {
     float k[Vec<T>::N];
-    Vec<T>::unpack(raw, k);
+    to_float(raw, k, T());
 #pragma unroll
     for (int e = 0; e < Vec<T>::N; ++e) {
         mn[e] = fminf(mn[e], k[e]);
         mx[e] = fmaxf(mx[e], k[e]);
     }
+}
+
+// Write one vector's running min/max back, every zero as +0 (the tail of both update kernels).
+template <typename T>
+__device__ __forceinline__ void store_min_max(uint4* key_min, uint4* key_max, float* mn, float* mx) {
+#pragma unroll
+    for (int e = 0; e < Vec<T>::N; ++e) {
+        mn[e] = plus_zero(mn[e]);
+        mx[e] = plus_zero(mx[e]);
+    }
+    *key_min = Vec<T>::pack(mn);
+    *key_max = Vec<T>::pack(mx);
 }
 
 }  // namespace
@@ -116,18 +115,12 @@ __global__ void update_page_metadata_kernel(
     const int t1 = group_start[blockIdx.x + 1];
     for (int i = threadIdx.x; i < row_vecs; i += blockDim.x) {  // consecutive threads: coalesced
         float mn[N], mx[N];
-        Vec<T>::unpack(key_min[base + i], mn);
-        Vec<T>::unpack(key_max[base + i], mx);
+        to_float(key_min[base + i], mn, T());
+        to_float(key_max[base + i], mx, T());
         for (int j = t0; j < t1; ++j) {
             fold<T>(key[static_cast<long long>(token_order[j]) * row_vecs + i], mn, mx);
         }
-#pragma unroll
-        for (int e = 0; e < N; ++e) {
-            mn[e] = plus_zero(mn[e]);
-            mx[e] = plus_zero(mx[e]);
-        }
-        key_min[base + i] = Vec<T>::pack(mn);
-        key_max[base + i] = Vec<T>::pack(mx);
+        store_min_max<T>(key_min + base + i, key_max + base + i, mn, mx);
     }
 }
 
@@ -154,8 +147,8 @@ __global__ void reshape_and_cache_with_metadata_kernel(
     const int t1 = group_start[blockIdx.x + 1];
     for (int i = threadIdx.x; i < row_vecs; i += blockDim.x) {
         float mn[N], mx[N];
-        Vec<T>::unpack(key_min[base + i], mn);
-        Vec<T>::unpack(key_max[base + i], mx);
+        to_float(key_min[base + i], mn, T());
+        to_float(key_max[base + i], mx, T());
         for (int j = t0; j < t1; ++j) {
             const long long t = token_order[j];
             const long long slot = slot_mapping[t];      // >= 0: the host grouped valid tokens only
@@ -165,12 +158,6 @@ __global__ void reshape_and_cache_with_metadata_kernel(
             value_cache[slot * row_vecs + i] = v;
             fold<T>(k, mn, mx);
         }
-#pragma unroll
-        for (int e = 0; e < N; ++e) {
-            mn[e] = plus_zero(mn[e]);
-            mx[e] = plus_zero(mx[e]);
-        }
-        key_min[base + i] = Vec<T>::pack(mn);
-        key_max[base + i] = Vec<T>::pack(mx);
+        store_min_max<T>(key_min + base + i, key_max + base + i, mn, mx);
     }
 }

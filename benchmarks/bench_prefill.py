@@ -43,7 +43,7 @@ from tinyserve_sim.data import (
     prefill_error_bound,
     reference_paged_prefill_attention,
 )
-from tinyserve_sim.data.prefill_plan import prefill_cost
+from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES, prefill_cost
 from tinyserve_sim.data.prefill_step import causal_pairs
 from tinyserve_sim.gpu import prefill_launchers
 
@@ -95,17 +95,7 @@ def gpu_prefill(q, kc, vc, batch, scale):
 def run_checks() -> None:
     rng = np.random.default_rng(0)
     print("== checks: GPU against the NumPy twin, bit for bit (output poisoned with NaN) ==")
-    shapes = [  # (dtype, D, block size, GQA group, seq lens, new tokens)
-        (np.float16, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
-        (np.float32, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
-        (np.float16, 64, 5, 3, [333, 17], [150, 1]),
-        (np.float32, 40, 5, 3, [333, 17], [150, 1]),
-        (np.float16, 192, 7, 2, [259, 40], [97, 40]),
-        (np.float32, 136, 7, 2, [259, 40], [97, 40]),
-        (np.float16, 256, 32, 8, [130, 65], [65, 65]),
-        (np.float32, 256, 1, 1, [130, 65], [65, 33]),
-    ]
-    for dtype, D, bs, g, lens, qlens in shapes:
+    for dtype, D, bs, g, lens, qlens in INSTANTIATION_SHAPES:
         blocks = [-(-n // bs) for n in lens]
         perm = rng.permutation(sum(blocks) + 3)
         tables = np.split(perm[: sum(blocks)], np.cumsum(blocks)[:-1])

@@ -93,3 +93,12 @@ def test_the_gpu_build_compiles_machine_code_with_the_contract_options():
     assert "-ftz=false" in build.compile_options() and "-ftz=true" not in build.compile_options()
     ptx, _ = build.nvrtc_compile(source, "k.cu", (), "compute_90")
     assert "fma.rn.f32" in ptx.decode() and "fma.rn.ftz" not in ptx.decode()
+
+
+def test_the_instantiation_shapes_reach_every_prefill_instantiation():
+    """The GPU tests and bench_prefill's checks run prefill_plan.INSTANTIATION_SHAPES to
+    cover every compiled prefill kernel: those shapes must name every instantiation."""
+    from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES, make_prefill_plan
+
+    reached = {build.paged_prefill_attention_kernel_name(make_prefill_plan(d), dtype) for dtype, d, *_ in INSTANTIATION_SHAPES}
+    assert reached == set(build.all_paged_prefill_attention_names())

@@ -34,26 +34,15 @@ from prefill_strategies import (  # noqa: E402
 from tinyserve_sim import BlockManager  # noqa: E402
 from tinyserve_sim.control.prefill_batch import PrefillBatch  # noqa: E402
 from tinyserve_sim.data import KVCache, paged_prefill_attention  # noqa: E402
+from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES  # noqa: E402
 from tinyserve_sim.errors import KernelInputError  # noqa: E402
 from tinyserve_sim.gpu import prefill_launchers  # noqa: E402
 
 
-#: Every instantiation (dtype x padded head dim), row tiles cut mid-group, key tiles cut
-#: mid-block, prefixes ending mid-block, one-token sequences, several sequences per launch.
+#: Every instantiation (dtype x padded head dim), and the awkward cuts (prefill_plan.INSTANTIATION_SHAPES).
 FIXED = [
     fixed_prefill_case(i, dtype, d, bs, g, lens, qlens)
-    for i, (dtype, d, bs, g, lens, qlens) in enumerate(
-        [
-            (np.float16, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
-            (np.float32, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
-            (np.float16, 64, 5, 3, [333, 17], [150, 1]),
-            (np.float32, 40, 5, 3, [333, 17], [150, 1]),
-            (np.float16, 192, 7, 2, [259, 40], [97, 40]),
-            (np.float32, 136, 7, 2, [259, 40], [97, 40]),
-            (np.float16, 256, 32, 8, [130, 65], [65, 65]),
-            (np.float32, 256, 1, 1, [130, 65], [65, 33]),
-        ]
-    )
+    for i, (dtype, d, bs, g, lens, qlens) in enumerate(INSTANTIATION_SHAPES)
 ]
 
 

@@ -110,6 +110,23 @@ def make_prefill_plan(head_dim: int) -> PrefillPlan:
     return PrefillPlan(head_dim, padded, MAX_KEY_TILE if small else MIN_KEY_TILE, ROW_TILE)
 
 
+#: Launch shapes that reach every kernel instantiation (dtype x padded head dim: 64, 128,
+#: 192, 256), with row tiles cut mid-group, key tiles cut mid-block, prefixes ending
+#: mid-block, one-token sequences and several sequences per launch. Each is ``(dtype,
+#: head_dim, block_size, GQA group, seq_lens, new tokens per sequence)``; the GPU tests and
+#: ``benchmarks/bench_prefill.py``'s checks both run them.
+INSTANTIATION_SHAPES: tuple[tuple[type, int, int, int, list[int], list[int]], ...] = (
+    (np.float16, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
+    (np.float32, 128, 16, 4, [700, 64, 1], [300, 64, 1]),
+    (np.float16, 64, 5, 3, [333, 17], [150, 1]),
+    (np.float32, 40, 5, 3, [333, 17], [150, 1]),
+    (np.float16, 192, 7, 2, [259, 40], [97, 40]),
+    (np.float32, 136, 7, 2, [259, 40], [97, 40]),
+    (np.float16, 256, 32, 8, [130, 65], [65, 65]),
+    (np.float32, 256, 1, 1, [130, 65], [65, 33]),
+)
+
+
 def work_items(query_start_loc: np.ndarray, seq_lens: np.ndarray, group: int, row_tile: int) -> np.ndarray:
     """The thread blocks of one KV head: int32 ``[N, 2]`` of (sequence, first query row),
     the longest first.

@@ -269,26 +269,29 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
         }
     };
 
-    // ---- the key tiles. cp.async groups, per thread, in issue order: K0 V0 | K1 V1 | ...
-    // K of tile c+1 is copied while tile c's P V runs (the K tile is free once the scores
-    // are done), V of tile c+1 while tile c+1's scores run. Two blocks share each SM, so
+    // ---- the key tiles: two barriers per tile. cp.async groups, per thread, in issue
+    // order: K0 V0 | K1 | V1 | K2 | V2 | ... K of tile c+1 is copied while
+    // tile c's P V runs (the K tile is free once the scores are done); V of tile c is
+    // copied while tile c's scores run, issued just after the tile's first barrier, which
+    // is also the moment every thread has finished tile c-1's P V: the V tile and P^T
+    // are free, and no third barrier is needed to say so. Two blocks share each SM, so
     // one computes while the other waits at a barrier.
     for (int c0 = 0, buf = 0; c0 < kv_end; c0 += BN, buf ^= 1) {
         const bool more = c0 + BN < kv_end;
         long long* next_bases = base_s + (buf ^ 1) * BN;
-        // Offsets of the next tile's keys. Their buffer was last read by the copies of
-        // tile c-1, issued during tile c-2.
+        // Offsets of the next tile's keys. Their buffer (tile c-1's) was last read by
+        // tile c-1's V copy, issued before tile c-1's second barrier.
         if (more && tid < BN && c0 + BN + tid < kv_end) next_bases[tid] = token_base(c0 + BN + tid);
-        cp_async_wait<1>();  // this tile's keys have landed (its values may be in flight)
-        __syncthreads();     // ... every thread's; and next_bases is written
+        if (c0 == 0) cp_async_wait<1>();  // K0 has landed (V0 may be in flight)
+        else cp_async_wait<0>();          // this tile's keys (the only group in flight)
+        __syncthreads();  // every thread's keys; next_bases written; tile c-1's P V done
+        if (c0 > 0) copy_tile(v_t, value_cache, base_s + buf * BN, c0);  // this tile's values
         if (c0 + BN - 1 <= min_pos) scores_and_softmax(c0, ts_bool<true>());
         else scores_and_softmax(c0, ts_bool<false>());
         cp_async_wait<0>();  // this tile's values
         __syncthreads();     // P^T complete, the K tile no longer read, the values visible
         if (more) copy_tile(k_t, key_cache, next_bases, c0 + BN);
         accumulate();
-        __syncthreads();     // the V tile and P^T no longer read
-        if (more) copy_tile(v_t, value_cache, next_bases, c0 + BN);
     }
 
     // ---- out = acc / l for the real rows and dims

@@ -34,6 +34,7 @@ from tinyserve_sim.data.seed_heuristics import (
     check_cache_selection,
     check_query_analysis,
 )
+from tinyserve_sim.control.checks import check_int
 from tinyserve_sim.data.selection_checks import (
     check_block_list,
     check_metadata_matches_cache,
@@ -60,6 +61,8 @@ _SCORE_THREADS, _SCORE_UNROLL = 128, 2
 #: leave SMs idle, more pay the query staging and the load pipeline's start more often.
 _SCORE_TARGET_BLOCKS = 512
 _SCORE_MAX_PAGES_PER_BLOCK = 256
+#: The most pages per block a caller may ask for (a grid of at least one block per row).
+_SCORE_MAX_PAGES_PER_BLOCK_ASKED = 1 << 20
 #: Threads per select_pages block: one block per row; must equal NT in select_pages.cu.
 _SELECT_THREADS = 512
 _DEFAULT_SMEM = 48 * 1024
@@ -247,6 +250,8 @@ def prepare_page_scores(
     """Validate now; return a function that launches ``page_scores_kernel`` and returns the scores
     (float32 ``[S, Hkv, W]``, in ``out`` if given)."""
     check_page_scores(query, key_min, key_max, batch)
+    if pages_per_block is not None:
+        check_int(pages_per_block, "pages_per_block", 1, _SCORE_MAX_PAGES_PER_BLOCK_ASKED, KernelInputError)
     for n, a in (("query", query), ("key_min", key_min), ("key_max", key_max)):
         _device(a, n)
     S, Hq, D = (int(x) for x in query.shape)
@@ -267,7 +272,7 @@ def prepare_page_scores(
     if smem > _DEFAULT_SMEM:
         kernel.max_dynamic_shared_size_bytes = smem
     tables, lens, strides = _batch_strides(batch, Hkv)
-    ppb = pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes)
+    ppb = int(pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes))
     args = (
         scores, query, key_min, key_max, cp.asarray(tables), cp.asarray(lens), *(np.int32(x) for x in strides),
         np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(batch.block_size), np.int32(W), np.int32(ppb),

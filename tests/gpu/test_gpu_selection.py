@@ -101,8 +101,13 @@ def test_launchers_check_on_the_host_before_launching():
         sl.page_scores(np.zeros((1, 4, 8), np.float16), key_min, key_max, DecodeBatch.from_tables([[0, 7]], [20], 16))
     with pytest.raises(KernelInputError, match="two pages"):
         sl.select_pages(np.zeros((1, 2, 2), np.float32), batch, 16)
+    for bad in (0, -3, 2.5, True, "64", 1 << 40):
+        with pytest.raises(KernelInputError, match="pages_per_block"):
+            sl.prepare_page_scores(np.zeros((1, 4, 8), np.float16), key_min, key_max, batch, pages_per_block=bad)
     with pytest.raises(KernelInputError, match="cupy.ndarray"):  # valid, but host arrays
         sl.page_scores(np.zeros((1, 4, 8), np.float16), key_min, key_max, batch)
+    with pytest.raises(KernelInputError, match="cupy.ndarray"):
+        sl.prepare_page_scores(np.zeros((1, 4, 8), np.float16), key_min, key_max, batch, pages_per_block=64)
     with pytest.raises(KernelInputError, match="cupy.ndarray"):
         sl.select_pages(np.zeros((1, 2, 2), np.float32), batch, 32)
     with pytest.raises(KernelInputError, match="above"):

@@ -156,10 +156,7 @@ def prepare_paged_attention(
     # through the two strides.
     tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
     seq_stride, head_stride = (np.int32(x) for x in batch.row_strides(Hkv))
-    # The kernel's shared memory, in its order: staged K and V tiles (16-byte vectors), the
-    # token row offsets (two buffers of int64), the query, the logits and the row-combine scratch.
-    num_vecs = D // plan.vec
-    smem = 2 * plan.chunk * num_vecs * 16 + 2 * plan.chunk * 8 + 4 * (HB * D + HB * plan.chunk + 4 * plan.head_tile * D)
+    smem = plan.shared_memory_bytes
     if smem > 48 * 1024:  # above the default: the kernel must be allowed more (once per kernel)
         main.max_dynamic_shared_size_bytes = smem
     max_parts = -(-int(lens_h.max()) // partition_size) if split else 1

@@ -70,6 +70,21 @@ class AttentionPlan:
         """Query heads one thread block covers: ``head_tile * head_slices``."""
         return self.head_tile * self.head_slices
 
+    @property
+    def shared_memory_bytes(self) -> int:
+        """Dynamic shared memory of one thread block, in the kernel's order: the staged K and
+        V tiles (``chunk`` tokens of 16-byte vectors each), two buffers of token row offsets
+        (int64), the block's queries as float, the logits (a token's heads together) and the
+        row-combine scratch (four warps' partial outputs).
+
+        >>> make_plan(128, np.float16, 4).shared_memory_bytes   # Llama-style GQA-4, D 128
+        45056
+        """
+        heads = self.heads_per_block
+        tiles = 2 * self.chunk * self.num_vecs * 16
+        floats = heads * self.head_dim + heads * self.chunk + 4 * self.head_tile * self.head_dim
+        return tiles + 2 * self.chunk * 8 + 4 * floats
+
 
 def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> AttentionPlan:
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.

@@ -81,6 +81,7 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
 
 // cp.async: queued, done when a wait retires the group.
 inline void cp_async16(void* dst, const void* src, int src_bytes) { ts_emu::open_group.push_back({dst, src, src_bytes}); }
+inline void cp_async16(void* dst, const void* src) { cp_async16(dst, src, 16); }
 inline void cp_async_commit() {
     ts_emu::pending.push_back(std::move(ts_emu::open_group));
     ts_emu::open_group.clear();
@@ -96,19 +97,21 @@ inline void cp_async_wait() {
 namespace ts_emu {
 // Run `kernel` (a callable doing one CUDA thread's work) over a grid, one block
 // at a time; `smem` (the dynamic shared memory, `smem_bytes`) is poisoned with
-// 0xFF bytes (NaN floats) before each block.
+// 0xFF bytes (NaN floats) before each block. (A kernel's static __shared__
+// variables are `static` locals in the emulation: emulate.py rewrites them.)
 inline void launch(unsigned gx, unsigned gy, unsigned threads, void* smem, size_t smem_bytes,
-                   const std::function<void()>& kernel) {
-    gridDim = {gx, gy, 1};
+                   const std::function<void()>& kernel, unsigned gz = 1) {
+    gridDim = {gx, gy, gz};
     blockDim = {threads, 1, 1};
     std::barrier<> bar(threads);
     block_barrier = &bar;
     std::vector<std::barrier<>*> warps;
     for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(new std::barrier<>(32));
     warp_barriers = warps;
+    for (unsigned z = 0; z < gz; ++z)
     for (unsigned y = 0; y < gy; ++y)
         for (unsigned x = 0; x < gx; ++x) {
-            blockIdx = {x, y, 0};
+            blockIdx = {x, y, z};
             std::memset(smem, 0xFF, smem_bytes);
             std::vector<std::thread> pool;
             for (unsigned t = 0; t < threads; ++t)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,10 +39,24 @@ def load(driver: str, name: str) -> ctypes.CDLL:
     if not lib.exists():
         src = folder / f"{name}-{key}.cpp"
         src.write_text(driver)
+        kernels = _shared_as_static(folder / f"kernels-{key}")
         tmp = lib.with_suffix(f".tmp{os.getpid()}.so")
-        cmd = [cxx, *FLAGS, "-include", str(HERE / "cuda_shim.h"), f"-I{HERE}", f"-I{KERNEL_DIR}", str(src), "-o", str(tmp)]
+        cmd = [cxx, *FLAGS, "-include", str(HERE / "cuda_shim.h"), f"-I{HERE}", f"-I{kernels}", str(src), "-o", str(tmp)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             raise RuntimeError(f"host emulation build failed:\n{res.stderr[-4000:]}")
         tmp.replace(lib)
     return ctypes.CDLL(str(lib))
+
+
+def _shared_as_static(folder: Path) -> Path:
+    """Copies of the kernel sources in which a thread block's shared memory is shared by the
+    emulated threads: a static ``__shared__`` variable becomes a ``static`` local (one per
+    process: the blocks run one at a time), and ``extern __shared__`` (the dynamic shared
+    memory) a plain ``extern`` array that the driver defines. The kernels' own text is
+    untouched on disk."""
+    folder.mkdir(exist_ok=True)
+    for path in KERNEL_DIR.glob("*.cu*"):
+        text = re.sub(r"\bextern\s+__shared__\b", "extern", path.read_text())
+        (folder / path.name).write_text(re.sub(r"\b__shared__\b", "static", text))
+    return folder

@@ -27,6 +27,7 @@ import cupy as cp
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.checks import check_int
 from tinyserve_sim.data.geometry import make_plan
 from tinyserve_sim.data.seed_heuristics import (
     ANALYSIS_THREADS,
@@ -34,7 +35,6 @@ from tinyserve_sim.data.seed_heuristics import (
     check_cache_selection,
     check_query_analysis,
 )
-from tinyserve_sim.control.checks import check_int
 from tinyserve_sim.data.selection_checks import (
     check_block_list,
     check_metadata_matches_cache,

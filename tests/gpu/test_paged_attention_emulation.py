@@ -25,10 +25,10 @@ from gpu_helpers import assert_bits_equal  # also puts tests/data on the path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_strategies import AttentionCase, attention_cases, select_pages
-from tinyserve_sim.gpu import build
 
 from tinyserve_sim.data import paged_attention
 from tinyserve_sim.data.geometry import make_plan
+from tinyserve_sim.gpu import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "host_emulation"))
 import emulate  # noqa: E402

@@ -23,9 +23,12 @@
 //              loaded from shared memory feeds TN (or TM) x 4 FMAs.
 //   softmax    per row: max over the thread's keys, then a 16-lane butterfly;
 //              alpha, p = exp(x - m); the 16 lanes' sums of p by a butterfly.
-//   O += P V   the same thread owns the same rows and DP/16 output dims
-//              (4 per float4: dims 64u + 4cl .. 64u + 4cl + 3): a TM x TD
-//              register tile, one FMA per (row, dim, key), keys in order.
+//   O += P V   one FMA per (row, dim, key), keys in order, in a register tile
+//              of its own mapping: at DP 128 and 256, a warp owns 8 rows and
+//              lane l the dims 4l .. 4l+3 (+128): each float16 value converted
+//              feeds 8 FMAs; at DP 64 and 192, the scores' own rows and dims
+//              64u + 4cl .. 64u + 4cl + 3 (then a thread rescales and divides its
+//              own rows; else alpha and l pass through shared memory).
 //
 // Keys and values are copied global -> shared by cp.async in the cache's own
 // dtype and converted to float as the inner loops read them (float16: one 8-byte
@@ -100,6 +103,19 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     constexpr int PS = BM + 4;       // row stride of the transposed probabilities
     constexpr int NVP = DP / EV;     // 16-byte vectors of a padded row
     static_assert(BN % GROUPS == 0 && DP % 64 == 0 && TM % 4 == 0 && BN <= NT, "geometry");
+    // The output phase (O += P V) has its own thread mapping: outside the contract (every
+    // output element is one chain of fused multiply-adds over the keys in order, whoever
+    // owns it), so it is chosen for speed. A thread owns OR rows x OC float4 columns: where
+    // a warp's 32 lanes can take 32 float4 columns (DP 128, 256), one column each (OC =
+    // DP / 128) and 8 rows, so that each float16 value converted feeds 8 FMAs (4 in the
+    // scores' mapping); else (DP 64, 192) 16 lanes per row group, the scores' own mapping.
+    constexpr int OL = (DP / 4) % 32 == 0 ? 32 : 16;  // column lanes of the output phase
+    constexpr int OC = DP / (4 * OL);                 // float4 columns per thread
+    constexpr int OR = BM * OL / NT;                  // output rows per thread
+    static_assert(OR % 4 == 0 && OR * OC == TM * DV, "the same number of accumulators");
+    // With 16 lanes the two mappings coincide: a thread's output rows are its score rows, so
+    // it rescales its accumulators and divides by its own normalisers, with no shared memory.
+    constexpr bool SAME_ROWS = OL == GROUPS;
 
     // ---- shared memory (dynamic; the launcher sizes it: PrefillPlan.shared_memory_bytes)
     extern __shared__ float4 ts_smem[];
@@ -108,11 +124,14 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     T* k_t = reinterpret_cast<T*>(p_s + BN * PS);    // [BN][KS] keys of the tile, as stored
     T* v_t = k_t + BN * KS;                          // [BN][KS] values
     long long* base_s = reinterpret_cast<long long*>(v_t + BN * KS);  // [2][BN] token offsets
+    float* row_s = reinterpret_cast<float*>(base_s + 2 * BN);        // [BM] a tile's alpha per row; at the end, l
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int rg = (tid >> 5) * 2 + (lane >> 4);  // row group: rows rg*TM .. rg*TM + TM - 1
     const int cl = lane & 15;                     // column lane
+    const int orow = tid / OL * OR;               // output phase: rows orow .. orow + OR - 1
+    const int ocol = tid % OL;                    // ... and dims 4 * ocol + 4 * OL * u, u < OC
     const int seq = work[2 * blockIdx.x];
     const int row0 = work[2 * blockIdx.x + 1];
     const int kv_head = blockIdx.y;
@@ -165,18 +184,21 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     copy_tile(k_t, key_cache, base_s, 0);
     copy_tile(v_t, value_cache, base_s, 0);
 
-    // ---- this thread's rows: positions, running max, normaliser, output accumulators
+    // ---- this thread's rows: positions, running max and normaliser (scores' mapping), and
+    // the output accumulators (the output phase's mapping)
     int pos[TM];
-    float m[TM], l[TM], acc[TM][4 * DV];
+    float m[TM], l[TM], acc[OR][4 * OC];
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int r = rg * TM + i;
         pos[i] = r < n_rows ? prefix + (row0 + r) / group : kv_end - 1;  // padding rows: never stored
         m[i] = TS_NEG_INF;
         l[i] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 4 * DV; ++e) acc[i][e] = 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < OR; ++i)
+#pragma unroll
+        for (int e = 0; e < 4 * OC; ++e) acc[i][e] = 0.0f;
 
     // ---- S = Q K^T for this thread's TM x TN tile, online softmax, P^T to shared memory.
     // FULL: every key of the tile is visible to every row (no mask); the same body is
@@ -231,9 +253,12 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
             tile_sum = ts_butterfly_sum<GROUPS>(tile_sum);  // masks 1, 2, 4, 8: pairwise tree
             if (alpha != 1.0f) {
                 l[i] = l[i] * alpha;
+                if constexpr (SAME_ROWS) {
 #pragma unroll
-                for (int e = 0; e < 4 * DV; ++e) acc[i][e] = acc[i][e] * alpha;
+                    for (int e = 0; e < 4 * OC; ++e) acc[i][e] = acc[i][e] * alpha;
+                }
             }
+            if (!SAME_ROWS && cl == 0) row_s[rg * TM + i] = alpha;  // the output phase rescales its rows
             l[i] = l[i] + tile_sum;
         }
         // P^T: key-major, so that the output phase reads TM rows of one key as float4s.
@@ -245,21 +270,38 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
                     make_float4(s[i][b], s[i + 1][b], s[i + 2][b], s[i + 3][b]);
     };
 
-    // ---- O += P V: keys in order, one fused multiply-add per (row, dim, key)
+    // ---- O += P V in the output phase's mapping: first the rescale by this tile's alpha
+    // (skipped where it is exactly 1: the same bits), then keys in order, one fused
+    // multiply-add per (row, dim, key).
     auto accumulate = [&]() {
+        if constexpr (!SAME_ROWS) {
+            float alpha[OR];
+#pragma unroll
+            for (int i = 0; i < OR; i += 4) {
+                const float4 a4 = *reinterpret_cast<const float4*>(row_s + orow + i);
+                alpha[i] = a4.x; alpha[i + 1] = a4.y; alpha[i + 2] = a4.z; alpha[i + 3] = a4.w;
+            }
+#pragma unroll
+            for (int i = 0; i < OR; ++i) {
+                if (alpha[i] != 1.0f) {
+#pragma unroll
+                    for (int e = 0; e < 4 * OC; ++e) acc[i][e] = acc[i][e] * alpha[i];
+                }
+            }
+        }
 #pragma unroll 8
         for (int j = 0; j < BN; ++j) {
-            float p[TM];
+            float p[OR];  // key j's probabilities for this thread's rows: one float4 per 4 rows
 #pragma unroll
-            for (int i = 0; i < TM; i += 4) {
-                const float4 p4 = *reinterpret_cast<const float4*>(p_s + j * PS + rg * TM + i);
+            for (int i = 0; i < OR; i += 4) {
+                const float4 p4 = *reinterpret_cast<const float4*>(p_s + j * PS + orow + i);
                 p[i] = p4.x; p[i + 1] = p4.y; p[i + 2] = p4.z; p[i + 3] = p4.w;
             }
 #pragma unroll
-            for (int u = 0; u < DV; ++u) {
-                const float4 v4 = load4(v_t + j * KS + 64 * u + 4 * cl);
+            for (int u = 0; u < OC; ++u) {
+                const float4 v4 = load4(v_t + j * KS + 4 * OL * u + 4 * ocol);
 #pragma unroll
-                for (int i = 0; i < TM; ++i) {
+                for (int i = 0; i < OR; ++i) {
                     acc[i][4 * u + 0] = __fmaf_rn(p[i], v4.x, acc[i][4 * u + 0]);
                     acc[i][4 * u + 1] = __fmaf_rn(p[i], v4.y, acc[i][4 * u + 1]);
                     acc[i][4 * u + 2] = __fmaf_rn(p[i], v4.z, acc[i][4 * u + 2]);
@@ -294,20 +336,31 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
         accumulate();
     }
 
-    // ---- out = acc / l for the real rows and dims
+    // ---- out = acc / l for the real rows and dims (the normalisers through shared memory,
+    // from the scores' mapping to the output phase's, where the two differ)
+    if constexpr (!SAME_ROWS) {
+        __syncthreads();  // every thread's last output phase has read row_s
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int r = rg * TM + i;
+        for (int i = 0; i < TM; ++i)
+            if (cl == 0) row_s[rg * TM + i] = l[i];
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < OR; ++i) {
+        const int r = orow + i;
         if (r >= n_rows) continue;
+        float lr;
+        if constexpr (SAME_ROWS) lr = l[i];
+        else lr = row_s[r];
         const int row = row0 + r;
         const int tok = row / group;
         const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
 #pragma unroll
-        for (int u = 0; u < DV; ++u) {
-            const int d = 64 * u + 4 * cl;
+        for (int u = 0; u < OC; ++u) {
+            const int d = 4 * OL * u + 4 * ocol;
             if (d >= head_dim) continue;  // head_dim is a multiple of 8: all 4 or none
-            store4(out + head * head_dim + d, acc[i][4 * u] / l[i], acc[i][4 * u + 1] / l[i],
-                   acc[i][4 * u + 2] / l[i], acc[i][4 * u + 3] / l[i]);
+            store4(out + head * head_dim + d, acc[i][4 * u] / lr, acc[i][4 * u + 1] / lr,
+                   acc[i][4 * u + 2] / lr, acc[i][4 * u + 3] / lr);
         }
     }
 }

@@ -86,15 +86,16 @@ class PrefillPlan:
         """Dynamic shared memory of one thread block, in the kernel's order: the query tile
         (float32, rows padded by 4 floats against bank conflicts), the probabilities
         (transposed, padded too), the key and value tiles in the cache's dtype (rows
-        padded by 16 bytes), and two buffers of token offsets.
+        padded by 16 bytes), two buffers of token offsets, and one float per query row (a
+        key tile's rescale factors, then the normalisers, for the output phase).
 
         >>> make_prefill_plan(128).shared_memory_bytes(np.float16)   # two blocks fit an H100's SM
-        87040
+        87296
         """
         itemsize = np.dtype(dtype).itemsize
         floats = self.row_tile * (self.padded_dim + 4) + self.key_tile * (self.row_tile + 4)
         tiles = 2 * self.key_tile * (self.padded_dim * itemsize + 16)
-        return 4 * floats + tiles + 2 * self.key_tile * 8
+        return 4 * floats + tiles + 2 * self.key_tile * 8 + 4 * self.row_tile
 
 
 def make_prefill_plan(head_dim: int) -> PrefillPlan:

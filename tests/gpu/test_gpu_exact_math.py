@@ -64,3 +64,41 @@ def test_fma_f32_equals_the_gpu_fmaf_rn(seed):
         bad = np.flatnonzero(gpu.view(np.uint32) != twin.view(np.uint32))
         detail = [f"fma({a[i]!r}, {b[i]!r}, {c[i]!r}): gpu {gpu[i]!r}, twin {twin[i]!r}" for i in bad[:8]]
         assert bad.size == 0, f"{bad.size} of {a.size} differ:\n" + "\n".join(detail)
+
+
+_EXP_SOURCE = r"""
+#include "exact_math.cuh"
+extern "C" __global__ void exp_kernel(const float* x, float* out, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        out[i] = ts_exp(x[i]);
+}
+"""
+
+
+def test_exp_f32_equals_the_gpu_ts_exp():
+    """The kernels' exponential against its twin, bit for bit, on softmax-like arguments (the
+    range the kernels use), the whole finite float32 range, and the special values."""
+    import cupy as cp
+
+    from tinyserve_sim.data.exact_math import exp_f32
+    from tinyserve_sim.gpu.build import KERNEL_DIR, load_module
+
+    source = _EXP_SOURCE.replace('#include "exact_math.cuh"', (KERNEL_DIR / "exact_math.cuh").read_text())
+    kernel = load_module(source, "exp.cu").get_function("exp_kernel")
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([
+        -rng.exponential(8.0, 4_000_000).astype(np.float32),  # x - max <= 0, as in every softmax
+        rng.uniform(-104, 90, 2_000_000).astype(np.float32),
+        bits,  # any bit pattern: NaNs, infinities, subnormals
+        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 88.7, -87.3], np.float32),
+    ])
+    out = cp.full(x.shape, np.nan, np.float32)
+    kernel((1024,), (256,), (cp.asarray(x), out, np.int64(x.size)))
+    gpu = out.get()
+    with np.errstate(invalid="ignore", over="ignore"):
+        twin = exp_f32(x)
+    same = (gpu.view(np.uint32) == twin.view(np.uint32)) | (np.isnan(gpu) & np.isnan(twin))
+    bad = np.flatnonzero(~same)
+    assert bad.size == 0, f"{bad.size} of {x.size} differ, e.g. " + ", ".join(
+        f"exp({x[i]!r}): gpu {gpu[i]!r}, twin {twin[i]!r}" for i in bad[:6])

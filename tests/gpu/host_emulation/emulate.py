@@ -58,5 +58,7 @@ def _shared_as_static(folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
     for path in KERNEL_DIR.glob("*.cu*"):
         text = re.sub(r"\bextern\s+__shared__\b", "extern", path.read_text())
-        (folder / path.name).write_text(re.sub(r"\b__shared__\b", "static", text))
+        tmp = folder / f"{path.name}.tmp{os.getpid()}"
+        tmp.write_text(re.sub(r"\b__shared__\b", "static", text))
+        tmp.replace(folder / path.name)  # atomic: a concurrent build never reads half a file
     return folder

@@ -102,3 +102,19 @@ def test_the_instantiation_shapes_reach_every_prefill_instantiation():
 
     reached = {build.paged_prefill_attention_kernel_name(make_prefill_plan(d), dtype) for dtype, d, *_ in INSTANTIATION_SHAPES}
     assert reached == set(build.all_paged_prefill_attention_names())
+
+
+def test_the_benchmarks_read_floor_kernels_compile():
+    """bench_selection's read-floor kernels (compiled by CuPy on the GPU machine) compile here too."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("cupy", reason="the benchmark module imports CuPy (no GPU needed)")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_selection.py"
+    spec = importlib.util.spec_from_file_location("bench_selection_for_compile_check", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    binary, lowered = build.nvrtc_compile(module.READ_FLOOR_SOURCE, "read_floor.cu", ("read_kv", "read_metadata"), build.CHECK_ARCH)
+    assert binary and set(lowered) == {"read_kv", "read_metadata"}

@@ -117,23 +117,23 @@ def _horner_fma(r: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     with :func:`fma_f32` step by step. The same bits, at about half the cost of calling it
     seven times.
     """
+    shape = np.shape(r)
+    r = np.atleast_1d(r)
     r64 = r.astype(np.float64)
     p = np.full(r.shape, EXP_POLY[0], dtype=np.float64)  # float32 values, held in float64
-    on_a_tie = np.zeros(r.shape, dtype=bool)
+    suspects = np.zeros(r.shape, dtype=bool)
     for c in EXP_POLY[1:]:
         s = p * r64 + np.float64(c)
-        on_a_tie |= (s.view(np.int64) & _LOW_29_BITS) == _TIE_29_BITS
+        suspects |= _on_float32_tie(s)
         p = s.astype(F32).astype(np.float64)
     out = p.astype(F32)
-    if on_a_tie.any():
-        rr = np.atleast_1d(r)[np.atleast_1d(on_a_tie)]
+    if suspects.any():
+        rr = r[suspects]
         exact = np.full(rr.shape, EXP_POLY[0], dtype=F32)
         for c in EXP_POLY[1:]:
             exact = fma_f32(exact, rr, c)
-        out = np.atleast_1d(out).copy()
-        out[np.atleast_1d(on_a_tie)] = exact
-        out = out.reshape(r.shape)
-    return out
+        out[suspects] = exact
+    return out.reshape(shape)
 
 
 def fma_f32(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -194,11 +194,9 @@ def add_exact_product(p: npt.NDArray[np.float64], c: npt.ArrayLike) -> npt.NDArr
     c64 = np.asarray(c, dtype=F32).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         s = p + c64
-        bits = s.view(np.int64)
-        on_a_tie = (bits & _LOW_29_BITS) == _TIE_29_BITS
         # (|s| - 1) as unsigned: below the smallest normal float32 but not zero.
-        tiny = ((bits & _ABS_BITS) - 1).view(np.uint64) < _TINY_BITS
-        suspects = on_a_tie | tiny
+        tiny = ((s.view(np.int64) & _ABS_BITS) - 1).view(np.uint64) < _TINY_BITS
+        suspects = _on_float32_tie(s) | tiny
         if suspects.any():
             s, p, c64 = (np.atleast_1d(x) for x in np.broadcast_arrays(s, p, c64))
             pick = np.atleast_1d(suspects)
@@ -214,6 +212,13 @@ _LOW_29_BITS = np.int64((1 << 29) - 1)
 _TIE_29_BITS = np.int64(1 << 28)
 _ABS_BITS = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 _TINY_BITS = np.uint64(int(np.float64(2.0**-126).view(np.int64)) - 1)
+
+
+def _on_float32_tie(s: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Where a float64 sits exactly halfway between two float32 neighbours (its 29 bits below
+    a float32 significand read ``1000...0``): the one place where rounding an inexact float64
+    sum to float32 can differ from rounding the exact sum."""
+    return (s.view(np.int64) & _LOW_29_BITS) == _TIE_29_BITS
 
 
 def _round_to_odd_sum(p: np.ndarray, c: np.ndarray) -> np.ndarray:

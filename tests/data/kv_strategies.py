@@ -74,6 +74,25 @@ def attention_cases(draw, max_len: int = 700, max_seqs: int = 4, dtypes=(np.floa
     return AttentionCase(q, kc, vc, tables, lens, scale, partition_size)
 
 
+def fixed_attention_case(
+    seed: int, dtype, num_seqs: int, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+    seq_lens: list[int], partition_size: int,
+) -> AttentionCase:
+    """A reproducible case: random queries, keys and values, each sequence's table a run of
+    a random permutation of the cache's blocks (one block spare), every table as wide as the
+    longest sequence needs; the softmax scale ``head_dim ** -0.5``."""
+    rng = np.random.default_rng(seed)
+    blocks = -(-max(seq_lens) // block_size)
+    nb = num_seqs * blocks + 1
+    return AttentionCase(
+        rng.standard_normal((num_seqs, num_heads, head_dim)).astype(dtype),
+        rng.standard_normal((nb, block_size, num_kv_heads, head_dim)).astype(dtype),
+        rng.standard_normal((nb, block_size, num_kv_heads, head_dim)).astype(dtype),
+        rng.permutation(nb)[: num_seqs * blocks].reshape(num_seqs, -1).astype(np.int32),
+        np.array(seq_lens, np.int32), head_dim**-0.5, partition_size,
+    )
+
+
 def select_pages(case: AttentionCase, seed: int) -> AttentionCase:
     """The same case with one table per (sequence, KV head), as query-aware selection
     hands it over: each head keeps a random subset of its sequence's pages, compacted,

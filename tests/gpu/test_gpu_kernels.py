@@ -10,7 +10,7 @@ import pytest
 from gpu_helpers import GPU_SETTINGS, assert_bits_equal
 from hypothesis import given
 from hypothesis import strategies as st
-from kv_strategies import AttentionCase, attention_cases, select_pages
+from kv_strategies import AttentionCase, attention_cases, fixed_attention_case, select_pages
 
 from tinyserve_sim.data import copy_blocks, paged_attention, reshape_and_cache
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
@@ -120,15 +120,7 @@ def test_paged_attention_matches_twin(case: AttentionCase, variant: str):
      (2, 64, 8, 128, 16, 700), (1, 64, 2, 64, 128, 1100)],  # GQA-8 (two head slices), GQA-32 (tiles x slices)
 )
 def test_paged_attention_fixed_shapes(variant, S, Hq, Hkv, D, bs, L):
-    rng = np.random.default_rng(L)
-    nb = S * (-(-L // bs)) + 1
-    case = AttentionCase(
-        rng.standard_normal((S, Hq, D)).astype(np.float16),
-        rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16),
-        rng.standard_normal((nb, bs, Hkv, D)).astype(np.float16),
-        rng.permutation(nb)[: S * (-(-L // bs))].reshape(S, -1).astype(np.int32),
-        np.full(S, L, np.int32), D**-0.5, 256,
-    )
+    case = fixed_attention_case(L, np.float16, S, Hq, Hkv, D, bs, [L] * S, 256)
     gpu, twin = _run_both(case, variant)
     assert_bits_equal(gpu, twin)
 

@@ -24,7 +24,7 @@ import pytest
 from gpu_helpers import assert_bits_equal  # also puts tests/data on the path
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kv_strategies import AttentionCase, attention_cases, select_pages
+from kv_strategies import AttentionCase, attention_cases, fixed_attention_case, select_pages
 
 from tinyserve_sim.data import paged_attention
 from tinyserve_sim.data.geometry import make_plan
@@ -107,16 +107,8 @@ def _twin(case: AttentionCase, variant: str) -> np.ndarray:
      (np.float32, 8, 32)],  # GQA-4 and GQA-8 (two slices) at D 128; MHA; a partial head tile; D 256; tiles x slices
 )
 def test_fixed_shapes_equal_the_twin(variant, dtype, head_dim, group):
-    rng = np.random.default_rng(head_dim * group)
-    S, Hkv, bs, L = 2, 2, 16, 300  # 300 tokens: five 64-token chunks, the last one partial
-    nb = S * -(-L // bs) + 1
-    case = AttentionCase(
-        rng.standard_normal((S, Hkv * group, head_dim)).astype(dtype),
-        rng.standard_normal((nb, bs, Hkv, head_dim)).astype(dtype),
-        rng.standard_normal((nb, bs, Hkv, head_dim)).astype(dtype),
-        rng.permutation(nb)[: S * -(-L // bs)].reshape(S, -1).astype(np.int32),
-        np.array([L, L - 37], np.int32), head_dim**-0.5, 128,
-    )
+    # 300 tokens: five 64-token chunks, the last one partial; a second sequence 37 shorter.
+    case = fixed_attention_case(head_dim * group, dtype, 2, 2 * group, 2, head_dim, 16, [300, 263], 128)
     assert_bits_equal(emulated_paged_attention(case, variant), _twin(case, variant))
 
 

@@ -359,8 +359,12 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
         for (int u = 0; u < OC; ++u) {
             const int d = 4 * OL * u + 4 * ocol;
             if (d >= head_dim) continue;  // head_dim is a multiple of 8: all 4 or none
-            store4(out + head * head_dim + d, acc[i][4 * u] / lr, acc[i][4 * u + 1] / lr,
-                   acc[i][4 * u + 2] / lr, acc[i][4 * u + 3] / lr);
+            // + 0.0f turns a -0 into +0 and changes nothing else: the key tiles wholly past
+            // an earlier row's position add fma(0, v, acc) to it, which is acc except that
+            // -0 becomes +0 (0 * v + -0 = +0 for v >= 0); the twin, which does not walk those
+            // tiles for that row, adds the same +0 (its docstring).
+            store4(out + head * head_dim + d, acc[i][4 * u] / lr + 0.0f, acc[i][4 * u + 1] / lr + 0.0f,
+                   acc[i][4 * u + 2] / lr + 0.0f, acc[i][4 * u + 3] / lr + 0.0f);
         }
     }
 }

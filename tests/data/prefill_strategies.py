@@ -50,6 +50,29 @@ def fixed_prefill_case(
     return PrefillCase(q, kc, vc, PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size), head_dim**-0.5)
 
 
+
+def minus_zero_prefill_case(dtype=np.float32) -> PrefillCase:
+    """A case built so that one output element's accumulator is ``-0``, not ``+0``, in
+    the twin: 11 new tokens over 60 cached ones (one block of 64 query rows that reads
+    two key tiles), every row's largest logit on key 0, whose value is 0 in dim 0, and
+    the values of keys 1..63 ``-2**-149`` there (float32; ``-2**-24``, float16's
+    smallest, for float16), so that ``p * v`` rounds to ``-0`` for every key after the
+    first. Token 0 (position 60) sees only the first key tile; the kernel still walks
+    the second for it (its other rows need it), where values of ``+1`` would turn a
+    ``-0`` accumulator into ``+0`` (``0 * 1 + (-0) = +0``). Both must end at ``+0``."""
+    case = fixed_prefill_case(0, dtype, 8, 16, 1, seq_lens=[71], query_lens=[11], num_kv_heads=1, spare_blocks=0)
+    q, kc, vc, batch, _ = case.args()
+    table = batch.block_tables[0]
+    q[:] = 0
+    kc[:] = 0
+    vc[:] = 0
+    q[:, 0, 0] = 10  # logits 10 * scale on key 0, 0 elsewhere: p = exp(-3.5) = 0.03 after key 0
+    kc[table[0], 0, 0, 0] = 1
+    tiny = -(2.0**-149) if np.dtype(dtype) == np.float32 else -(2.0**-24)
+    for t in range(1, 71):
+        vc[table[t // 16], t % 16, 0, 0] = tiny if t < 64 else 1.0
+    return case
+
 def _length(draw, block_size: int, most: int, least: int) -> int:
     """A length in ``least .. most``: 1, whole blocks, or anything (mid-block)."""
     if most <= least:

@@ -28,6 +28,7 @@ from prefill_strategies import (  # noqa: E402
     PrefillCase,
     fixed_prefill_case,
     good_prefill_args,
+    minus_zero_prefill_case,
     prefill_cases,
 )
 
@@ -88,6 +89,14 @@ def test_small_cases_for_the_sanitizer(case):
 @given(case=prefill_cases())
 @example(case=FIXED[0])
 def test_gpu_equals_twin_bit_for_bit(case):
+    assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_minus_zero_accumulator_gives_the_same_bits(dtype):
+    # An accumulator of -0 that the kernel's extra key tile turns into +0 (prefill_strategies).
+    case = minus_zero_prefill_case(dtype)
     assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from gpu_helpers import assert_bits_equal  # also puts tests/data on the path
 from hypothesis import example, given, settings
-from prefill_strategies import fixed_prefill_case, prefill_cases
+from prefill_strategies import fixed_prefill_case, minus_zero_prefill_case, prefill_cases
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data import make_prefill_plan, paged_prefill_attention
@@ -91,4 +91,14 @@ def test_every_instantiation_equals_the_twin(dtype, head_dim):
 @example(case=fixed_prefill_case(0, np.float16, 128, 16, 4, seq_lens=[64, 200], query_lens=[64, 72], spare_blocks=2))  # whole key tiles
 def test_random_cases_equal_the_twin(case):
     twin = paged_prefill_attention(*case.args())
+    assert_bits_equal(emulated_prefill(*case.args()), twin)
+
+
+def test_tiles_past_a_row_leave_no_sign_of_zero():
+    # Token 0's accumulator in dim 0 is -0 after the first key tile; the kernel's walk over
+    # the second tile for it (its block's later rows need that tile) adds fma(0, 1, -0) =
+    # +0. The output's + 0 makes both sides +0: before it, the twin gave -0 and the kernel +0.
+    case = minus_zero_prefill_case(np.float32)
+    twin = paged_prefill_attention(*case.args())
+    assert twin[0, 0, 0] == 0 and not np.signbit(twin[0, 0, 0])
     assert_bits_equal(emulated_prefill(*case.args()), twin)

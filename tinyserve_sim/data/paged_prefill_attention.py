@@ -46,16 +46,22 @@ starting from ``m = -inf``, ``l = 0``, ``acc = 0``:
 5. **Output.** ``acc = acc * alpha``, then for ``j`` in increasing order
    ``acc = fma(p_j, v_j, acc)`` (one rounding).
 
-Finally ``out = acc / l`` (IEEE division), rounded to the query's dtype.
+Finally ``out = acc / l + 0`` (IEEE division; adding ``+0`` turns a ``-0`` into
+``+0`` and changes nothing else, see below), rounded to the query's dtype.
 
 Why the thread block's other rows change nothing: a block walks key tiles up
 to its *last* row's position, so an earlier row also sees tiles wholly after
-its own position. For that row such a tile is an exact no-op: every ``x_j``
-is ``-inf``, so ``m_new = m``, ``alpha = exp(0) = 1`` exactly, every ``p_j``
-is 0, ``l * 1 + 0 = l`` and ``fma(0, v_j, acc) = acc`` (for the finite values
-of real tokens; keys past a sequence's end are read as zeros). Hence a token
-gets the same bits whether it is computed alone, in a chunk, or in a whole
-prompt: the property the tests and the prefix-caching tutorial rely on.
+its own position. For that row such a tile is a no-op but for one bit: every
+``x_j`` is ``-inf``, so ``m_new = m``, ``alpha = exp(0) = 1`` exactly, every
+``p_j`` is 0, ``l * 1 + 0 = l`` and ``fma(0, v_j, acc) = acc`` for the finite
+values of real tokens (keys past a sequence's end are read as zeros), *except*
+that an accumulator of ``-0`` becomes ``+0`` (``0 * v + (-0) = +0`` for ``v >= 0``).
+An accumulator is ``-0`` when every product it has added rounded to zero and one
+was negative: a float32 cache with subnormal values does it (``0.03 * -2**-149``
+rounds to ``-0``). The sign of a zero is all that differs, and adding ``+0`` to
+the output erases it in both the kernel and the twin. Hence a token gets the
+same bits whether it is computed alone, in a chunk, or in a whole prompt: the
+property the tests and the prefix-caching tutorial rely on.
 
 Why a single new token does not give :func:`~tinyserve_sim.data.paged_attention.paged_attention`'s
 bits: the decode kernel splits each key's dot product over ``lanes`` threads
@@ -172,5 +178,5 @@ def paged_prefill_attention(
         acc[rows] = a
         m[rows] = m_new
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / l[..., None]
+        out = acc / l[..., None] + F32(0)  # -0 -> +0, as the kernel (the docstring says why)
     return out.reshape(T, Hq, D).astype(query.dtype)

@@ -25,6 +25,7 @@ from tinyserve_sim.data.geometry import (
     NUM_THREADS,
     check_launch_limits,
     make_plan,
+    partition_count,
     resolve_variant,
 )
 from tinyserve_sim.data.validation import (
@@ -143,10 +144,7 @@ def prepare_paged_attention(
     out = _check_out(out, (S, Hq, D), dtype)
     if S == 0:
         return lambda: out
-    G = Hq // Hkv
-    plan = make_plan(D, dtype, G)
-    HB = plan.heads_per_block
-    n_tiles = -(-G // HB)
+    plan = make_plan(D, dtype, Hq // Hkv)
     module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"
@@ -159,7 +157,7 @@ def prepare_paged_attention(
     smem = plan.shared_memory_bytes
     if smem > 48 * 1024:  # above the default: the kernel must be allowed more (once per kernel)
         main.max_dynamic_shared_size_bytes = smem
-    max_parts = -(-int(lens_h.max()) // partition_size) if split else 1
+    max_parts = partition_count(int(lens_h.max()), partition_size) if split else 1
     if split:
         part_out = cp.empty((S, Hq, max_parts, D), dtype=np.float32)
         part_m = cp.empty((S, Hq, max_parts), dtype=np.float32)
@@ -172,7 +170,7 @@ def prepare_paged_attention(
         np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(block_size), np.int32(batch.max_blocks),
         seq_stride, head_stride, np.int32(partition_size), np.int32(max_parts),
     )
-    grid = (Hkv * n_tiles, S, max_parts)
+    grid = plan.grid(S, Hq, Hkv, max_parts)
 
     def launch() -> cp.ndarray:
         main(grid, (NUM_THREADS,), args, shared_mem=smem)

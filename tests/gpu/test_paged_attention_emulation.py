@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from kv_strategies import AttentionCase, attention_cases, fixed_attention_case, select_pages
 
 from tinyserve_sim.data import paged_attention
-from tinyserve_sim.data.geometry import make_plan
+from tinyserve_sim.data.geometry import make_plan, partition_count
 from tinyserve_sim.gpu import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "host_emulation"))
@@ -79,9 +79,9 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     main = build.paged_attention_kernel_name(plan, q.dtype, split)
     lib = emulate.load(_driver(main, build.CTYPE[np.dtype(q.dtype)]), "paged_attention")
     assert plan.shared_memory_bytes <= SMEM_CAPACITY
-    max_parts = -(-int(np.max(batch.seq_lens)) // case.partition_size) if split else 1
+    max_parts = partition_count(int(np.max(batch.seq_lens)), case.partition_size) if split else 1
     assert max_parts <= MAX_PARTITIONS
-    n_tiles = -(-(Hq // Hkv) // plan.heads_per_block)
+    grid_x, _, _ = plan.grid(S, Hq, Hkv)
     out = np.full(q.shape, np.nan, q.dtype)
     parts = [np.full(shape, np.nan, np.float32) for shape in ((S, Hq, max_parts, D), (S, Hq, max_parts), (S, Hq, max_parts))]
     tables = np.ascontiguousarray(batch.block_tables, np.int32)
@@ -92,7 +92,7 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     lib.run(out.ctypes.data, *(p.ctypes.data for p in parts), q.ctypes.data, kc.ctypes.data,
             case.value_cache.ctypes.data, tables.ctypes.data, lens.ctypes.data, np.float32(case.scale),
             Hq, Hkv, D, bs, batch.max_blocks, seq_stride, head_stride, case.partition_size, max_parts,
-            Hkv * n_tiles, S, int(split), plan.shared_memory_bytes)
+            grid_x, S, int(split), plan.shared_memory_bytes)
     return out
 
 

@@ -70,6 +70,16 @@ class AttentionPlan:
         """Query heads one thread block covers: ``head_tile * head_slices``."""
         return self.head_tile * self.head_slices
 
+    def grid(self, num_seqs: int, num_heads: int, num_kv_heads: int, partitions: int = 1) -> tuple[int, int, int]:
+        """The main kernel's grid: x = (KV head, tile of its query heads), y = sequence,
+        z = split-K partition (1 for one pass; see :func:`partition_count`).
+
+        >>> make_plan(128, np.float16, 8).grid(num_seqs=2, num_heads=64, num_kv_heads=8, partitions=3)
+        (8, 2, 3)
+        """
+        head_tiles = -(-(num_heads // num_kv_heads) // self.heads_per_block)
+        return (num_kv_heads * head_tiles, num_seqs, partitions)
+
     @property
     def shared_memory_bytes(self) -> int:
         """Dynamic shared memory of one thread block, in the kernel's order: the staged K and
@@ -113,6 +123,16 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     rows = NUM_THREADS // lanes // head_slices
     chunk = 64 if head_dim * itemsize <= SMALL_ROW_BYTES else 32
     return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
+
+
+def partition_count(longest: int, partition_size: int) -> int:
+    """Split-K partitions of the longest row: ``ceil(longest / partition_size)``. The grid
+    and the partial-result buffers are sized for it; shorter rows leave the rest unused.
+
+    >>> partition_count(4096, 1024), partition_count(4097, 1024)
+    (4, 5)
+    """
+    return -(-longest // partition_size)
 
 
 #: (sequence, KV head) rows from which one pass fills an H100 or H200 by itself: 512
@@ -186,8 +206,8 @@ def check_launch_limits(num_seqs: int, lens: np.ndarray, partition_size: int | N
         raise KernelInputError(
             f"batch.seq_lens: {longest} tokens plus a partition of {partition_size} overflow the kernels' int32 positions"
         )
-    if -(-longest // partition_size) > MAX_PARTITIONS:
+    if partition_count(longest, partition_size) > MAX_PARTITIONS:
         raise KernelInputError(
-            f"{longest} tokens make {-(-longest // partition_size)} split-K partitions of {partition_size}; "
+            f"{longest} tokens make {partition_count(longest, partition_size)} split-K partitions of {partition_size}; "
             f"at most {MAX_PARTITIONS} (use a larger partition_size)"
         )

@@ -75,6 +75,7 @@ from tinyserve_sim.data.geometry import (
     Variant,
     check_launch_limits,
     make_plan,
+    partition_count,
     resolve_variant,
 )
 from tinyserve_sim.control.batch import DecodeBatch
@@ -210,7 +211,7 @@ def paged_attention(
         return o.reshape(S, Hq, D).astype(query.dtype)
     # Split-K: row (s, h) has ceil(lens[s, h] / partition_size) partitions; the
     # loop runs to the longest row's count, and `live` masks the rest out.
-    n_parts = -(-int(lens64.max()) // partition_size)
+    n_parts = partition_count(int(lens64.max()), partition_size)
     num = np.zeros((S, Hkv, G, D), dtype=F32)
     den = np.zeros((S, Hkv, G), dtype=F32)
     parts = []

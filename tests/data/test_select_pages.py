@@ -108,7 +108,7 @@ def test_compact_tables_lists_the_given_pages():
     "scores, budget, match",
     [
         (np.zeros((1, 1, 2), np.float32), 31, "two pages"),
-        (np.zeros((1, 1, 2), np.float32), 0, "at least 1"),
+        (np.zeros((1, 1, 2), np.float32), 0, "positive integer"),
         (np.zeros((1, 1, 2), np.float32), 32.0, "integer"),
         (np.zeros((1, 1, 2), np.float64), 64, "float32"),
         (np.zeros((1, 1, 3), np.float32), 64, "do not match"),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.checks import INT64_MAX, check_int
 from tinyserve_sim.data.validation import (
     CACHE_DTYPES,
     HEAD_DIM_MULTIPLE,
@@ -40,11 +41,10 @@ MAX_GROUP_ELEMENTS = 32768
 
 
 def _int_scalar(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise KernelInputError(f"{name} must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise KernelInputError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    """``value`` as an int (a Python or NumPy integer, not a bool) of at least ``minimum``."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    return check_int(value, name, minimum, INT64_MAX, KernelInputError)
 
 
 def check_page_metadata(key_min: Any, key_max: Any) -> tuple[int, int, int]:

@@ -116,5 +116,5 @@ def test_the_benchmarks_read_floor_kernels_compile():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    binary, lowered = build.nvrtc_compile(module.READ_FLOOR_SOURCE, "read_floor.cu", ("read_kv", "read_metadata"), build.CHECK_ARCH)
-    assert binary and set(lowered) == {"read_kv", "read_metadata"}
+    binary, lowered = build.nvrtc_compile(module.READ_FLOOR_SOURCE, "read_floor.cu", ("read_kv", "read_metadata", "read_contiguous"), build.CHECK_ARCH)
+    assert binary and set(lowered) == {"read_kv", "read_metadata", "read_contiguous"}

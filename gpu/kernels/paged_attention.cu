@@ -142,13 +142,17 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     }
     for (int i = tid; i < HB * CHUNK; i += NT) x_s[i] = 0.0f;  // heads past the group keep p = 0
 
-    // Byte offset of token t's row for this KV head, from the start of a cache:
-    // one integer division per token, done once, for K and V alike.
-    auto token_base = [&](int t) {
-        const long long blk = table[t / block_size];
+    // Byte offset of token t's row for this KV head, from the start of a cache, given
+    // its block-table entry blk: one integer division per token, done once, for K and V.
+    auto base_of = [&](long long blk, int t) {
         return ((blk * block_size + t % block_size) * num_kv_heads + kv_head) * head_dim
                * static_cast<long long>(sizeof(T));
     };
+    auto token_base = [&](int t) { return base_of(table[t / block_size], t); };
+    // Thread tid < CHUNK's entry for token t (0 where there is no such token). The entries
+    // are loaded a chunk before their offsets are written: a load issued in chunk c for
+    // chunk c+2 lands while chunk c computes, so no warp waits on it at the top of chunk c+1.
+    auto load_entry = [&](int t) { return tid < CHUNK && t < b ? table[t / block_size] : 0; };
     // The copies: all 128 threads as CROWS rows of LANES lanes, each lane its
     // own vectors of every CROWS-th token of the chunk. Padding tokens (past b)
     // are not copied; their stale shared memory is never used for a result.
@@ -179,6 +183,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         for (int e = 0; e < EPL; ++e) acc[g][e] = 0.0f;
     }
     if (tid < CHUNK && a + tid < b) base_s[tid] = token_base(a + tid);
+    int next_entry = load_entry(a + CHUNK + tid);  // the second chunk's, ahead of time
     __syncthreads();
 #pragma unroll
     for (int g = 0; g < HT; ++g)
@@ -204,9 +209,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         long long* next_bases = base_s + (buf ^ 1) * CHUNK;
         cp_async_wait<1>();  // K of this chunk has landed (V may still be in flight)
         __syncthreads();     // ... for every thread's copies
-        // Row offsets of the next chunk, for its copies below. Their buffer was last
-        // read to copy the previous chunk's V, before the barrier above.
-        if (more && tid < CHUNK && c0 + CHUNK + tid < b) next_bases[tid] = token_base(c0 + CHUNK + tid);
+        // Row offsets of the next chunk, for its copies below, from the table entries loaded
+        // during the previous chunk. Their buffer was last read to copy the previous
+        // chunk's V, before the barrier above. Then the entries of the chunk after next.
+        if (more && tid < CHUNK && c0 + CHUNK + tid < b) next_bases[tid] = base_of(next_entry, c0 + CHUNK + tid);
+        next_entry = load_entry(c0 + 2 * CHUNK + tid);
         // ---- A. logits -------------------------------------------------
 #pragma unroll
         for (int kk = 0; kk < TPR; ++kk) {

@@ -34,14 +34,27 @@ class AttentionCase:
         return (self.query, self.key_cache, self.value_cache, self.batch, self.scale)
 
 
+#: Value scales that put a cache's values near the bottom of its dtype's range: float32
+#: values of about 2**-140 are subnormal, so every ``p * v`` underflows (and can round to
+#: -0); float16 values of about 2**-20 are near its subnormal range.
+TINY_VALUES = {np.dtype(np.float32): 2.0**-140, np.dtype(np.float16): 2.0**-20}
+
+
+def value_scales(dtype) -> st.SearchStrategy[float]:
+    """1 most of the time, sometimes :data:`TINY_VALUES` for ``dtype``."""
+    return st.sampled_from([1.0, 1.0, 1.0, TINY_VALUES[np.dtype(dtype)]])
+
+
 @st.composite
 def attention_cases(draw, max_len: int = 700, max_seqs: int = 4, dtypes=(np.float16, np.float32)) -> AttentionCase:
     """Shapes and contents for paged attention.
 
     block sizes 1..256 (not only powers of two), the HEAD_DIMS above, GQA
     ratios 1..32, lengths that include 1 and exact multiples of the block
-    size, tables that share physical blocks, and sometimes large-magnitude
-    queries and keys so that one token dominates the softmax."""
+    size, tables that share physical blocks, sometimes large-magnitude
+    queries and keys so that one token dominates the softmax, and sometimes
+    values so small (:data:`TINY_VALUES`) that the products ``p * v`` are
+    subnormal or round to zero (underflow, and zeros of either sign)."""
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
     block_size = draw(st.one_of(st.sampled_from([1, 16, 256]), st.integers(1, 256)))
     head_dim = draw(st.sampled_from(HEAD_DIMS))
@@ -67,7 +80,7 @@ def attention_cases(draw, max_len: int = 700, max_seqs: int = 4, dtypes=(np.floa
     magnitude = draw(st.sampled_from([1.0, 1.0, 8.0, 40.0]))
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
     kc = (rng.standard_normal(shape) * magnitude).astype(dtype)
-    vc = rng.standard_normal(shape).astype(dtype)
+    vc = (rng.standard_normal(shape) * draw(value_scales(dtype))).astype(dtype)
     q = (rng.standard_normal((num_seqs, num_kv_heads * group, head_dim)) * magnitude).astype(dtype)
     scale = float(draw(st.sampled_from([head_dim**-0.5, 1.0, 0.01])))
     partition_size = draw(st.sampled_from([128, 256, 512]))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from hypothesis import strategies as st
 
+from kv_strategies import value_scales
+
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 
 HEAD_DIMS = (8, 32, 40, 64, 80, 96, 128, 160, 256)
@@ -97,8 +99,9 @@ def prefill_cases(
     """A prefill step over a paged cache: 1..max_seqs sequences, each with a cached prefix
     (none, whole blocks, or ending mid-block) and 1..max_new new tokens (1, whole
     blocks, or any), block sizes 1..64, head dims with and without padding, GQA
-    groups, tables that share their first blocks (a prefix-cache hit), and sometimes
-    large-magnitude queries and keys so that one key dominates the softmax."""
+    groups, tables that share their first blocks (a prefix-cache hit), sometimes
+    large-magnitude queries and keys so that one key dominates the softmax, and
+    sometimes tiny values (``kv_strategies.TINY_VALUES``: underflowing products)."""
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
     block_size = draw(st.one_of(st.sampled_from([1, 16]), st.integers(1, 64)))
     head_dim = draw(st.sampled_from(head_dims))
@@ -129,7 +132,7 @@ def prefill_cases(
     magnitude = draw(st.sampled_from([1.0, 1.0, 4.0, 16.0]))
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
     kc = (rng.standard_normal(shape) * magnitude).astype(dtype)
-    vc = rng.standard_normal(shape).astype(dtype)
+    vc = (rng.standard_normal(shape) * draw(value_scales(dtype))).astype(dtype)
     T = sum(query_lens)
     q = (rng.standard_normal((T, num_kv_heads * group, head_dim)) * magnitude).astype(dtype)
     batch = PrefillBatch.from_tables(tables, seq_lens, query_lens, block_size)

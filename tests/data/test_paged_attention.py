@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from kv_strategies import BAD_ATTENTION_INPUTS, AttentionCase, attention_cases, good_attention_args, select_pages
+from kv_strategies import (
+    BAD_ATTENTION_INPUTS,
+    AttentionCase,
+    attention_cases,
+    fixed_attention_case,
+    good_attention_args,
+    select_pages,
+)
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data import (
@@ -148,6 +155,24 @@ def test_bound_is_tight_enough_to_catch_a_wrong_result():
     bound = attention_error_bound(*case.args())
     assert (np.abs(out - ref) <= bound).all()
     assert (np.abs(out * 1.01 - ref) > bound).any()
+
+
+@pytest.mark.parametrize("variant", ["one_pass", "split_k"])
+def test_the_bound_holds_when_the_values_are_subnormal(variant):
+    """float32 values of about 2**-140 are subnormal: every p * v underflows, off by up
+    to 2**-150 absolute, which no relative term covers (the bound exceeded 2.7 times
+    before its underflow term). The bound must hold, and stay far below the values."""
+    worst = 0.0
+    for seed in range(6):
+        case = fixed_attention_case(seed, np.float32, 2, 4, 2, 64, 16, [300, 77], 128)
+        case.value_cache[:] = case.value_cache * np.float32(2.0**-140)
+        out = paged_attention(*case.args(), variant=variant, partition_size=128).astype(np.float64)
+        ref = reference_paged_attention(*case.args())
+        bound = attention_error_bound(*case.args(), partition_size=128)
+        assert (np.abs(out - ref) <= bound).all()
+        assert bound.max() < 2.0**-125  # not vacuous: the values are about 2**-140
+        worst = max(worst, float((np.abs(out - ref) / bound).max()))
+    assert worst > 0  # the outputs really are off (the case exercises the underflow)
 
 
 @HEAVY

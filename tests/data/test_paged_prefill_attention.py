@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from prefill_strategies import BAD_PREFILL_INPUTS, PrefillCase, good_prefill_args, prefill_cases
+from prefill_strategies import BAD_PREFILL_INPUTS, PrefillCase, fixed_prefill_case, good_prefill_args, prefill_cases
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.control.prefill_batch import PrefillBatch
@@ -120,6 +120,20 @@ def test_bound_is_tight_enough_to_catch_a_wrong_result():
     bound = prefill_error_bound(q, kc, vc, batch, 0.125)
     wrong = paged_prefill_attention(q, kc, vc, shifted, 0.125).astype(np.float64)
     assert np.any(np.abs(wrong - ref) > bound)
+
+
+def test_the_bound_holds_when_the_values_are_subnormal():
+    # float32 values of about 2**-140: every p * v underflows (module doc of the decode
+    # reference). The bound exceeded 6.5 times before its underflow term.
+    for seed in range(4):
+        case = fixed_prefill_case(seed, np.float32, 64, 16, 2, [300, 77], [120, 40])
+        q, kc, vc, batch, scale = case.args()
+        vc[:] = vc * np.float32(2.0**-140)
+        out = paged_prefill_attention(q, kc, vc, batch, scale).astype(np.float64)
+        ref = reference_paged_prefill_attention(q, kc, vc, batch, scale)
+        bound = prefill_error_bound(q, kc, vc, batch, scale)
+        assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) / bound))
+        assert bound.max() < 2.0**-125
 
 
 def _sequence_keys(rng, dtype, L, Hkv, D, block_size, num_blocks, magnitude=1.0):

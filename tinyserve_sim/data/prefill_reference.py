@@ -15,7 +15,9 @@ equally documented order, so the decode derivation
 * output sums: each ``p_j v_j`` is rounded by its own fma and then by at most
   every later fma and rescaling, and the normaliser by its tile's tree (at most
   4 sequential adds and 4 butterfly levels) and two operations per later tile:
-  ``n_acc = 2 (pos + 1) + 2 n_resc + 16`` covers both.
+  ``n_acc = 2 (pos + 1) + 2 n_resc + 16`` covers both;
+* underflow: the same absolute terms as for decode (subnormal results of the fused
+  multiply-adds, exponentials flushed below the normal range).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tinyserve_sim.data.reference import (
     MIN_CHUNK,
     U32,
     _gamma,
+    _logit_underflow,
     _output_rounding,
     _weight_and_sum_bound,
 )
@@ -115,11 +118,15 @@ def prefill_error_bound(
         seen = np.isfinite(x)
         n_resc = np.ceil(visible / MIN_CHUNK) + 2  # [R]
         n_acc = 2 * visible + 2 * n_resc + 16
-        delta = np.where(seen, abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(np.where(seen, x, 0)), 0.0)
+        delta = np.where(
+            seen,
+            abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(np.where(seen, x, 0)) + _logit_underflow(scale64, D),
+            0.0,
+        )
         gap = x.max(axis=1, keepdims=True) - np.where(seen, x, 0)
         eps = np.where(seen, (n_resc[:, None] + 1) * (EPS_EXP + U32 * gap) + 2 * U32, 0.0)
         gamma_acc = (n_acc * U32 / (1 - n_acc * U32))[:, None]
-        b = _weight_and_sum_bound(np.where(seen, x, -np.inf), delta, eps, vh, gamma_acc, U32, out_rel, out_abs)
+        b = _weight_and_sum_bound(np.where(seen, x, -np.inf), delta, eps, vh, gamma_acc, U32, out_rel, out_abs, n_acc)
         bound[where] = b.reshape(bound[where].shape)
     return bound
 

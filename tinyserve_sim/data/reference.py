@@ -22,6 +22,15 @@ shared exp). ``docs/concepts/gpu-validation.md`` derives it; in short:
 * Output: ``|out - ref| <= sum_t w_t r_t |v_t| + gamma(n_acc) * sum_t w'_t |v_t| * 2 + u|ref|``,
   plus the final rounding to the output dtype (half an ULP: ``2**-11`` for
   float16, ``u`` for float32, relative; ``2**-25`` absolute for fp16 subnormals).
+* Underflow, which the relative terms above do not see (they hold for results in
+  float32's normal range): a fused multiply-add or a product whose result is
+  subnormal is off by up to ``ETA = 2**-150`` *absolute*, and the exponential
+  returns 0 below ``FLUSH = 2**-126``. So every logit's ``Delta_t`` gains
+  ``(|scale| (D + 2) + 1) ETA``, and the output ``2 (n_acc + 2) ETA`` (the sums'
+  roundings; the normaliser is at least 1) plus ``FLUSH (sum_t |v_t| + L |ref|)``
+  (tokens whose weight was flushed, and what they leave out of the normaliser).
+  Negligible for values of ordinary size; what bounds the error when the values
+  themselves are subnormal (a float32 cache holding ``2**-140``-sized numbers).
 """
 
 from __future__ import annotations
@@ -47,10 +56,21 @@ MIN_CHUNK = 32
 #: inputs: 7.9e-8 with its fused multiply-adds, 1.0e-7 before; see
 #: tests/data/test_exact_math.py, which asserts it).
 EPS_EXP = 2.5e-7
+#: The largest absolute error of a float32 product or fused multiply-add whose result is
+#: subnormal (half the smallest subnormal; sums that land there are exact).
+ETA32 = 2.0**-150
+#: Below the smallest normal float32 the shared exponential returns 0 (exact_math.exp_f32).
+FLUSH_EXP = 2.0**-126
 
 
 def _gamma(n: float) -> float:
     return n * U32 / (1.0 - n * U32)
+
+
+def _logit_underflow(scale64: float, head_dim: int) -> float:
+    """Absolute error a logit can gain from subnormal results in its dot product (one
+    ``ETA32`` per fused multiply-add, then the scale) and from the scaling itself."""
+    return (abs(scale64) * (head_dim + 2) + 1) * ETA32
 
 
 def _head_kv(key_cache: np.ndarray, value_cache: np.ndarray, table: np.ndarray, length: int, head: int):
@@ -107,6 +127,7 @@ def _weight_and_sum_bound(
     u_div: float,  # the final division's unit roundoff
     out_rel: float,
     out_abs: float,
+    n_acc: float | np.ndarray = 0.0,  # roundings in the output's sums (their underflow term)
 ) -> np.ndarray:
     """The bound on ``|out - ref|`` (``[G, D]``) from per-token logit and weight errors (module doc)."""
     w = np.exp(x - x.max(axis=1, keepdims=True))
@@ -120,7 +141,12 @@ def _weight_and_sum_bound(
     ref = w @ vh
     weight_err = (w * r) @ abs_v
     sum_err = 2 * gamma_acc * ((w * (1 + r)) @ abs_v) + u_div * np.abs(ref)
-    e = weight_err + sum_err
+    # Underflow (module doc): the sums' subnormal roundings, and the flushed weights.
+    seen = np.isfinite(x)  # keys a row sees (prefill masks the others with -inf)
+    underflow = 2 * (np.asarray(n_acc, dtype=np.float64).reshape(-1, 1) + 2) * ETA32 + FLUSH_EXP * (
+        seen.astype(np.float64) @ abs_v + seen.sum(axis=1, keepdims=True) * np.abs(ref)
+    )
+    e = weight_err + sum_err + underflow
     return e * (1 + out_rel) + out_rel * np.abs(ref) + out_abs
 
 
@@ -165,9 +191,9 @@ def attention_error_bound(
     for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = math.ceil(length / MIN_CHUNK) + 2  # the most rescalings any plan's chunk gives
         n_acc = 2 * length + 2 * n_resc + math.ceil(length / partition_size) + 16
-        delta = abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(x)
+        delta = abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(x) + _logit_underflow(scale64, D)
         eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max(axis=1, keepdims=True) - x)) + 2 * U32
-        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs)
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs, n_acc)
     return bound
 
 
@@ -226,11 +252,11 @@ def external_kernel_error_bound(
     for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = 2 * math.ceil(length / tokens_per_rescale) + 2
         n_acc = 2 * length + 2 * n_resc + 16
-        delta = abs(scale64) * (n_dot * u / (1 - n_dot * u)) * abs_qk + 3 * u * np.abs(x)
+        delta = abs(scale64) * (n_dot * u / (1 - n_dot * u)) * abs_qk + 3 * u * np.abs(x) + _logit_underflow(scale64, D)
         eps = (n_resc + 1) * (EPS_EXP_EXTERNAL + u * (x.max(axis=1, keepdims=True) - x)) + 2 * u
         # The probability's rounding before P.V is one more relative error on each weight.
         eps = eps + eta + eps * eta
         gamma_acc = n_acc * u / (1 - n_acc * u)
         # The final division may be an approximate one (2 ULP, e.g. __fdividef): 2u.
-        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, 2 * u, out_rel, out_abs)
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, gamma_acc, 2 * u, out_rel, out_abs, n_acc)
     return bound

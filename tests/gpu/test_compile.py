@@ -6,6 +6,9 @@ low-level binding) or ``nvcc``, but no GPU and no driver, so CPU-only CI runs it
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tinyserve_sim.gpu import build
@@ -107,8 +110,6 @@ def test_the_instantiation_shapes_reach_every_prefill_instantiation():
 def test_the_benchmarks_read_floor_kernels_compile():
     """bench_selection's read-floor kernels (compiled by CuPy on the GPU machine) compile here too."""
     import importlib.util
-    import sys
-    from pathlib import Path
 
     pytest.importorskip("cupy", reason="the benchmark module imports CuPy (no GPU needed)")
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_selection.py"
@@ -118,3 +119,33 @@ def test_the_benchmarks_read_floor_kernels_compile():
     spec.loader.exec_module(module)
     binary, lowered = build.nvrtc_compile(module.READ_FLOOR_SOURCE, "read_floor.cu", ("read_kv", "read_metadata", "read_contiguous"), build.CHECK_ARCH)
     assert binary and set(lowered) == {"read_kv", "read_metadata", "read_contiguous"}
+
+
+def _ab_kernels_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ab_kernels.py"
+    sys.path.insert(0, str(path.parent))  # its own imports: gpu_timing, bench_prefill
+    spec = importlib.util.spec_from_file_location("ab_kernels_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(tmp_path):
+    # benchmarks/ab_kernels.py compiles a kernel as it was at a git revision: the file and its
+    # local includes from that revision, inlined (here HEAD's decode kernel, which includes
+    # the shared exponential and the cp.async helpers).
+    pytest.importorskip("cupy", reason="the script imports CuPy (no GPU needed)")
+    ab = _ab_kernels_module()
+    if subprocess.run(["git", "cat-file", "-e", "HEAD"], cwd=ab.REPO, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    source = ab.git_source("HEAD", "paged_attention.cu")
+    assert '#include "' not in source and "ts_exp" in source and "cp_async16" in source
+    binary, _ = build.nvrtc_compile(source, "old.cu", (), build.CHECK_ARCH)
+    assert binary
+    # A file's own local includes come from the working tree.
+    (tmp_path / "k.cu").write_text('#include "exact_math.cuh"\n__global__ void k(float* x) { x[0] = ts_exp(x[0]); }\n')
+    inlined = ab.file_source(str(tmp_path / "k.cu"))
+    assert '#include "' not in inlined and "ts_exp" in inlined

@@ -1,0 +1,154 @@
+"""A/B of a kernel against another version of its own source, in one process: how every
+"prediction, change, outcome" entry of ``docs/dev/kernel-notes.md`` is measured.
+
+Run on a GPU machine (it prints figures; it asserts nothing about time)::
+
+    python benchmarks/ab_kernels.py decode --old 8e76749           # paged_attention then vs now
+    python benchmarks/ab_kernels.py prefill --old HEAD~1 --rounds 5
+    python benchmarks/ab_kernels.py decode --old-source old.cu      # a file (e.g. `git show` output)
+
+Both versions are compiled from source with the backend's own NVRTC options: the old one
+from ``git show REV:gpu/kernels/<file>`` (its local ``#include`` files from the same
+revision) or from a file, the new one from the working tree. The working tree's launchers
+launch both, so the launch geometry (grid, threads, shared memory) is the working tree's:
+an A/B of a change to the geometry itself needs its own script.
+
+For every case the two outputs are first compared bit for bit (a change meant to keep the
+bits must keep them; ``bits DIFFER`` says it did not), then the two versions are timed in
+alternation, ``--rounds`` times, and the best median of each is printed with the ratio
+old / new (> 1: the new one is faster). Timings from two processes, or two machines, are
+not comparable: on the project's H200 the same case moved by up to 12% between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cupy as cp
+import numpy as np
+from gpu_timing import time_cupy
+
+from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.gpu import build, launchers, prefill_launchers
+
+REPO = Path(__file__).resolve().parents[1]
+_INCLUDE = re.compile(r'^#include "([^"]+)"', re.MULTILINE)
+
+#: Each family: its kernel file, the launcher module that compiles it, and its cases.
+#: Decode cases are (B, L, Hq, Hkv, D, block size); prefill cases (prefix, Hkv, D, dtype)
+#: for 8 sequences of 2,048 new tokens and 32 query heads (bench_prefill's shapes).
+DECODE_CASES = [(64, 4096, 32, 32, 128, 16), (1, 65536, 32, 32, 128, 16), (64, 4096, 32, 8, 128, 16),
+                (1, 65536, 32, 8, 128, 16), (8, 32768, 32, 8, 128, 16), (64, 4096, 64, 8, 128, 16),
+                (64, 4096, 32, 8, 64, 16), (64, 4096, 32, 8, 256, 16)]
+PREFILL_CASES = [(0, 8, 128, np.float16), (0, 32, 128, np.float16), (6144, 8, 128, np.float16),
+                 (6144, 32, 128, np.float16), (0, 8, 64, np.float16), (0, 8, 256, np.float16)]
+
+
+def git_source(rev: str, name: str) -> str:
+    """``gpu/kernels/<name>`` at git revision ``rev``, its local includes inlined (from ``rev`` too)."""
+
+    def show(file: str) -> str:
+        res = subprocess.run(["git", "show", f"{rev}:gpu/kernels/{file}"], cwd=REPO, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"ab_kernels: git show {rev}:gpu/kernels/{file} failed: {res.stderr.strip()}")
+        return _INCLUDE.sub(lambda m: show(m.group(1)), res.stdout)
+
+    return show(name)
+
+
+def file_source(path: str) -> str:
+    """A kernel source from a file; local includes it still has come from the working tree."""
+    return _INCLUDE.sub(lambda m: build.load_source(m.group(1)), Path(path).read_text())
+
+
+@contextlib.contextmanager
+def compiled_from(module: object, source: str, tag: str) -> Iterator[None]:
+    """Within the block, ``module``'s launchers compile ``source`` instead of the working tree's."""
+    original = module.get_module  # type: ignore[attr-defined]
+    module.get_module = lambda name, exprs=(): build.load_module(source, f"{tag}_{name}", exprs)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        module.get_module = original  # type: ignore[attr-defined]
+
+
+def decode_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
+    """(tag, a function that prepares a launch, bytes read, unit) for each decode case."""
+    for B, L, Hq, Hkv, D, bs in DECODE_CASES:
+        nblk = L // bs
+        shape = (B * nblk, bs, Hkv, D)
+        kc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
+        vc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
+        q = cp.random.standard_normal((B, Hq, D), dtype=cp.float32).astype(cp.float16)
+        tables = np.random.default_rng(0).permutation(B * nblk).reshape(B, nblk).astype(np.int32)
+        batch = DecodeBatch(bs, tables, np.full(B, L, np.int32))
+        nbytes = 2.0 * B * L * Hkv * D * 2
+        yield (f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}",
+               lambda: launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5), nbytes, "TB/s")
+
+
+def prefill_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
+    """(tag, a function that prepares a launch, FLOPs, unit) for each prefill case."""
+    from bench_prefill import make_case
+
+    rng = np.random.default_rng(1)
+    for P, Hkv, D, dtype in PREFILL_CASES:
+        q, kc, vc, batch = make_case(rng, 8, 2048, P, 32, Hkv, D, 16, dtype)
+        flops = 4.0 * D * 32 * 8 * (2048 * P + 2048 * 2049 // 2)
+        yield (f"prefix={P} Hkv={Hkv} D={D} {np.dtype(dtype).name}",
+               lambda: prefill_launchers.prepare_paged_prefill_attention(q, kc, vc, batch, D**-0.5), flops, "TFLOP/s")
+
+
+FAMILIES = {
+    "decode": ("paged_attention.cu", launchers, decode_cases),
+    "prefill": ("paged_prefill_attention.cu", prefill_launchers, prefill_cases),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("family", choices=sorted(FAMILIES))
+    old = ap.add_mutually_exclusive_group(required=True)
+    old.add_argument("--old", metavar="REV", help="git revision of the old kernel source")
+    old.add_argument("--old-source", metavar="FILE", help="the old kernel source as a file")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of the two versions (best of each)")
+    ap.add_argument("--reps", type=int, default=20, help="timed launches per round (their median)")
+    ap.add_argument("--only", default="", help="only the cases whose tag contains this text")
+    opts = ap.parse_args()
+    name, module, cases = FAMILIES[opts.family]
+    sources = {
+        "old": git_source(opts.old, name) if opts.old else file_source(opts.old_source),
+        "new": build.load_source(name),
+    }
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    print(f"device: {props['name'].decode()}; {name}: old = {opts.old or opts.old_source}, new = the working tree", flush=True)
+    for tag, prepare, amount, unit in cases():
+        if opts.only not in tag:
+            continue
+        launches, outputs = {}, {}
+        for label, source in sources.items():
+            with compiled_from(module, source, label):
+                launches[label] = prepare()
+            outputs[label] = launches[label]().copy()
+        same = bool((outputs["old"].view(np.uint8) == outputs["new"].view(np.uint8)).all())
+        best = {label: float("inf") for label in launches}
+        for _ in range(opts.rounds):
+            for label, launch in launches.items():
+                best[label] = min(best[label], time_cupy(launch, opts.reps))
+        rates = {label: amount / t / 1e12 for label, t in best.items()}
+        print(f"{tag:<36s} old {best['old'] * 1e6:9.1f} us ({rates['old']:6.2f} {unit})   new {best['new'] * 1e6:9.1f} us "
+              f"({rates['new']:6.2f} {unit})   old/new {best['old'] / best['new']:.3f}x   bits {'equal' if same else 'DIFFER'}",
+              flush=True)
+        del launches, outputs
+        cp.get_default_memory_pool().free_all_blocks()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,6 +64,7 @@ from tinyserve_sim.gpu import launchers
 from tinyserve_sim.gpu import selection_launchers as sl
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.geometry import partition_count
 
 _FLUSH: cp.ndarray | None = None
 
@@ -232,7 +233,7 @@ def read_kv_floor(case: Case, tables: cp.ndarray, lens: cp.ndarray, per_head: bo
     for part in (256, 512, 1024):
         args = (case.key_cache, case.value_cache, tables, lens, np.int32(seq_stride), np.int32(head_stride),
                 np.int32(tables.shape[-1]), np.int32(case.Hkv), np.int32(case.bs), np.int32(row_vecs), np.int32(part), sink)
-        grid = (case.Hkv, case.S, -(-longest // part))
+        grid = (case.Hkv, case.S, partition_count(longest, part))
         best = min(best, time_ms(lambda grid=grid, args=args: read_kv(grid, (128,), args), reps))
     return best
 

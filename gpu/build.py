@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +65,30 @@ def kernel_files() -> list[Path]:
     return sorted(KERNEL_DIR.glob("*.cu"))
 
 
-def load_source(name: str) -> str:
-    """The source of ``kernels/<name>`` with local ``#include "..."`` files inlined."""
+def _read_kernel_file(name: str) -> str:
+    return (KERNEL_DIR / name).read_text()
+
+
+def inline_includes(text: str, read: Callable[[str], str] = _read_kernel_file) -> str:
+    """``text`` with its local ``#include "..."`` lines replaced by the files, recursively,
+    each file once; ``read(name)`` gives a file's text (by default from ``kernels/``;
+    ``benchmarks/ab_kernels.py`` reads them at a git revision instead)."""
 
     def expand(text: str, seen: frozenset[str]) -> str:
         def repl(m: re.Match[str]) -> str:
             inc = m.group(1)
             if inc in seen:
                 return ""  # already inlined (headers use #pragma once anyway)
-            return expand((KERNEL_DIR / inc).read_text(), seen | {inc})
+            return expand(read(inc), seen | {inc})
 
         return _INCLUDE_RE.sub(repl, text)
 
-    return expand((KERNEL_DIR / name).read_text(), frozenset())
+    return expand(text, frozenset())
+
+
+def load_source(name: str) -> str:
+    """The source of ``kernels/<name>`` with local ``#include "..."`` files inlined."""
+    return inline_includes(_read_kernel_file(name))
 
 
 def cuda_include_dirs() -> list[str]:

@@ -81,10 +81,9 @@ def test_exp_f32_equals_the_gpu_ts_exp():
     import cupy as cp
 
     from tinyserve_sim.data.exact_math import exp_f32
-    from tinyserve_sim.gpu.build import KERNEL_DIR, load_module
+    from tinyserve_sim.gpu.build import inline_includes, load_module
 
-    source = _EXP_SOURCE.replace('#include "exact_math.cuh"', (KERNEL_DIR / "exact_math.cuh").read_text())
-    kernel = load_module(source, "exp.cu").get_function("exp_kernel")
+    kernel = load_module(inline_includes(_EXP_SOURCE), "exp.cu").get_function("exp_kernel")
     rng = np.random.default_rng(4)
     bits = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = np.concatenate([

@@ -206,8 +206,9 @@ def check_launch_limits(num_seqs: int, lens: np.ndarray, partition_size: int | N
         raise KernelInputError(
             f"batch.seq_lens: {longest} tokens plus a partition of {partition_size} overflow the kernels' int32 positions"
         )
-    if partition_count(longest, partition_size) > MAX_PARTITIONS:
+    parts = partition_count(longest, partition_size)
+    if parts > MAX_PARTITIONS:
         raise KernelInputError(
-            f"{longest} tokens make {partition_count(longest, partition_size)} split-K partitions of {partition_size}; "
+            f"{longest} tokens make {parts} split-K partitions of {partition_size}; "
             f"at most {MAX_PARTITIONS} (use a larger partition_size)"
         )

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import cupy as cp
 import numpy as np
@@ -38,7 +38,6 @@ from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import build, launchers, prefill_launchers
 
 REPO = Path(__file__).resolve().parents[1]
-_INCLUDE = re.compile(r'^#include "([^"]+)"', re.MULTILINE)
 
 #: Each family: its kernel file, the launcher module that compiles it, and its cases.
 #: Decode cases are (B, L, Hq, Hkv, D, block size); prefill cases (prefix, Hkv, D, dtype)
@@ -56,15 +55,31 @@ def git_source(rev: str, name: str) -> str:
     def show(file: str) -> str:
         res = subprocess.run(["git", "show", f"{rev}:gpu/kernels/{file}"], cwd=REPO, capture_output=True, text=True)
         if res.returncode:
-            sys.exit(f"ab_kernels: git show {rev}:gpu/kernels/{file} failed: {res.stderr.strip()}")
-        return _INCLUDE.sub(lambda m: show(m.group(1)), res.stdout)
+            fail(f"git show {rev}:gpu/kernels/{file} failed: {res.stderr.strip().splitlines()[0] if res.stderr.strip() else 'no output'}")
+        return res.stdout
 
-    return show(name)
+    return build.inline_includes(show(name), read=show)
 
 
 def file_source(path: str) -> str:
     """A kernel source from a file; local includes it still has come from the working tree."""
-    return _INCLUDE.sub(lambda m: build.load_source(m.group(1)), Path(path).read_text())
+    try:
+        return build.inline_includes(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the old source {path}: {exc}")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2, as the project's command line does."""
+    print(f"ab_kernels: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 @contextlib.contextmanager
@@ -117,8 +132,8 @@ def main() -> int:
     old = ap.add_mutually_exclusive_group(required=True)
     old.add_argument("--old", metavar="REV", help="git revision of the old kernel source")
     old.add_argument("--old-source", metavar="FILE", help="the old kernel source as a file")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations of the two versions (best of each)")
-    ap.add_argument("--reps", type=int, default=20, help="timed launches per round (their median)")
+    ap.add_argument("--rounds", type=positive, default=3, help="alternations of the two versions (best of each)")
+    ap.add_argument("--reps", type=positive, default=20, help="timed launches per round (their median)")
     ap.add_argument("--only", default="", help="only the cases whose tag contains this text")
     opts = ap.parse_args()
     name, module, cases = FAMILIES[opts.family]
@@ -126,7 +141,10 @@ def main() -> int:
         "old": git_source(opts.old, name) if opts.old else file_source(opts.old_source),
         "new": build.load_source(name),
     }
-    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    try:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    except cp.cuda.runtime.CUDARuntimeError as exc:
+        fail(f"no usable CUDA device: {exc}")
     print(f"device: {props['name'].decode()}; {name}: old = {opts.old or opts.old_source}, new = the working tree", flush=True)
     for tag, prepare, amount, unit in cases():
         if opts.only not in tag:

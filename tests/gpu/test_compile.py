@@ -149,3 +149,18 @@ def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(
     (tmp_path / "k.cu").write_text('#include "exact_math.cuh"\n__global__ void k(float* x) { x[0] = ts_exp(x[0]); }\n')
     inlined = ab.file_source(str(tmp_path / "k.cu"))
     assert '#include "' not in inlined and "ts_exp" in inlined
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["decode", "--old", "no-such-revision"], ["prefill", "--old-source", "/no/such/file.cu"],
+     ["decode", "--old", "HEAD", "--rounds", "0"], ["decode"]],
+)
+def test_the_ab_script_refuses_bad_input_in_one_line(args, tmp_path):
+    pytest.importorskip("cupy", reason="the script imports CuPy")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ab_kernels.py"
+    res = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert "ab_kernels" in res.stderr.strip().splitlines()[-1]

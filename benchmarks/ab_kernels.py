@@ -6,10 +6,12 @@ Run on a GPU machine (it prints figures; it asserts nothing about time)::
     python benchmarks/ab_kernels.py decode --old 8e76749           # paged_attention then vs now
     python benchmarks/ab_kernels.py prefill --old HEAD~1 --rounds 5
     python benchmarks/ab_kernels.py decode --old-source old.cu      # a file (e.g. `git show` output)
+    python benchmarks/ab_kernels.py decode --old HEAD --new-source variant.cu   # try a variant untracked
 
 Both versions are compiled from source with the backend's own NVRTC options: the old one
 from ``git show REV:gpu/kernels/<file>`` (its local ``#include`` files from the same
-revision) or from a file, the new one from the working tree. The working tree's launchers
+revision) or from a file, the new one from the working tree (or a file: ``--new-source``,
+for trying several variants in one session without editing the tree). The working tree's launchers
 launch both, so the launch geometry (grid, threads, shared memory) is the working tree's:
 an A/B of a change to the geometry itself needs its own script.
 
@@ -46,7 +48,7 @@ DECODE_CASES = [(64, 4096, 32, 32, 128, 16), (1, 65536, 32, 32, 128, 16), (64, 4
                 (1, 65536, 32, 8, 128, 16), (8, 32768, 32, 8, 128, 16), (64, 4096, 64, 8, 128, 16),
                 (64, 4096, 32, 8, 64, 16), (64, 4096, 32, 8, 256, 16)]
 PREFILL_CASES = [(0, 8, 128, np.float16), (0, 32, 128, np.float16), (6144, 8, 128, np.float16),
-                 (6144, 32, 128, np.float16), (0, 8, 64, np.float16), (0, 8, 256, np.float16)]
+                 (6144, 32, 128, np.float16), (0, 8, 64, np.float16), (0, 8, 192, np.float16), (0, 8, 256, np.float16)]
 
 
 def git_source(rev: str, name: str) -> str:
@@ -61,12 +63,12 @@ def git_source(rev: str, name: str) -> str:
     return build.inline_includes(show(name), read=show)
 
 
-def file_source(path: str) -> str:
+def file_source(path: str, which: str = "old") -> str:
     """A kernel source from a file; local includes it still has come from the working tree."""
     try:
         return build.inline_includes(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read the old source {path}: {exc}")
+        fail(f"cannot read the {which} source {path}: {exc}")
 
 
 def fail(message: str) -> NoReturn:
@@ -132,6 +134,8 @@ def main() -> int:
     old = ap.add_mutually_exclusive_group(required=True)
     old.add_argument("--old", metavar="REV", help="git revision of the old kernel source")
     old.add_argument("--old-source", metavar="FILE", help="the old kernel source as a file")
+    ap.add_argument("--new-source", metavar="FILE",
+                    help="the new kernel source as a file (default: the working tree's), to try a variant untracked")
     ap.add_argument("--rounds", type=positive, default=3, help="alternations of the two versions (best of each)")
     ap.add_argument("--reps", type=positive, default=20, help="timed launches per round (their median)")
     ap.add_argument("--only", default="", help="only the cases whose tag contains this text")
@@ -139,13 +143,14 @@ def main() -> int:
     name, module, cases = FAMILIES[opts.family]
     sources = {
         "old": git_source(opts.old, name) if opts.old else file_source(opts.old_source),
-        "new": build.load_source(name),
+        "new": file_source(opts.new_source, "new") if opts.new_source else build.load_source(name),
     }
     try:
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     except cp.cuda.runtime.CUDARuntimeError as exc:
         fail(f"no usable CUDA device: {exc}")
-    print(f"device: {props['name'].decode()}; {name}: old = {opts.old or opts.old_source}, new = the working tree", flush=True)
+    print(f"device: {props['name'].decode()}; {name}: old = {opts.old or opts.old_source}, "
+          f"new = {opts.new_source or 'the working tree'}", flush=True)
     for tag, prepare, amount, unit in cases():
         if opts.only not in tag:
             continue

@@ -154,7 +154,8 @@ def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(
 @pytest.mark.parametrize(
     "args",
     [["decode", "--old", "no-such-revision"], ["prefill", "--old-source", "/no/such/file.cu"],
-     ["decode", "--old", "HEAD", "--rounds", "0"], ["decode"]],
+     ["decode", "--old", "HEAD", "--rounds", "0"], ["decode"],
+     ["decode", "--old", "HEAD", "--new-source", "/no/such/variant.cu"]],
 )
 def test_the_ab_script_refuses_bad_input_in_one_line(args, tmp_path):
     pytest.importorskip("cupy", reason="the script imports CuPy")

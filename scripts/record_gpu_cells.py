@@ -87,6 +87,8 @@ def run_tutorial(name: str) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON record goes")
+    parser.add_argument("--commit", help="the commit the files are at, where this machine's git checkout is not "
+                        "(a work tree copied onto a GPU machine); default: asked of git")
     args = parser.parse_args(argv)
 
     from tinyserve_sim.data.backends import get_backend
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "recorded_with": "scripts/record_gpu_cells.py",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit(),
+        "commit": args.commit or commit(),
         "device": device(),
         "tutorials": {},
     }

@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     constexpr int CROWS = NT / LANES;          // rows when all 128 threads copy
     static_assert(SLICE % 32 == 0 && ROWS >= 1 && CHUNK % ROWS == 0, "slices are whole warps");
     static_assert(CHUNK % CROWS == 0 && CHUNK % 32 == 0 && HB <= MAX_HEADS, "geometry");
+    static_assert(CHUNK <= NT, "thread t < CHUNK computes token t's row offset");
     static_assert(HT * EPL <= 32, "accumulators and query in registers");
 
     // ---- shared memory: staged K and V tiles first (16-byte aligned) ----------

@@ -21,10 +21,16 @@ WARP = 32  #: threads per warp
 #: The split-K partition and the chunk sizes are powers of two; a partition (in tokens) is
 #: a multiple of every chunk size.
 DEFAULT_PARTITION_SIZE = 1024  #: split-K partition, in tokens
-MIN_PARTITION_SIZE = 64  #: the largest chunk: a partition must be a multiple of it
+#: A split-K partition is a multiple of this many tokens. It need not be a whole number of
+#: chunks: a partition starts a fresh run of chunks, and its last one may be partial.
+MIN_PARTITION_SIZE = 64
 MAX_ACC_REGISTERS = 32  #: float accumulators a thread holds: head_tile * (elements per lane)
-#: A chunk's keys and values are staged in shared memory (cp.async); rows of at most
-#: this many bytes get 64-token chunks, longer rows 32-token chunks.
+#: A chunk's keys and values are staged in shared memory (cp.async). Its length in tokens
+#: follows the bytes of one token's row (head_dim * itemsize): 128 tokens for rows of at
+#: most TINY_ROW_BYTES, 64 for rows of at most SMALL_ROW_BYTES, 32 for longer rows. Each
+#: chunk pays a fixed cost (four barriers, a softmax step), so short rows want long chunks,
+#: and long rows short ones (two chunk-sized tiles must leave room for four blocks per SM).
+TINY_ROW_BYTES = 128
 SMALL_ROW_BYTES = 256
 
 Variant = Literal["one_pass", "split_k", "auto"]
@@ -49,7 +55,8 @@ class AttentionPlan:
         head_tile: query heads of one slice (their accumulators and queries
             live in registers: ``head_tile * vecs_per_lane * vec <= 32``).
         head_slices: slices of the block (1, 2 or 4; a slice is whole warps).
-        chunk: tokens per online-softmax step (64, or 32 for rows over 256 bytes).
+        chunk: tokens per online-softmax step: 128, 64 or 32 as rows grow (see
+            :data:`TINY_ROW_BYTES`).
     """
 
     head_dim: int
@@ -103,6 +110,8 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64)
     >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
     AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64)
+    >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows
+    (128, 32)
     """
     itemsize = np.dtype(dtype).itemsize
     vec = 16 // itemsize
@@ -121,7 +130,8 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     while head_slices < max_slices and head_tile * head_slices < group_size:
         head_slices *= 2
     rows = NUM_THREADS // lanes // head_slices
-    chunk = 64 if head_dim * itemsize <= SMALL_ROW_BYTES else 32
+    row_bytes = head_dim * itemsize
+    chunk = 128 if row_bytes <= TINY_ROW_BYTES else 64 if row_bytes <= SMALL_ROW_BYTES else 32
     return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
 
 

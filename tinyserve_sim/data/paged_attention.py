@@ -26,7 +26,7 @@ work. A token's ``D`` elements are read by ``lanes`` threads (a *row*), each
 owning whole 16-byte *vectors* of ``vec`` elements: lane ``i`` owns vectors
 ``i, i + lanes, ...``. The query heads of a GQA group are split into
 ``head_slices`` slices of ``head_tile`` heads; each slice has ``plan.rows``
-rows. Tokens are processed in *chunks* of ``plan.chunk`` (64 or 32); in a
+rows. Tokens are processed in *chunks* of ``plan.chunk`` (128, 64 or 32); in a
 chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
 (sequence, query head) and one *partition* of tokens ``[a, b)``:
 

@@ -86,6 +86,9 @@ def reshape_and_cache(key: Any, value: Any, key_cache: Any, value_cache: Any, sl
 
 
 # ------------------------------------------------------------------ copy_blocks
+COPY_THREADS = 128  #: threads per thread block of copy_blocks_kernel (see its header)
+
+
 def prepare_copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) -> Callable[[], None]:
     """Validate now (conflicts raise ``CopyConflictError``); return the launch."""
     num_blocks, block_size, heads, head_dim = check_caches(key_cache, value_cache)
@@ -109,7 +112,7 @@ def prepare_copy_blocks(key_cache: Any, value_cache: Any, block_mapping: Any) ->
 
     def launch() -> None:
         for grid, args in launches:
-            kernel(grid, (256,), args)
+            kernel(grid, (COPY_THREADS,), args)
 
     return launch
 

@@ -158,8 +158,9 @@ def prepare_paged_attention(
     tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
     seq_stride, head_stride = (np.int32(x) for x in batch.row_strides(Hkv))
     smem = plan.shared_memory_bytes
-    if smem > 48 * 1024:  # above the default: the kernel must be allowed more (once per kernel)
-        main.max_dynamic_shared_size_bytes = smem
+    # Allow the kernel its dynamic shared memory, whatever the amount: CUDA's default limit
+    # (48 KiB) counts the static arrays too, so a plan of exactly 48 KiB needs the opt-in.
+    main.max_dynamic_shared_size_bytes = smem
     max_parts = partition_count(int(lens_h.max()), partition_size) if split else 1
     if split:
         part_out = cp.empty((S, Hq, max_parts, D), dtype=np.float32)

@@ -108,11 +108,16 @@ def _partition(
     # Which elements each lane owns, vector by vector: d = (lane + i*lanes)*vec + e.
     lane_ids = np.arange(lanes)
     chunk = plan.chunk
-    n_chunks = int(max(0, (end - start).max(initial=0)) + chunk - 1) // chunk
-    j = np.arange(chunk)
+    longest = int(max(0, (end - start).max(initial=0)))
+    n_chunks = (longest + chunk - 1) // chunk
     seqs = np.arange(S)[:, None, None]
     heads = np.arange(Hkv)[None, :, None]
     for c in range(n_chunks):
+        # The chunk's token slots that any row can fill, rounded up to whole steps of the
+        # rows: the rest would be padding in every row (logit -inf, p 0, no add), so leaving
+        # them out changes no value and spares the work on short sequences.
+        width = min(chunk, -(-(longest - c * chunk) // rows) * rows)
+        j = np.arange(width)
         t = start[..., None] + c * chunk + j  # [S, Hkv, CH]
         valid = t < end[..., None]
         active = valid.any(axis=-1)  # [S, Hkv]: the kernel runs this chunk at all
@@ -121,7 +126,7 @@ def _partition(
         k = kc[slots, heads].astype(F32)  # [S, Hkv, CH, D]: KV head h reads its own row
         v = vc[slots, heads].astype(F32)
         # 1. logits: per-lane sequential partial sums, then a butterfly.
-        part = np.zeros((S, Hkv, G, chunk, lanes), dtype=F32)
+        part = np.zeros((S, Hkv, G, width, lanes), dtype=F32)
         for i in range(plan.vecs_per_lane):
             vec_id = lane_ids + i * lanes
             owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
@@ -146,7 +151,7 @@ def _partition(
         # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
         # and round each sum once (add_exact_product, the second half of fma_f32).
         p64, v64 = p.astype(np.float64), v.astype(np.float64)
-        for kk in range(chunk // rows):
+        for kk in range(width // rows):
             jj = slice(kk * rows, (kk + 1) * rows)  # this step's token of every row
             ok = valid[:, :, None, jj]  # [S,Hkv,1,rows]
             l_new = np.where(ok, l_new + p[:, :, :, jj], l_new)

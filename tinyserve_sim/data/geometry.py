@@ -18,8 +18,6 @@ from tinyserve_sim.errors import KernelInputError
 
 NUM_THREADS = 128  #: threads per thread block (4 warps)
 WARP = 32  #: threads per warp
-#: The split-K partition and the chunk sizes are powers of two; a partition (in tokens) is
-#: a multiple of every chunk size.
 DEFAULT_PARTITION_SIZE = 1024  #: split-K partition, in tokens
 #: A split-K partition is a multiple of this many tokens. It need not be a whole number of
 #: chunks: a partition starts a fresh run of chunks, and its last one may be partial.
@@ -32,6 +30,10 @@ MAX_ACC_REGISTERS = 32  #: float accumulators a thread holds: head_tile * (eleme
 #: and long rows short ones (two chunk-sized tiles must leave room for four blocks per SM).
 TINY_ROW_BYTES = 128
 SMALL_ROW_BYTES = 256
+#: Shared memory of one block that still lets four blocks share an H100 or H200 SM (228 KiB,
+#: 1 KiB of it reserved per block): a 128-token chunk is taken only within it (a large GQA
+#: group's logits and scratch can push a tiny-row plan past it; then 64 tokens).
+FOUR_BLOCKS_SHARED_MEMORY = 56 * 1024
 
 Variant = Literal["one_pass", "split_k", "auto"]
 
@@ -112,11 +114,13 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64)
     >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows
     (128, 32)
+    >>> make_plan(32, np.float32, 32).chunk   # 32 heads' logits: 128 tokens would leave room for 3 blocks
+    64
     """
     itemsize = np.dtype(dtype).itemsize
     vec = 16 // itemsize
     num_vecs = head_dim // vec
-    # The largest power of two <= num_vecs, and at least 2 so that a chunk (64) holds every row.
+    # The largest power of two <= num_vecs, and at least 2 so that every chunk holds whole rows.
     lanes = max(2, min(WARP, 1 << (num_vecs.bit_length() - 1)))
     vecs_per_lane = -(-num_vecs // lanes)
     per_lane = vecs_per_lane * vec
@@ -132,7 +136,10 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     rows = NUM_THREADS // lanes // head_slices
     row_bytes = head_dim * itemsize
     chunk = 128 if row_bytes <= TINY_ROW_BYTES else 64 if row_bytes <= SMALL_ROW_BYTES else 32
-    return AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
+    plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
+    if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
+        plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, 64)
+    return plan
 
 
 def partition_count(longest: int, partition_size: int) -> int:

@@ -9,6 +9,7 @@ twin, bit for bit), collects the lines its GPU cell printed (the tutorial's
 
     python scripts/record_gpu_cells.py             # writes docs/records/gpu-cells.json
     python scripts/record_gpu_cells.py --out x.json
+    python scripts/record_gpu_cells.py --commit "$(git rev-parse HEAD)"   # run where git is
 
 The record holds the device, the driver and CuPy versions, the date, the commit
 and, for each tutorial, the lines and whether every comparison held. The docs

@@ -34,8 +34,9 @@ __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 // of this thread's groups are still in flight (groups complete in order).
 // .L2::128B is a prefetch-size hint: a miss fetches the whole 128-byte line into
 // L2, not only the 32-byte sectors asked for, so the other lanes of a token row
-// find it there. Measured on an H200 (kernel notes, session 7): decode 0.6-2.5%
-// faster, prefill unchanged; .L2::256B slowed MHA decode by 4.5%.
+// find it there. Measured on an H200 (kernel notes, session 7): decode up to 2.5%
+// faster (GQA-4 2-2.5%, MHA 0.7%, GQA-8 level), prefill level; .L2::256B slowed
+// MHA decode by 4.5%.
 // The host emulation of the prefill kernel (tests/gpu/host_emulation) supplies
 // its own versions of these three on the CPU.
 #ifndef TS_HOST_EMULATION

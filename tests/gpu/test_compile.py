@@ -152,16 +152,19 @@ def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["decode", "--old", "no-such-revision"], ["prefill", "--old-source", "/no/such/file.cu"],
-     ["decode", "--old", "HEAD", "--rounds", "0"], ["decode"],
-     ["decode", "--old", "HEAD", "--new-source", "/no/such/variant.cu"]],
+    "args, says",
+    [(["decode", "--old", "no-such-revision"], "git show no-such-revision"),
+     (["prefill", "--old-source", "/no/such/file.cu"], "cannot read the old source"),
+     (["decode", "--old", "HEAD", "--rounds", "0"], "must be a positive integer"),
+     (["decode"], "one of the arguments"),
+     (["decode", "--old", "HEAD", "--new-source", "/no/such/variant.cu"], "cannot read the new source")],
 )
-def test_the_ab_script_refuses_bad_input_in_one_line(args, tmp_path):
+def test_the_ab_script_refuses_bad_input_in_one_line(args, says, tmp_path):
     pytest.importorskip("cupy", reason="the script imports CuPy")
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "ab_kernels.py"
     res = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
-    assert "ab_kernels" in res.stderr.strip().splitlines()[-1]
+    last = res.stderr.strip().splitlines()[-1]
+    assert "ab_kernels" in last and says in last, last

@@ -107,7 +107,8 @@ def _twin(case: AttentionCase, variant: str) -> np.ndarray:
      (np.float32, 8, 32)],  # GQA-4 and GQA-8 (two slices) at D 128; MHA; a partial head tile; D 256; tiles x slices
 )
 def test_fixed_shapes_equal_the_twin(variant, dtype, head_dim, group):
-    # 300 tokens: five 64-token chunks, the last one partial; a second sequence 37 shorter.
+    # 300 tokens: several chunks (32, 64 or 128 tokens by the plan), the last one partial; a
+    # second sequence 37 shorter; 128-token partitions.
     case = fixed_attention_case(head_dim * group, dtype, 2, 2 * group, 2, head_dim, 16, [300, 263], 128)
     assert_bits_equal(emulated_paged_attention(case, variant), _twin(case, variant))
 

@@ -269,16 +269,16 @@ def check_scale(scale: Any) -> np.float32:
     return s
 
 
-def check_partition_size(partition_size: Any, chunk: int) -> int:
-    """A split-K partition: a positive multiple of ``chunk`` tokens, at most :data:`MAX_PARTITION_SIZE`."""
+def check_partition_size(partition_size: Any, multiple: int) -> int:
+    """A split-K partition: a positive multiple of ``multiple`` tokens, at most :data:`MAX_PARTITION_SIZE`."""
     if (
         isinstance(partition_size, bool)
         or not isinstance(partition_size, (int, np.integer))
-        or not chunk <= partition_size <= MAX_PARTITION_SIZE
-        or partition_size % chunk
+        or not multiple <= partition_size <= MAX_PARTITION_SIZE
+        or partition_size % multiple
     ):
         raise KernelInputError(
-            f"partition_size must be a positive multiple of {chunk} (at most {MAX_PARTITION_SIZE}), "
+            f"partition_size must be a positive multiple of {multiple} (at most {MAX_PARTITION_SIZE}), "
             f"got {partition_size!r}"
         )
     return int(partition_size)

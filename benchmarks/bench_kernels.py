@@ -6,6 +6,7 @@ Run on a GPU machine (it never asserts on time; it prints figures)::
     python benchmarks/bench_kernels.py --quick         # fewer repeats, no FlexAttention (slow to compile)
     python benchmarks/bench_kernels.py --cases gqa     # the grouped-query cases only
     python benchmarks/bench_kernels.py --variants      # also each variant / V-staging choice of ours
+    python benchmarks/bench_kernels.py --chunks 32,128 # also ours with the plan's chunk forced (auto variant)
 
 For each case: CUDA events around each launch, warm-up first, the median of
 several repeats, inputs larger than L2, pages scattered at random. Bytes are
@@ -28,8 +29,10 @@ ratios ours / SDPA and ours / FlashInfer (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import cupy as cp
@@ -118,6 +121,21 @@ def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) ->
     return launchers.prepare_paged_attention(q, kc, vc, batch, scale, variant, partition_size)
 
 
+@contextlib.contextmanager
+def forced_chunk(chunk: int) -> Iterator[None]:
+    """Within the block, the GPU launcher plans ``chunk``-token chunks whatever the row length.
+
+    For measuring the chunk rule of :func:`tinyserve_sim.data.geometry.make_plan` (session 7
+    of the kernel notes) on another GPU. Only the launcher's plan changes: the output is then
+    that of a twin given the same plan, not of the default twin."""
+    original = launchers.make_plan
+    launchers.make_plan = lambda *args: dataclasses.replace(original(*args), chunk=chunk)
+    try:
+        yield
+    finally:
+        launchers.make_plan = original
+
+
 def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:
     B, L, Hq, Hkv, D, bs = c.B, c.L, c.Hq, c.Hkv, c.D, c.bs
     nblk = L // bs
@@ -140,6 +158,14 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
         for variant, part in (("one_pass", 1024), ("split_k", 256), ("split_k", 512), ("split_k", 1024), ("split_k", 2048)):
             label = f"ours {variant}" + (f"/{part}" if variant == "split_k" else "")
             measure(label, time_cupy(ours(q, kc, vc, tables, lens, D**-0.5, variant, part), reps))
+    for chunk in opts.chunks:
+        with forced_chunk(chunk):
+            try:
+                launch = ours(q, kc, vc, tables, lens, D**-0.5)
+            except Exception as exc:  # noqa: BLE001 - a chunk too large for this plan: say so, go on
+                print(f"ours chunk {chunk} {c.tag}: not launchable ({type(exc).__name__}: {str(exc)[:120]})")
+                continue
+        measure(f"ours (auto), chunk {chunk}", time_cupy(launch, reps))
     if opts.no_torch:
         return result
     import torch
@@ -272,11 +298,21 @@ def summary(results: list[Result], copy_bw: float) -> None:
         print(f"  {c.tag:<44s} " + " ".join(cells))
 
 
+def chunk_list(text: str) -> list[int]:
+    """An argparse type: comma-separated chunk lengths, each 32, 64 or 128."""
+    chunks = [int(x) if x.strip().isdigit() else -1 for x in text.split(",")]
+    if not chunks or any(x not in (32, 64, 128) for x in chunks):
+        raise argparse.ArgumentTypeError(f"chunks are 32, 64 or 128 tokens, got {text!r}")
+    return chunks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 repeats instead of 20; no FlexAttention")
     ap.add_argument("--cases", default="all", help=f"comma-separated groups: {', '.join(CASES)} or all")
     ap.add_argument("--variants", action="store_true", help="also time each variant and partition size of ours")
+    ap.add_argument("--chunks", type=chunk_list, default=[], metavar="N,N",
+                    help="also time ours with the plan's chunk forced to each (32, 64 or 128 tokens)")
     ap.add_argument("--no-torch", action="store_true", help="ours only")
     ap.add_argument("--no-flashinfer", action="store_true")
     ap.add_argument("--no-flex", dest="flex", action="store_false", help="skip FlexAttention (compiles for minutes)")

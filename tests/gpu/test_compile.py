@@ -121,16 +121,44 @@ def test_the_benchmarks_read_floor_kernels_compile():
     assert binary and set(lowered) == {"read_kv", "read_metadata", "read_contiguous"}
 
 
-def _ab_kernels_module():
+def _benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` (CuPy imports without a GPU)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ab_kernels.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     sys.path.insert(0, str(path.parent))  # its own imports: gpu_timing, bench_prefill
-    spec = importlib.util.spec_from_file_location("ab_kernels_for_test", path)
+    spec = importlib.util.spec_from_file_location(f"{name}_for_test", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _ab_kernels_module():
+    return _benchmark_module("ab_kernels")
+
+
+def test_the_kernel_benchmark_forces_a_chunk_on_the_launcher_only_and_restores_it():
+    # bench_kernels.py --chunks: the launcher plans the forced chunk inside the block, the
+    # twin's geometry is untouched, and the launcher's own plan comes back afterwards.
+    pytest.importorskip("cupy", reason="the script imports CuPy (no GPU needed)")
+    import argparse
+
+    import numpy as np
+
+    from tinyserve_sim.data.geometry import make_plan
+    from tinyserve_sim.gpu import launchers
+
+    bench = _benchmark_module("bench_kernels")
+    assert make_plan(128, np.float16, 4).chunk == 64
+    with bench.forced_chunk(128):
+        assert launchers.make_plan(128, np.float16, 4).chunk == 128
+        assert make_plan(128, np.float16, 4).chunk == 64
+    assert launchers.make_plan(128, np.float16, 4).chunk == 64
+    assert bench.chunk_list("32,128") == [32, 128]
+    for bad in ("48", "64,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.chunk_list(bad)
 
 
 def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(tmp_path):

@@ -31,10 +31,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
+from unittest import mock
 
 import cupy as cp
 import numpy as np
-from gpu_timing import time_cupy
+from gpu_timing import device_properties, time_cupy
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import build, launchers, prefill_launchers
@@ -84,15 +85,9 @@ def positive(text: str) -> int:
     return int(text)
 
 
-@contextlib.contextmanager
-def compiled_from(module: object, source: str, tag: str) -> Iterator[None]:
+def compiled_from(module: object, source: str, tag: str) -> contextlib.AbstractContextManager:
     """Within the block, ``module``'s launchers compile ``source`` instead of the working tree's."""
-    original = module.get_module  # type: ignore[attr-defined]
-    module.get_module = lambda name, exprs=(): build.load_module(source, f"{tag}_{name}", exprs)  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        module.get_module = original  # type: ignore[attr-defined]
+    return mock.patch.object(module, "get_module", lambda name, exprs=(): build.load_module(source, f"{tag}_{name}", exprs))
 
 
 def decode_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
@@ -145,10 +140,7 @@ def main() -> int:
         "old": git_source(opts.old, name) if opts.old else file_source(opts.old_source),
         "new": file_source(opts.new_source, "new") if opts.new_source else build.load_source(name),
     }
-    try:
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-    except cp.cuda.runtime.CUDARuntimeError as exc:
-        fail(f"no usable CUDA device: {exc}")
+    props = device_properties("ab_kernels")
     print(f"device: {props['name'].decode()}; {name}: old = {opts.old or opts.old_source}, "
           f"new = {opts.new_source or 'the working tree'}", flush=True)
     for tag, prepare, amount, unit in cases():

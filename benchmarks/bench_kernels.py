@@ -32,12 +32,13 @@ import argparse
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from unittest import mock
 
 import cupy as cp
 import numpy as np
-from gpu_timing import time_cupy, time_torch
+from gpu_timing import device_properties, time_cupy, time_torch
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import launchers
 
@@ -121,19 +122,14 @@ def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) ->
     return launchers.prepare_paged_attention(q, kc, vc, batch, scale, variant, partition_size)
 
 
-@contextlib.contextmanager
-def forced_chunk(chunk: int) -> Iterator[None]:
+def forced_chunk(chunk: int) -> contextlib.AbstractContextManager:
     """Within the block, the GPU launcher plans ``chunk``-token chunks whatever the row length.
 
     For measuring the chunk rule of :func:`tinyserve_sim.data.geometry.make_plan` (session 7
     of the kernel notes) on another GPU. Only the launcher's plan changes: the output is then
     that of a twin given the same plan, not of the default twin."""
     original = launchers.make_plan
-    launchers.make_plan = lambda *args: dataclasses.replace(original(*args), chunk=chunk)
-    try:
-        yield
-    finally:
-        launchers.make_plan = original
+    return mock.patch.object(launchers, "make_plan", lambda *args: dataclasses.replace(original(*args), chunk=chunk))
 
 
 def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:
@@ -323,7 +319,7 @@ def main() -> None:
     reps = opts.reps or (5 if opts.quick else 20)
     if opts.quick and opts.reps is None:
         opts.flex = False
-    dev = cp.cuda.runtime.getDeviceProperties(0)
+    dev = device_properties("bench_kernels")
     print(f"device: {dev['name'].decode()}, {dev['multiProcessorCount']} SMs, L2 {dev['l2CacheSize'] >> 20} MiB; cupy {cp.__version__}")
     if not opts.no_torch:
         try:

@@ -9,6 +9,7 @@ the same default stream here); ``time_torch`` PyTorch's.
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable
 
 
@@ -44,3 +45,15 @@ def time_torch(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)
+
+
+def device_properties(script: str) -> dict:
+    """Device 0's properties, or one line on stderr and exit status 2 where there is no
+    usable CUDA device (as the project's command line does)."""
+    import cupy as cp
+
+    try:
+        return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    except cp.cuda.runtime.CUDARuntimeError as exc:
+        print(f"{script}: no usable CUDA device: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -65,7 +65,6 @@ _SCORE_MAX_PAGES_PER_BLOCK = 256
 _SCORE_MAX_PAGES_PER_BLOCK_ASKED = 1 << 20
 #: Threads per select_pages block: one block per row; must equal NT in select_pages.cu.
 _SELECT_THREADS = 512
-_DEFAULT_SMEM = 48 * 1024
 
 
 def _device(a: Any, name: str) -> cp.ndarray:
@@ -269,8 +268,7 @@ def prepare_page_scores(
         f"page_scores_kernel<{CTYPE[dtype]}, {plan.vec}, {plan.lanes}, {plan.vecs_per_lane}, {gq}>"
     )
     smem = 4 * G * D
-    if smem > _DEFAULT_SMEM:
-        kernel.max_dynamic_shared_size_bytes = smem
+    kernel.max_dynamic_shared_size_bytes = smem  # always, as paged_attention's launcher does
     tables, lens, strides = _batch_strides(batch, Hkv)
     ppb = int(pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes))
     args = (

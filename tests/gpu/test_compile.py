@@ -196,3 +196,27 @@ def test_the_ab_script_refuses_bad_input_in_one_line(args, says, tmp_path):
     assert "Traceback" not in res.stderr and res.stdout == ""
     last = res.stderr.strip().splitlines()[-1]
     assert "ab_kernels" in last and says in last, last
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [("bench_kernels.py", ["--no-torch", "--cases", "dims"]), ("ab_kernels.py", ["decode", "--old", "HEAD"])],
+)
+def test_the_gpu_scripts_say_in_one_line_that_there_is_no_gpu(script, args, tmp_path):
+    pytest.importorskip("cupy", reason="the scripts import CuPy")
+    from tinyserve_sim.data.backends import get_backend
+    from tinyserve_sim.errors import BackendUnavailableError
+
+    try:
+        get_backend("cupy")
+    except BackendUnavailableError:
+        pass
+    else:
+        pytest.skip("a GPU is here: the script would run its benchmark")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / script
+    res = subprocess.run([sys.executable, str(path), *args], cwd=tmp_path, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(script.removesuffix(".py") + ": no usable CUDA device"), last

@@ -8,7 +8,7 @@ them from here, so neither has to reach into the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -138,7 +138,7 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     chunk = 128 if row_bytes <= TINY_ROW_BYTES else 64 if row_bytes <= SMALL_ROW_BYTES else 32
     plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
-        plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, 64)
+        plan = replace(plan, chunk=64)
     return plan
 
 

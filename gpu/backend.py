@@ -78,7 +78,7 @@ class CupyBackend:
         self._launchers.copy_blocks(key_cache, value_cache, block_mapping)
 
     def paged_attention(
-        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
+        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=None
     ) -> Any:
         return self._launchers.paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 

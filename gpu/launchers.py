@@ -26,7 +26,7 @@ from tinyserve_sim.data.geometry import (
     check_launch_limits,
     make_plan,
     partition_count,
-    resolve_variant,
+    resolve_launch,
 )
 from tinyserve_sim.data.validation import (
     check_block_mapping,
@@ -132,7 +132,7 @@ def prepare_paged_attention(
     batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
-    partition_size: int = 1024,
+    partition_size: int | None = None,
     out: Any = None,
 ) -> Callable[[], cp.ndarray]:
     """Validate everything now (and upload the batch's tables once); return a function
@@ -141,7 +141,8 @@ def prepare_paged_attention(
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
-    variant = resolve_variant(variant, partition_size, S, Hkv, lens_h)
+    plan = make_plan(D, np.dtype(query.dtype), Hq // Hkv)
+    variant, partition_size = resolve_launch(variant, partition_size, plan, Hq, Hkv, lens_h)
     check_launch_limits(S, lens_h, partition_size if variant == "split_k" else None)
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
@@ -149,7 +150,6 @@ def prepare_paged_attention(
     out = _check_out(out, (S, Hq, D), dtype)
     if S == 0:
         return lambda: out
-    plan = make_plan(D, dtype, Hq // Hkv)
     module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"
@@ -199,7 +199,7 @@ def paged_attention(
     batch: DecodeBatch,
     scale: float,
     variant: str = "auto",
-    partition_size: int = 1024,
+    partition_size: int | None = None,
     out: Any = None,
 ) -> cp.ndarray:
     """GPU paged attention (decode), bit-identical to ``tinyserve_sim.data.paged_attention``."""

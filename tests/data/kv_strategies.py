@@ -177,7 +177,6 @@ BAD_ATTENTION_INPUTS = [
     (lambda a: a.update(partition_size=100), "multiple of 64", "twin bound"),
     (lambda a: a.update(partition_size=128.0), "multiple of 64", "twin bound"),
     (lambda a: a.update(partition_size=2**40), "multiple of 64", "twin bound"),
-    (lambda a: a.update(partition_size=None), "multiple of 64", "twin bound"),
     (lambda a: a.update(variant="v3"), "variant", "twin"),
     (lambda a: a.update(variant=["auto"]), "variant", "twin"),
 ]

@@ -45,7 +45,7 @@ from tinyserve_sim.data.exact_math import (
     pairwise_sum,
     sequential_sum,
 )
-from tinyserve_sim.data.geometry import AttentionPlan, choose_variant, make_plan
+from tinyserve_sim.data.geometry import AttentionPlan, choose_split, make_plan
 from tinyserve_sim.data.layouts import from_flashinfer_cache, to_flashinfer_cache, to_flex_attention_cache
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.control.prefill_batch import PrefillBatch
@@ -82,7 +82,7 @@ __all__ = [
     "KVCache",
     "attention_error_bound",
     "check_racing_allocation",
-    "choose_variant",
+    "choose_split",
     "copy_blocks",
     "exp_f32",
     "from_flashinfer_cache",

@@ -64,7 +64,7 @@ class Backend(Protocol):
         batch: DecodeBatch,
         scale: float,
         variant: str = "auto",
-        partition_size: int = 1024,
+        partition_size: int | None = None,
     ) -> Any: ...
 
     def paged_prefill_attention(
@@ -132,7 +132,7 @@ class NumpyBackend:
         copy_blocks(key_cache, value_cache, block_mapping)
 
     def paged_attention(
-        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=1024
+        self, query, key_cache, value_cache, batch, scale, variant="auto", partition_size=None
     ) -> np.ndarray:
         return paged_attention(query, key_cache, value_cache, batch, scale, variant, partition_size)
 

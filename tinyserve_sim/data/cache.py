@@ -244,7 +244,7 @@ class KVCache:
         batch: DecodeBatch,
         scale: float | None = None,
         variant: str = "auto",
-        partition_size: int = 1024,
+        partition_size: int | None = None,
     ) -> Any:
         """Decode attention of ``query [S, Hq, D]`` over this cache, for the sequences
         of ``batch`` (see ``paged_attention``). ``scale`` defaults to ``1 / sqrt(head_dim)``."""

@@ -152,54 +152,133 @@ def partition_count(longest: int, partition_size: int) -> int:
     return -(-longest // partition_size)
 
 
-#: (sequence, KV head) rows from which one pass fills an H100 or H200 by itself: 512
-#: thread blocks are about four per SM (132 SMs), one full wave.
-ONE_PASS_ROWS = 512
+#: The GPU that ``variant="auto"`` is tuned for: 132 SMs, as the H100 SXM and the H200 have.
+#: The choice changes the order of float operations, so the twin must make it too, without
+#: a GPU: it is a rule on shapes, and the SM count is assumed, not queried.
+REFERENCE_SMS = 132
+#: Split-K partition lengths ``"auto"`` may choose, longest first (rows of at most
+#: :data:`DEFAULT_PARTITION_SIZE` tokens always take one pass).
+AUTO_PARTITIONS = (16384, 8192, 4096, 2048, 1024, 512)
+#: A grid uses the GPU well when its last wave of blocks is at least this full ...
+FULL_WAVE = 0.9
+#: ... or when it is at least this many waves long (then a part-empty last wave matters little).
+MANY_WAVES = 3
+#: Shared memory of one SM on the reference GPU, and what CUDA reserves of it per block.
+SM_SHARED_MEMORY = 228 * 1024
+BLOCK_RESERVED_SHARED_MEMORY = 1024 + 512  # + the kernel's few static arrays
 
 
-def choose_variant(
-    num_seqs: int, num_kv_heads: int, max_seq_len: int, partition_size: int, mean_seq_len: float | None = None
-) -> str:
-    """``"auto"``: one pass when the batch alone fills the GPU with rows of similar length;
-    else split-K as soon as a sequence is longer than one partition.
+def blocks_per_sm(plan: AttentionPlan) -> int:
+    """Thread blocks of ``plan`` one SM of the reference GPU holds at once: an estimate (the
+    real figure belongs to the compiled kernel), used only to choose the split.
 
-    One pass fills the GPU when there are at least :data:`ONE_PASS_ROWS` (sequence,
-    KV head) rows and the longest is at most twice the mean (a full wave of rows that
-    end together): then split-K only adds its partial results and the reduce launch.
-    Measured on an H200 (docs/dev/kernel-notes.md, kernel v6): at batch 64, 4,096 tokens
-    and 8 KV heads one pass took 0.308 ms and split-K 0.321-0.375 ms; at 32 KV heads,
-    and at 64 query heads on 8, the two were level. At small batch split-K is many
-    times faster (one pass leaves most SMs idle). A rule on shapes only, so both
-    backends always pick the same variant.
+    Registers: the kernel's launch bounds ask for 4 blocks of 128 threads, so at most 128
+    registers a thread; a thread that accumulates at most 8 elements (one head at head dim
+    128 in float16: MHA) compiles to 96 (NVRTC, sm_90; kernel notes, session 6), so 5
+    blocks. Shared memory: whatever is smaller.
 
-    >>> choose_variant(64, 8, 4096, 1024), choose_variant(8, 8, 32768, 1024)
-    ('one_pass', 'split_k')
-    >>> choose_variant(64, 8, 65536, 1024, mean_seq_len=4096)   # one long row would run alone
-    'split_k'
+    >>> blocks_per_sm(make_plan(128, np.float16, 1)), blocks_per_sm(make_plan(128, np.float16, 4))
+    (5, 4)
     """
-    if max_seq_len <= partition_size:
-        return "one_pass"
-    mean = max_seq_len if mean_seq_len is None else mean_seq_len
-    if num_seqs * num_kv_heads >= ONE_PASS_ROWS and max_seq_len <= 2 * mean:
-        return "one_pass"
-    return "split_k"
+    by_registers = 5 if plan.head_tile * plan.vecs_per_lane * plan.vec <= 8 else 4
+    by_shared = SM_SHARED_MEMORY // (plan.shared_memory_bytes + BLOCK_RESERVED_SHARED_MEMORY)
+    return max(1, min(by_registers, by_shared))
 
 
-def resolve_variant(
-    variant: str, partition_size: int, num_seqs: int, num_kv_heads: int, lens: np.ndarray
-) -> str:
-    """Validate ``variant`` and ``partition_size``; turn ``"auto"`` into a concrete variant.
+def fills_waves(blocks: int, slots: int) -> bool:
+    """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well: its
+    last wave is at least :data:`FULL_WAVE` full, or it runs :data:`MANY_WAVES` waves or more.
 
-    ``lens`` holds every row's length (``[S]`` or ``[S, Hkv]``): with per-head
-    tables the longest head decides, as it decides the kernel's partition count."""
-    check_partition_size(partition_size, MIN_PARTITION_SIZE)
+    >>> fills_waves(512, 528), fills_waves(1024, 660), fills_waves(2048, 660)   # 0.97, 1.55 and 3.1 waves
+    (True, False, True)
+    """
+    waves = -(-blocks // slots)
+    return blocks >= FULL_WAVE * waves * slots or blocks >= MANY_WAVES * slots
+
+
+def choose_split(
+    plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray, partition_size: int | None = None
+) -> tuple[str, int]:
+    """``variant="auto"``: one pass or split-K, and the partition length, from the shapes.
+
+    Every (sequence, KV head) row of ``lens`` (``[S]`` or ``[S, Hkv]``) is one thread block
+    per tile of its query heads and per partition; a block of a row with fewer partitions
+    exits at once. The rule, longest work per block first: one pass if the rows fill the
+    GPU's waves (:func:`fills_waves`, for :func:`blocks_per_sm` blocks on each of
+    :data:`REFERENCE_SMS` SMs) and none is more than twice the mean (a long row would run
+    alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
+    ``partition_size``, when given) whose blocks fill the waves; else the shortest, which
+    has the most blocks. Rows of at most :data:`DEFAULT_PARTITION_SIZE` tokens (or
+    ``partition_size``) take one pass.
+
+    Why: measured on an H200 (kernel notes, session 8), fewer and longer blocks are faster
+    (each split adds partial results and a reduce), as long as the grid's last wave is not
+    left part-empty: at MHA (5 blocks per SM, 660 places) 1,024 blocks (1.55 waves) ran
+    8-13% slower than 2,048 or 512, at GQA-4 (4 per SM, 528 places) 512 blocks in one
+    wave beat 1,024 and 2,048.
+
+    >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places
+    >>> choose_split(plan, 32, 8, np.full(64, 4096))        # 512 rows: one wave
+    ('one_pass', 1024)
+    >>> choose_split(plan, 32, 8, np.full(8, 32768))        # 64 rows x 8 partitions = 512 blocks
+    ('split_k', 4096)
+    >>> choose_split(make_plan(128, np.float16, 1), 32, 32, np.full(32, 4096))   # MHA, 1,024 rows
+    ('split_k', 2048)
+    >>> choose_split(plan, 32, 8, np.full(64, 4096), partition_size=256)   # one pass still
+    ('one_pass', 256)
+    """
+    rows = _rows(lens, num_kv_heads)
+    fallback = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
+    if rows.size == 0 or int(rows.max()) <= fallback:
+        return "one_pass", fallback
+    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
+    slots = REFERENCE_SMS * blocks_per_sm(plan)
+    if int(rows.max()) <= 2 * float(rows.mean()) and fills_waves(rows.size * tiles, slots):
+        return "one_pass", fallback
+    if partition_size is not None:
+        return "split_k", partition_size
+    return "split_k", split_partition(plan, num_heads, num_kv_heads, rows)
+
+
+def split_partition(plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray) -> int:
+    """The longest partition of :data:`AUTO_PARTITIONS` shorter than the longest row whose
+    blocks fill the waves (:func:`fills_waves`); else the shortest such (the most blocks);
+    :data:`DEFAULT_PARTITION_SIZE` when every row is shorter than all of them."""
+    rows = _rows(lens, num_kv_heads).astype(np.int64)
+    candidates = [p for p in AUTO_PARTITIONS if rows.size and p < int(rows.max())]
+    if not candidates:
+        return DEFAULT_PARTITION_SIZE
+    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
+    slots = REFERENCE_SMS * blocks_per_sm(plan)
+    for part in candidates:
+        if fills_waves(tiles * int((-(-rows // part)).sum()), slots):
+            return part
+    return candidates[-1]
+
+
+def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:
+    """Every (sequence, KV head) row's length, ``[S, Hkv]``, from ``[S]`` or ``[S, Hkv]``."""
+    lens = np.asarray(lens)
+    return np.broadcast_to(lens[:, None], (lens.shape[0], num_kv_heads)) if lens.ndim == 1 else lens
+
+
+def resolve_launch(
+    variant: str, partition_size: int | None, plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray
+) -> tuple[str, int]:
+    """Validate ``variant`` and ``partition_size`` (``None``: chosen with the variant); turn
+    ``"auto"`` into a concrete variant, and return it with the partition length to use.
+
+    ``lens`` holds every row's length (``[S]`` or ``[S, Hkv]``): with per-head tables each
+    row's own length counts, as it does in the kernel's grid."""
+    if partition_size is not None:
+        check_partition_size(partition_size, MIN_PARTITION_SIZE)
     if not isinstance(variant, str) or variant not in ("one_pass", "split_k", "auto"):
         raise KernelInputError(f"unknown paged_attention variant {variant!r} (one_pass, split_k or auto)")
     if variant == "auto":
-        max_len = int(lens.max()) if lens.size else 0
-        mean_len = float(lens.mean()) if lens.size else 0.0
-        return choose_variant(num_seqs, num_kv_heads, max_len, partition_size, mean_len)
-    return variant
+        return choose_split(plan, num_heads, num_kv_heads, lens, partition_size)
+    if partition_size is None:
+        partition_size = split_partition(plan, num_heads, num_kv_heads, lens) if variant == "split_k" else DEFAULT_PARTITION_SIZE
+    return variant, partition_size
 
 
 #: CUDA's limit on ``gridDim.y`` and ``gridDim.z`` (sequences and split-K partitions).

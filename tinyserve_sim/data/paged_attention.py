@@ -70,13 +70,12 @@ import numpy as np
 
 from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, halving_sum, pairwise_sum
 from tinyserve_sim.data.geometry import (
-    DEFAULT_PARTITION_SIZE,
     AttentionPlan,
     Variant,
     check_launch_limits,
     make_plan,
     partition_count,
-    resolve_variant,
+    resolve_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
@@ -175,7 +174,7 @@ def paged_attention(
     batch: DecodeBatch,
     scale: float,
     variant: Variant = "auto",
-    partition_size: int = DEFAULT_PARTITION_SIZE,
+    partition_size: int | None = None,
 ) -> np.ndarray:
     """Decode attention over a paged KV cache, bit-identical to the CUDA kernels.
 
@@ -187,8 +186,9 @@ def paged_attention(
             ``[S, Hkv]``), each in ``1 .. W * block_size``; its block size must
             be the cache's. Its slot mapping is not read.
         scale: softmax scale (usually ``1 / sqrt(D)``), used as float32.
-        variant: ``"one_pass"``, ``"split_k"`` or ``"auto"`` (:func:`choose_variant`).
-        partition_size: split-K partition length, a positive multiple of 64.
+        variant: ``"one_pass"``, ``"split_k"`` or ``"auto"`` (:func:`choose_split`).
+        partition_size: split-K partition length, a positive multiple of 64; ``None``
+            lets :func:`choose_split` choose it for the shapes (with ``"auto"`` or ``"split_k"``).
 
     Returns:
         ``[S, Hq, D]`` in the query's dtype.
@@ -201,10 +201,10 @@ def paged_attention(
     scale32 = check_scale(scale)
     S, Hq, D = query.shape
     _, block_size, Hkv, _ = key_cache.shape
-    variant = resolve_variant(variant, partition_size, S, Hkv, lens)
-    check_launch_limits(S, lens, partition_size if variant == "split_k" else None)
     G = Hq // Hkv
     plan = make_plan(D, key_cache.dtype, G)
+    variant, partition_size = resolve_launch(variant, partition_size, plan, Hq, Hkv, lens)
+    check_launch_limits(S, lens, partition_size if variant == "split_k" else None)
     q = query.astype(F32).reshape(S, Hkv, G, D)
     kc = key_cache.reshape(-1, Hkv, D)
     vc = value_cache.reshape(-1, Hkv, D)

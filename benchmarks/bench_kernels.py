@@ -9,7 +9,10 @@ Run on a GPU machine (it never asserts on time; it prints figures)::
     python benchmarks/bench_kernels.py --chunks 32,128 # also ours with the plan's chunk forced (auto variant)
 
 For each case: CUDA events around each launch, warm-up first, the median of
-several repeats, inputs larger than L2, pages scattered at random. Bytes are
+several repeats, inputs larger than L2, pages scattered at random. Every
+implementation of a case is timed in turn, ``--rounds`` times over (3 by
+default), and its best median kept, so that a drift of the GPU's clocks
+during the run does not favour whichever came first. Bytes are
 the fewest the kernel must move: every input byte read once, every output
 byte written once. Baselines, in the same run, on the same K/V:
 
@@ -116,7 +119,7 @@ def bench_copy_blocks(copy_bw: float, reps: int) -> None:
     report(f"copy_blocks        P={P} blocks of {block_bytes // 1024} KiB x 2 caches", 4 * P * block_bytes, time_cupy(launch, reps), copy_bw)
 
 
-def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=1024) -> Callable[[], object]:
+def ours(q, kc, vc, tables, lens, scale, variant="auto", partition_size=None) -> Callable[[], object]:
     """Our launcher, validated once, launched many times (the one place that knows its signature)."""
     batch = DecodeBatch(kc.shape[1], tables, lens)
     return launchers.prepare_paged_attention(q, kc, vc, batch, scale, variant, partition_size)
@@ -145,15 +148,13 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
     nbytes = kc.nbytes + vc.nbytes + 2 * q.nbytes + tables.nbytes
     result = Result(c, nbytes)
 
-    def measure(label: str, seconds: float) -> None:
-        result.times[label] = seconds
-        report(f"{label:<30s} {c.tag}", nbytes, seconds, copy_bw)
-
-    measure("ours (auto)", time_cupy(ours(q, kc, vc, tables, lens, D**-0.5), reps))
+    # (label, function, timer): everything this case times, then timed in rounds.
+    timed: list[tuple[str, Callable[[], object], Callable[..., float]]] = []
+    timed.append(("ours (auto)", ours(q, kc, vc, tables, lens, D**-0.5), time_cupy))
     if opts.variants:
-        for variant, part in (("one_pass", 1024), ("split_k", 256), ("split_k", 512), ("split_k", 1024), ("split_k", 2048)):
+        for variant, part in (("one_pass", 1024), *(("split_k", p) for p in (256, 512, 1024, 2048, 4096))):
             label = f"ours {variant}" + (f"/{part}" if variant == "split_k" else "")
-            measure(label, time_cupy(ours(q, kc, vc, tables, lens, D**-0.5, variant, part), reps))
+            timed.append((label, ours(q, kc, vc, tables, lens, D**-0.5, variant, part), time_cupy))
     for chunk in opts.chunks:
         with forced_chunk(chunk):
             try:
@@ -161,9 +162,23 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
             except Exception as exc:  # noqa: BLE001 - a chunk too large for this plan: say so, go on
                 print(f"ours chunk {chunk} {c.tag}: not launchable ({type(exc).__name__}: {str(exc)[:120]})")
                 continue
-        measure(f"ours (auto), chunk {chunk}", time_cupy(launch, reps))
-    if opts.no_torch:
-        return result
+        timed.append((f"ours (auto), chunk {chunk}", launch, time_cupy))
+    if not opts.no_torch:
+        timed += _torch_baselines(q, kc, vc, tables, c, opts)
+    best = {label: float("inf") for label, _, _ in timed}
+    for _ in range(opts.rounds):
+        for label, fn, timer in timed:
+            best[label] = min(best[label], timer(fn, reps))
+    for label, seconds in best.items():
+        result.times[label] = seconds
+        report(f"{label:<30s} {c.tag}", nbytes, seconds, copy_bw)
+    return result
+
+
+def _torch_baselines(q, kc, vc, tables, c: Case, opts: argparse.Namespace) -> list[tuple[str, Callable[[], object], Callable[..., float]]]:
+    """SDPA on contiguous K/V, gather + SDPA, FlashInfer and FlexAttention on the same K/V."""
+    B, L, Hq, Hkv, D, bs = c.B, c.L, c.Hq, c.Hkv, c.D, c.bs
+    timed = []
     import torch
     import torch.nn.functional as F
 
@@ -174,17 +189,17 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
     v_contig = tvc[tt].reshape(B, L, Hkv, D).transpose(1, 2).contiguous()
     gqa = Hq != Hkv
     sdpa = lambda: F.scaled_dot_product_attention(tq, k_contig, v_contig, enable_gqa=gqa)  # noqa: E731
-    measure("torch SDPA, contiguous K/V", time_torch(sdpa, reps))
+    timed.append(("torch SDPA, contiguous K/V", sdpa, time_torch))
 
     def gather_sdpa():
         k = tkc[tt].reshape(B, L, Hkv, D).transpose(1, 2)
         v = tvc[tt].reshape(B, L, Hkv, D).transpose(1, 2)
         return F.scaled_dot_product_attention(tq, k, v, enable_gqa=gqa)
 
-    measure("torch gather + SDPA", time_torch(gather_sdpa, reps))
+    timed.append(("torch gather + SDPA", gather_sdpa, time_torch))
     if not opts.no_flashinfer:
         try:
-            measure("FlashInfer batch decode", time_torch(_flashinfer(tq, tkc, tvc, tables, c), reps))
+            timed.append(("FlashInfer batch decode", _flashinfer(tq, tkc, tvc, tables, c), time_torch))
         except ImportError as exc:
             print(f"FlashInfer batch decode {c.tag}: skipped, FlashInfer is not importable ({exc})")
         except Exception as exc:  # noqa: BLE001 - report, don't stop the run
@@ -193,12 +208,10 @@ def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace
         pages = [bs] if bs == 128 else [bs, 128]
         for page in pages:
             try:
-                fn = _flex_paged(tq, k_contig, v_contig, c, page)
-                measure(f"FlexAttention paged, {page}-tok pages", time_torch(fn, reps))
+                timed.append((f"FlexAttention paged, {page}-tok pages", _flex_paged(tq, k_contig, v_contig, c, page), time_torch))
             except Exception as exc:  # experimental API: report, don't stop
                 print(f"FlexAttention paged {c.tag} page {page}: unavailable ({type(exc).__name__}: {str(exc)[:200]})")
-    del k_contig, v_contig
-    return result
+    return timed
 
 
 def _flashinfer(tq, tkc, tvc, tables, c: Case):
@@ -315,6 +328,7 @@ def main() -> None:
     ap.add_argument("--no-copy-kernels", action="store_true", help="skip reshape_and_cache and copy_blocks")
     ap.add_argument("--only", default="", help="run only the cases whose tag contains this text, e.g. 'B=64 L=4096 Hq=32 Hkv=8 D=128'")
     ap.add_argument("--reps", type=int, default=None, help="repeats per timing (default 20, 5 with --quick)")
+    ap.add_argument("--rounds", type=int, default=3, help="times every implementation of a case is timed in turn (best median kept)")
     opts = ap.parse_args()
     reps = opts.reps or (5 if opts.quick else 20)
     if opts.quick and opts.reps is None:

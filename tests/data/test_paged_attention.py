@@ -455,3 +455,32 @@ def test_auto_output_is_the_named_variants_output_bit_for_bit():
     one = paged_attention(q, kc, vc, batch, 0.35, "one_pass", 64)
     split = paged_attention(q, kc, vc, batch, 0.35, "split_k", 64)
     assert (one.view(np.uint16) != split.view(np.uint16)).any()  # the variants' trees differ
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    num_seqs=st.integers(1, 96),
+    length=st.integers(1, 40_000),
+    hkv=st.sampled_from([1, 8, 32]),
+    group=st.sampled_from([1, 4, 8]),
+)
+def test_split_candidates_count_the_launchers_grid_and_the_choice_is_the_first_accepted(num_seqs, length, hkv, group):
+    """What :func:`split_candidates` shows a learner is what would be launched: each
+    candidate's block count is the product of the grid the launcher uses (rows of one
+    length, so every block is live); and ``choose_split`` takes the first accepted one,
+    longest work per block first."""
+    from tinyserve_sim.data.geometry import choose_split, partition_count, split_candidates
+
+    plan = make_plan(128, np.float16, group)
+    lens = np.full(num_seqs, length)
+    cands = split_candidates(plan, hkv * group, hkv, lens)
+    parts = [c.partition for c in cands]
+    assert parts[0] is None and parts[1:] == sorted(parts[1:], reverse=True)
+    for c in cands:
+        n = 1 if c.partition is None else partition_count(length, c.partition)
+        assert c.blocks == int(np.prod(plan.grid(num_seqs, hkv * group, hkv, n)))
+    first = next(c for c in cands if c.accepted)
+    variant, part = choose_split(plan, hkv * group, hkv, lens)
+    assert (variant == "one_pass") == (first.partition is None)
+    if variant == "split_k":
+        assert part == first.partition

@@ -45,7 +45,7 @@ from tinyserve_sim.data.exact_math import (
     pairwise_sum,
     sequential_sum,
 )
-from tinyserve_sim.data.geometry import AttentionPlan, choose_split, make_plan
+from tinyserve_sim.data.geometry import AttentionPlan, SplitCandidate, choose_split, make_plan, split_candidates
 from tinyserve_sim.data.layouts import from_flashinfer_cache, to_flashinfer_cache, to_flex_attention_cache
 from tinyserve_sim.data.paged_attention import paged_attention
 from tinyserve_sim.control.prefill_batch import PrefillBatch
@@ -80,6 +80,7 @@ __all__ = [
     "BatchAllocation",
     "FifoBlockAllocator",
     "KVCache",
+    "SplitCandidate",
     "attention_error_bound",
     "check_racing_allocation",
     "choose_split",
@@ -93,6 +94,7 @@ __all__ = [
     "paged_attention",
     "pairwise_sum",
     "reference_paged_attention",
+    "split_candidates",
     "reshape_and_cache",
     "sequential_sum",
     "to_flashinfer_cache",

@@ -196,6 +196,80 @@ def fills_waves(blocks: int, slots: int) -> bool:
     return blocks >= FULL_WAVE * waves * slots or blocks >= MANY_WAVES * slots
 
 
+@dataclass(frozen=True)
+class SplitCandidate:
+    """One grid that :func:`choose_split` weighed: what it would launch, and the verdict.
+
+    Attributes:
+        partition: tokens per split-K block, or ``None`` for one pass.
+        blocks: thread blocks of the main kernel (blocks of rows with fewer partitions
+            exit at once, and are not counted).
+        slots: places of one wave on the reference GPU (SMs x blocks per SM).
+        accepted: whether the rule takes it (the first accepted one is chosen).
+        why: the reason, in words.
+    """
+
+    partition: int | None
+    blocks: int
+    slots: int
+    accepted: bool
+    why: str
+
+    @property
+    def waves(self) -> float:
+        """The grid's length in waves of :attr:`slots` blocks."""
+        return self.blocks / self.slots
+
+
+def _wave_words(blocks: int, slots: int) -> str:
+    waves = -(-blocks // slots)
+    last = (blocks - (waves - 1) * slots) / slots
+    if blocks >= MANY_WAVES * slots:
+        verdict = f"{MANY_WAVES} waves or more, the last one matters little"
+    elif fills_waves(blocks, slots):
+        verdict = "the last wave is nearly full"
+    else:
+        verdict = "the last wave is left part-empty"
+    return f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, last {last:.0%} full: {verdict}"
+
+
+def split_candidates(
+    plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray, partition_size: int | None = None
+) -> list[SplitCandidate]:
+    """Every grid :func:`choose_split` weighs, longest work per block first, with its verdict:
+    the rule made visible (print them, or draw them).
+
+    >>> for c in split_candidates(make_plan(128, np.float16, 4), 32, 8, np.full(8, 32768))[:4]:
+    ...     print(c.partition, c.accepted, c.why)
+    None False 64 blocks = 0.12 waves of 528, last 12% full: the last wave is left part-empty
+    16384 False 128 blocks = 0.24 waves of 528, last 24% full: the last wave is left part-empty
+    8192 False 256 blocks = 0.48 waves of 528, last 48% full: the last wave is left part-empty
+    4096 True 512 blocks = 0.97 waves of 528, last 97% full: the last wave is nearly full
+    """
+    rows = _rows(lens, num_kv_heads).astype(np.int64)
+    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
+    slots = REFERENCE_SMS * blocks_per_sm(plan)
+    limit = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
+    one_pass = rows.size * tiles
+    if rows.size == 0 or int(rows.max()) <= limit:
+        return [SplitCandidate(None, one_pass, slots, True, f"every row fits one partition ({limit} tokens)")]
+    if int(rows.max()) > 2 * float(rows.mean()):
+        out = [SplitCandidate(None, one_pass, slots, False, "the longest row is more than twice the mean: it would run alone")]
+    else:
+        out = [SplitCandidate(None, one_pass, slots, fills_waves(one_pass, slots), _wave_words(one_pass, slots))]
+    if partition_size is not None:
+        blocks = tiles * int((-(-rows // partition_size)).sum())
+        return [*out, SplitCandidate(partition_size, blocks, slots, True, "the partition given")]
+    parts = [p for p in AUTO_PARTITIONS if p < int(rows.max())]
+    for part in parts:
+        blocks = tiles * int((-(-rows // part)).sum())
+        last = part == parts[-1]
+        fits = fills_waves(blocks, slots)
+        why = _wave_words(blocks, slots) + ("" if fits or not last else "; the shortest partition, the most blocks")
+        out.append(SplitCandidate(part, blocks, slots, fits or last, why))
+    return out
+
+
 def choose_split(
     plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray, partition_size: int | None = None
 ) -> tuple[str, int]:
@@ -209,7 +283,7 @@ def choose_split(
     alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
     ``partition_size``, when given) whose blocks fill the waves; else the shortest, which
     has the most blocks. Rows of at most :data:`DEFAULT_PARTITION_SIZE` tokens (or
-    ``partition_size``) take one pass.
+    ``partition_size``) take one pass. :func:`split_candidates` lists what was weighed.
 
     Why: measured on an H200 (kernel notes, session 8), fewer and longer blocks are faster
     (each split adds partial results and a reduce), as long as the grid's last wave is not
@@ -227,33 +301,20 @@ def choose_split(
     >>> choose_split(plan, 32, 8, np.full(64, 4096), partition_size=256)   # one pass still
     ('one_pass', 256)
     """
-    rows = _rows(lens, num_kv_heads)
-    fallback = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
-    if rows.size == 0 or int(rows.max()) <= fallback:
-        return "one_pass", fallback
-    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
-    slots = REFERENCE_SMS * blocks_per_sm(plan)
-    if int(rows.max()) <= 2 * float(rows.mean()) and fills_waves(rows.size * tiles, slots):
-        return "one_pass", fallback
-    if partition_size is not None:
-        return "split_k", partition_size
-    return "split_k", split_partition(plan, num_heads, num_kv_heads, rows)
+    chosen = next(c for c in split_candidates(plan, num_heads, num_kv_heads, lens, partition_size) if c.accepted)
+    if chosen.partition is None:
+        return "one_pass", DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
+    return "split_k", chosen.partition
 
 
 def split_partition(plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray) -> int:
-    """The longest partition of :data:`AUTO_PARTITIONS` shorter than the longest row whose
-    blocks fill the waves (:func:`fills_waves`); else the shortest such (the most blocks);
-    :data:`DEFAULT_PARTITION_SIZE` when every row is shorter than all of them."""
-    rows = _rows(lens, num_kv_heads).astype(np.int64)
-    candidates = [p for p in AUTO_PARTITIONS if rows.size and p < int(rows.max())]
-    if not candidates:
-        return DEFAULT_PARTITION_SIZE
-    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
-    slots = REFERENCE_SMS * blocks_per_sm(plan)
-    for part in candidates:
-        if fills_waves(tiles * int((-(-rows // part)).sum()), slots):
-            return part
-    return candidates[-1]
+    """For ``variant="split_k"`` without a partition: the first split candidate the rule
+    accepts (:func:`split_candidates`), or :data:`DEFAULT_PARTITION_SIZE` when every row
+    fits one partition."""
+    for c in split_candidates(plan, num_heads, num_kv_heads, lens):
+        if c.partition is not None and c.accepted:
+            return c.partition
+    return DEFAULT_PARTITION_SIZE
 
 
 def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:

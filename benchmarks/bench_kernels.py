@@ -129,10 +129,16 @@ def forced_chunk(chunk: int) -> contextlib.AbstractContextManager:
     """Within the block, the GPU launcher plans ``chunk``-token chunks whatever the row length.
 
     For measuring the chunk rule of :func:`tinyserve_sim.data.geometry.make_plan` (session 7
-    of the kernel notes) on another GPU. Only the launcher's plan changes: the output is then
-    that of a twin given the same plan, not of the default twin."""
-    original = launchers.make_plan
-    return mock.patch.object(launchers, "make_plan", lambda *args: dataclasses.replace(original(*args), chunk=chunk))
+    of the kernel notes) on another GPU. Only the launcher's plan changes, and only its chunk:
+    the variant and partition stay those of the default plan (``auto`` would otherwise see the
+    forced plan's shared memory), and the output is that of a twin given the same plan."""
+    original = launchers.plan_launch
+
+    def plan_launch(*args):
+        plan, variant, partition = original(*args)
+        return dataclasses.replace(plan, chunk=chunk), variant, partition
+
+    return mock.patch.object(launchers, "plan_launch", plan_launch)
 
 
 def bench_attention(c: Case, copy_bw: float, reps: int, opts: argparse.Namespace) -> Result:
@@ -307,6 +313,13 @@ def summary(results: list[Result], copy_bw: float) -> None:
         print(f"  {c.tag:<44s} " + " ".join(cells))
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def chunk_list(text: str) -> list[int]:
     """An argparse type: comma-separated chunk lengths, each 32, 64 or 128."""
     chunks = [int(x) if x.strip().isdigit() else -1 for x in text.split(",")]
@@ -328,7 +341,7 @@ def main() -> None:
     ap.add_argument("--no-copy-kernels", action="store_true", help="skip reshape_and_cache and copy_blocks")
     ap.add_argument("--only", default="", help="run only the cases whose tag contains this text, e.g. 'B=64 L=4096 Hq=32 Hkv=8 D=128'")
     ap.add_argument("--reps", type=int, default=None, help="repeats per timing (default 20, 5 with --quick)")
-    ap.add_argument("--rounds", type=int, default=3, help="times every implementation of a case is timed in turn (best median kept)")
+    ap.add_argument("--rounds", type=positive, default=3, help="times every implementation of a case is timed in turn (best median kept)")
     opts = ap.parse_args()
     reps = opts.reps or (5 if opts.quick else 20)
     if opts.quick and opts.reps is None:

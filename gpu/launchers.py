@@ -23,10 +23,8 @@ from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.geometry import (
     MAX_GRID_YZ,
     NUM_THREADS,
-    check_launch_limits,
-    make_plan,
     partition_count,
-    resolve_launch,
+    plan_launch,
 )
 from tinyserve_sim.data.validation import (
     check_block_mapping,
@@ -141,9 +139,7 @@ def prepare_paged_attention(
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
-    plan = make_plan(D, np.dtype(query.dtype), Hq // Hkv)
-    variant, partition_size = resolve_launch(variant, partition_size, plan, Hq, Hkv, lens_h)
-    check_launch_limits(S, lens_h, partition_size if variant == "split_k" else None)
+    plan, variant, partition_size = plan_launch((S, Hq, D), np.dtype(query.dtype), Hkv, lens_h, variant, partition_size)
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
     dtype = np.dtype(query.dtype)

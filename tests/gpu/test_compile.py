@@ -139,26 +139,33 @@ def _ab_kernels_module():
 
 
 def test_the_kernel_benchmark_forces_a_chunk_on_the_launcher_only_and_restores_it():
-    # bench_kernels.py --chunks: the launcher plans the forced chunk inside the block, the
-    # twin's geometry is untouched, and the launcher's own plan comes back afterwards.
+    # bench_kernels.py --chunks: the launcher plans the forced chunk inside the block, with
+    # the variant and partition of the default plan; the twin's geometry is untouched, and
+    # the launcher's own plan comes back afterwards.
     pytest.importorskip("cupy", reason="the script imports CuPy (no GPU needed)")
     import argparse
 
     import numpy as np
 
-    from tinyserve_sim.data.geometry import make_plan
+    from tinyserve_sim.data.geometry import plan_launch
     from tinyserve_sim.gpu import launchers
 
     bench = _benchmark_module("bench_kernels")
-    assert make_plan(128, np.float16, 4).chunk == 64
+    args = ((8, 32, 128), np.float16, 8, np.full((8, 8), 32768), "auto", None)
+    plan, variant, partition = plan_launch(*args)
+    assert plan.chunk == 64 and (variant, partition) == ("split_k", 4096)
     with bench.forced_chunk(128):
-        assert launchers.make_plan(128, np.float16, 4).chunk == 128
-        assert make_plan(128, np.float16, 4).chunk == 64
-    assert launchers.make_plan(128, np.float16, 4).chunk == 64
+        forced, v, p = launchers.plan_launch(*args)
+        assert forced.chunk == 128 and (v, p) == (variant, partition)
+        assert plan_launch(*args)[0].chunk == 64
+    assert launchers.plan_launch(*args)[0].chunk == 64
     assert bench.chunk_list("32,128") == [32, 128]
     for bad in ("48", "64,x", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.chunk_list(bad)
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.positive(bad)
 
 
 def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(tmp_path):

@@ -140,6 +140,28 @@ def test_plans_at_exactly_48_kib_of_dynamic_shared_memory_launch(variant, dtype,
     assert_bits_equal(gpu, twin)
 
 
+@pytest.mark.parametrize(
+    "S, L, Hq, Hkv, D, dtype, expected",
+    [(32, 2100, 32, 8, 128, np.float16, ("split_k", 2048)),  # 256 rows x 2 = 512 blocks: one wave
+     (1, 3000, 2, 1, 16, np.float32, ("split_k", 512))],     # no grid fills a wave: the most blocks
+)
+def test_auto_with_the_partition_the_rule_chooses_matches_the_twin(S, L, Hq, Hkv, D, dtype, expected):
+    """``variant="auto"``, ``partition_size=None``: the launcher resolves the same split as
+    the twin (the rule is on shapes only) and the bits are equal."""
+    import cupy as cp
+    from tinyserve_sim.data.geometry import choose_split, make_plan
+    from tinyserve_sim.gpu import launchers
+
+    assert choose_split(make_plan(D, dtype, Hq // Hkv), Hq, Hkv, np.full(S, L)) == expected
+    case = fixed_attention_case(L + S, dtype, S, Hq, Hkv, D, 16, [L] * S, 256)
+    out = cp.full(case.query.shape, np.nan, dtype=case.query.dtype)  # poison
+    gpu = launchers.prepare_paged_attention(
+        cp.asarray(case.query), cp.asarray(case.key_cache), cp.asarray(case.value_cache), case.batch, case.scale, out=out,
+    )().get()
+    assert_bits_equal(gpu, paged_attention(*case.args()))
+    assert_bits_equal(gpu, paged_attention(*case.args(), variant=expected[0], partition_size=expected[1]))
+
+
 # --------------------------------------------- per-(sequence, KV head) tables
 @GPU_SETTINGS
 @given(case=attention_cases(), variant=st.sampled_from(["one_pass", "split_k"]), seed=st.integers(0, 2**32 - 1))

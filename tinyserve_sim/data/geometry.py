@@ -18,7 +18,9 @@ from tinyserve_sim.errors import KernelInputError
 
 NUM_THREADS = 128  #: threads per thread block (4 warps)
 WARP = 32  #: threads per warp
-DEFAULT_PARTITION_SIZE = 1024  #: split-K partition, in tokens
+#: Under ``variant="auto"``, rows of at most this many tokens take one pass; it is also the
+#: partition of ``variant="split_k"`` without one when every row fits one partition.
+DEFAULT_PARTITION_SIZE = 1024
 #: A split-K partition is a multiple of this many tokens. It need not be a whole number of
 #: chunks: a partition starts a fresh run of chunks, and its last one may be partial.
 MIN_PARTITION_SIZE = 64
@@ -157,10 +159,12 @@ def partition_count(longest: int, partition_size: int) -> int:
 #: a GPU: it is a rule on shapes, and the SM count is assumed, not queried.
 REFERENCE_SMS = 132
 #: Split-K partition lengths ``"auto"`` may choose, longest first (rows of at most
-#: :data:`DEFAULT_PARTITION_SIZE` tokens always take one pass).
-AUTO_PARTITIONS = (16384, 8192, 4096, 2048, 1024, 512)
-#: A grid uses the GPU well when its last wave of blocks is at least this full ...
-FULL_WAVE = 0.9
+#: :data:`DEFAULT_PARTITION_SIZE` tokens always take one pass). Not longer: on an H200, one
+#: wave of 16,384-token blocks ran 7% slower than 2,048-token ones (kernel notes, session 8).
+AUTO_PARTITIONS = (4096, 2048, 1024, 512)
+#: A grid uses the GPU well when it keeps at least this share (in percent) of its waves'
+#: places busy, so that a part-empty last wave wastes less than a tenth ...
+FULL_WAVE_PERCENT = 90
 #: ... or when it is at least this many waves long (then a part-empty last wave matters little).
 MANY_WAVES = 3
 #: Shared memory of one SM on the reference GPU, and what CUDA reserves of it per block.
@@ -185,15 +189,30 @@ def blocks_per_sm(plan: AttentionPlan) -> int:
     return max(1, min(by_registers, by_shared))
 
 
+def wave_verdict(blocks: int, slots: int) -> tuple[bool, str]:
+    """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well, and why
+    in words: it keeps at least :data:`FULL_WAVE_PERCENT` of its waves' places busy, or it
+    runs :data:`MANY_WAVES` waves or more.
+
+    >>> print(wave_verdict(1024, 660)[1])
+    1024 blocks = 1.55 waves of 660, 78% of their places busy: a part-empty wave idles too many
+    """
+    waves = -(-blocks // slots)
+    head = f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, {blocks / (waves * slots):.0%} of their places busy"
+    if blocks >= MANY_WAVES * slots:
+        return True, f"{head}: {MANY_WAVES} waves or more, the last one matters little"
+    if 100 * blocks >= FULL_WAVE_PERCENT * waves * slots:
+        return True, f"{head}: at least {FULL_WAVE_PERCENT}%"
+    return False, f"{head}: a part-empty wave idles too many"
+
+
 def fills_waves(blocks: int, slots: int) -> bool:
-    """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well: its
-    last wave is at least :data:`FULL_WAVE` full, or it runs :data:`MANY_WAVES` waves or more.
+    """The verdict of :func:`wave_verdict` alone.
 
     >>> fills_waves(512, 528), fills_waves(1024, 660), fills_waves(2048, 660)   # 0.97, 1.55 and 3.1 waves
     (True, False, True)
     """
-    waves = -(-blocks // slots)
-    return blocks >= FULL_WAVE * waves * slots or blocks >= MANY_WAVES * slots
+    return wave_verdict(blocks, slots)[0]
 
 
 @dataclass(frozen=True)
@@ -221,52 +240,41 @@ class SplitCandidate:
         return self.blocks / self.slots
 
 
-def _wave_words(blocks: int, slots: int) -> str:
-    waves = -(-blocks // slots)
-    last = (blocks - (waves - 1) * slots) / slots
-    if blocks >= MANY_WAVES * slots:
-        verdict = f"{MANY_WAVES} waves or more, the last one matters little"
-    elif fills_waves(blocks, slots):
-        verdict = "the last wave is nearly full"
-    else:
-        verdict = "the last wave is left part-empty"
-    return f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, last {last:.0%} full: {verdict}"
-
-
 def split_candidates(
     plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray, partition_size: int | None = None
 ) -> list[SplitCandidate]:
     """Every grid :func:`choose_split` weighs, longest work per block first, with its verdict:
     the rule made visible (print them, or draw them).
 
-    >>> for c in split_candidates(make_plan(128, np.float16, 4), 32, 8, np.full(8, 32768))[:4]:
+    >>> for c in split_candidates(make_plan(128, np.float16, 4), 32, 8, np.full(8, 32768))[:2]:
     ...     print(c.partition, c.accepted, c.why)
-    None False 64 blocks = 0.12 waves of 528, last 12% full: the last wave is left part-empty
-    16384 False 128 blocks = 0.24 waves of 528, last 24% full: the last wave is left part-empty
-    8192 False 256 blocks = 0.48 waves of 528, last 48% full: the last wave is left part-empty
-    4096 True 512 blocks = 0.97 waves of 528, last 97% full: the last wave is nearly full
+    None False 64 blocks = 0.12 waves of 528, 12% of their places busy: a part-empty wave idles too many
+    4096 True 512 blocks = 0.97 waves of 528, 97% of their places busy: at least 90%
     """
-    rows = _rows(lens, num_kv_heads).astype(np.int64)
+    if partition_size is not None:
+        partition_size = check_partition_size(partition_size, MIN_PARTITION_SIZE)
+    rows = _rows(lens, num_kv_heads)
     tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
     slots = REFERENCE_SMS * blocks_per_sm(plan)
+
+    def blocks(part: int | None) -> int:  # a row of n tokens has ceil(n / part) blocks per tile
+        return tiles * (rows.size if part is None else int((-(-rows // part)).sum()))
+
     limit = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
-    one_pass = rows.size * tiles
     if rows.size == 0 or int(rows.max()) <= limit:
-        return [SplitCandidate(None, one_pass, slots, True, f"every row fits one partition ({limit} tokens)")]
+        return [SplitCandidate(None, blocks(None), slots, True, f"every row fits one partition ({limit} tokens)")]
     if int(rows.max()) > 2 * float(rows.mean()):
-        out = [SplitCandidate(None, one_pass, slots, False, "the longest row is more than twice the mean: it would run alone")]
+        out = [SplitCandidate(None, blocks(None), slots, False, "the longest row is more than twice the mean: it would run alone")]
     else:
-        out = [SplitCandidate(None, one_pass, slots, fills_waves(one_pass, slots), _wave_words(one_pass, slots))]
+        out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots))]
     if partition_size is not None:
-        blocks = tiles * int((-(-rows // partition_size)).sum())
-        return [*out, SplitCandidate(partition_size, blocks, slots, True, "the partition given")]
+        return [*out, SplitCandidate(partition_size, blocks(partition_size), slots, True, "the partition given")]
     parts = [p for p in AUTO_PARTITIONS if p < int(rows.max())]
     for part in parts:
-        blocks = tiles * int((-(-rows // part)).sum())
-        last = part == parts[-1]
-        fits = fills_waves(blocks, slots)
-        why = _wave_words(blocks, slots) + ("" if fits or not last else "; the shortest partition, the most blocks")
-        out.append(SplitCandidate(part, blocks, slots, fits or last, why))
+        fits, why = wave_verdict(blocks(part), slots)
+        if not fits and part == parts[-1]:
+            fits, why = True, f"{why}; but the shortest partition has the most blocks"
+        out.append(SplitCandidate(part, blocks(part), slots, fits, why))
     return out
 
 
@@ -288,7 +296,7 @@ def choose_split(
     Why: measured on an H200 (kernel notes, session 8), fewer and longer blocks are faster
     (each split adds partial results and a reduce), as long as the grid's last wave is not
     left part-empty: at MHA (5 blocks per SM, 660 places) 1,024 blocks (1.55 waves) ran
-    8-13% slower than 2,048 or 512, at GQA-4 (4 per SM, 528 places) 512 blocks in one
+    7-13% slower than the fastest (six shapes), at GQA-4 (4 per SM, 528 places) 512 blocks in one
     wave beat 1,024 and 2,048.
 
     >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places
@@ -318,8 +326,11 @@ def split_partition(plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens
 
 
 def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:
-    """Every (sequence, KV head) row's length, ``[S, Hkv]``, from ``[S]`` or ``[S, Hkv]``."""
+    """Every (sequence, KV head) row's length, int64 ``[S, Hkv]``, from ``[S]`` or ``[S, Hkv]``."""
     lens = np.asarray(lens)
+    if lens.ndim == 2 and lens.shape[1] != num_kv_heads or lens.ndim not in (1, 2) or lens.dtype.kind not in "iu":
+        raise KernelInputError(f"lengths must be integers [S] or [S, {num_kv_heads}], got {lens.dtype} {lens.shape}")
+    lens = lens.astype(np.int64)
     return np.broadcast_to(lens[:, None], (lens.shape[0], num_kv_heads)) if lens.ndim == 1 else lens
 
 
@@ -332,7 +343,7 @@ def resolve_launch(
     ``lens`` holds every row's length (``[S]`` or ``[S, Hkv]``): with per-head tables each
     row's own length counts, as it does in the kernel's grid."""
     if partition_size is not None:
-        check_partition_size(partition_size, MIN_PARTITION_SIZE)
+        partition_size = check_partition_size(partition_size, MIN_PARTITION_SIZE)
     if not isinstance(variant, str) or variant not in ("one_pass", "split_k", "auto"):
         raise KernelInputError(f"unknown paged_attention variant {variant!r} (one_pass, split_k or auto)")
     if variant == "auto":
@@ -340,6 +351,21 @@ def resolve_launch(
     if partition_size is None:
         partition_size = split_partition(plan, num_heads, num_kv_heads, lens) if variant == "split_k" else DEFAULT_PARTITION_SIZE
     return variant, partition_size
+
+
+def plan_launch(
+    query_shape: tuple[int, int, int], dtype: np.dtype | type, num_kv_heads: int, lens: np.ndarray,
+    variant: str, partition_size: int | None,
+) -> tuple[AttentionPlan, str, int]:
+    """Everything one ``paged_attention`` call's shapes decide, computed in one place for both
+    backends: the plan, the concrete variant and the partition (:func:`resolve_launch`), after
+    the launch limits are checked (:func:`check_launch_limits`). ``lens`` is the batch's
+    validated ``[S, Hkv]`` lengths."""
+    num_seqs, num_heads, head_dim = query_shape
+    plan = make_plan(head_dim, dtype, num_heads // num_kv_heads)
+    variant, partition_size = resolve_launch(variant, partition_size, plan, num_heads, num_kv_heads, lens)
+    check_launch_limits(num_seqs, lens, partition_size if variant == "split_k" else None)
+    return plan, variant, partition_size
 
 
 #: CUDA's limit on ``gridDim.y`` and ``gridDim.z`` (sequences and split-K partitions).

@@ -72,10 +72,8 @@ from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, h
 from tinyserve_sim.data.geometry import (
     AttentionPlan,
     Variant,
-    check_launch_limits,
-    make_plan,
     partition_count,
-    resolve_launch,
+    plan_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
@@ -202,9 +200,7 @@ def paged_attention(
     S, Hq, D = query.shape
     _, block_size, Hkv, _ = key_cache.shape
     G = Hq // Hkv
-    plan = make_plan(D, key_cache.dtype, G)
-    variant, partition_size = resolve_launch(variant, partition_size, plan, Hq, Hkv, lens)
-    check_launch_limits(S, lens, partition_size if variant == "split_k" else None)
+    plan, variant, partition_size = plan_launch((S, Hq, D), key_cache.dtype, Hkv, lens, variant, partition_size)
     q = query.astype(F32).reshape(S, Hkv, G, D)
     kc = key_cache.reshape(-1, Hkv, D)
     vc = value_cache.reshape(-1, Hkv, D)

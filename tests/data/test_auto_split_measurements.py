@@ -1,0 +1,75 @@
+"""``variant="auto"`` against what was measured: the H200 logs of every alternative.
+
+``benchmarks/results/h200_s8_partition_sweep.log`` (24 shapes the rule was fitted to),
+``h200_s8_auto_split_validation.log`` (14 it was not) and
+``h200_s8_auto_split_long_partitions.log`` (4 where a first version chose 8,192 or 16,384)
+time one pass and split-K at 512 to 16,384 tokens, alternated in one process. The choice the current code makes is looked up in
+them, so a change to the rule is judged against the measurements, not against itself."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyserve_sim.data.geometry import choose_split, make_plan
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+TIMES = re.compile(r"(one_pass|split/\d+) ([\d.]+)")
+
+
+def _key(variant: str, partition: int) -> str:
+    return "one_pass" if variant == "one_pass" else f"split/{partition}"
+
+
+def _old_rule(rows: int, lens: np.ndarray) -> str:
+    """The rule before session 8: one pass from 512 rows of similar length, else split-K at 1,024."""
+    if lens.max() <= 1024:
+        return "one_pass"
+    return "one_pass" if rows >= 512 and lens.max() <= 2 * lens.mean() else "split/1024"
+
+
+def test_on_the_fitted_shapes_auto_is_within_one_percent_of_the_fastest():
+    lines = [ln for ln in (RESULTS / "h200_s8_partition_sweep.log").read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == 24
+    for line in lines:
+        B, L, Hq, Hkv, D = (int(x) for x in re.match(r"B=(\d+) L=(\d+) Hq=(\d+) Hkv=(\d+) D=(\d+)", line).groups())
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        choice = _key(*choose_split(make_plan(D, np.float16, Hq // Hkv), Hq, Hkv, np.full(B, L)))
+        assert choice in times, line
+        assert times[choice] <= 1.01 * min(times.values()), (line, choice)
+
+
+def test_on_shapes_it_was_not_fitted_to_auto_beats_the_old_rule_on_average():
+    rng = np.random.default_rng(5)  # the validation script's draws, in its order
+    mixed = [rng.integers(512, 16384, 40), rng.integers(1024, 8192, 64)]
+    lines = [ln for ln in (RESULTS / "h200_s8_auto_split_validation.log").read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == 14
+    new, old = [], []
+    for line in lines:
+        m = re.match(r"B=(\d+) L=(\S+)(?: \S+)? Hq=(\d+) Hkv=(\d+) D=(\d+) (float\d+) bs=\d+", line)
+        B, L, Hq, Hkv, D, dtype = m.groups()
+        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
+        lens = mixed.pop(0) if L == "mixed" else np.full(B, int(L))
+        assert len(lens) == B
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        best = min(times.values())
+        choice = _key(*choose_split(make_plan(D, np.dtype(dtype), Hq // Hkv), Hq, Hkv, lens))
+        assert times[choice] <= 1.075 * best, (line, choice)
+        new.append(best / times[choice])
+        old.append(best / times[_old_rule(B * Hkv, lens)])
+    assert not mixed
+    assert np.mean(new) > np.mean(old) + 0.02, (np.mean(new), np.mean(old))
+    assert np.mean(new) == pytest.approx(0.984, abs=0.002)  # the kernel notes' figure
+
+
+def test_where_longer_partitions_were_tried_auto_is_within_one_percent_of_the_fastest():
+    lines = [ln for ln in (RESULTS / "h200_s8_auto_split_long_partitions.log").read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == 4
+    for line in lines:
+        B, L, Hq, Hkv, D = (int(x) for x in re.match(r"B=(\d+) L=(\d+) Hq=(\d+) Hkv=(\d+) D=(\d+)", line).groups())
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        choice = _key(*choose_split(make_plan(D, np.float16, Hq // Hkv), Hq, Hkv, np.full(B, L)))
+        assert times[choice] <= 1.01 * min(times.values()), (line, choice)

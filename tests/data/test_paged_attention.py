@@ -475,3 +475,26 @@ def test_auto_with_a_partition_the_rule_chooses_is_that_split_bit_for_bit():
     auto = paged_attention(q, kc, vc, batch, 0.25)
     assert (auto.view(np.uint32) == paged_attention(q, kc, vc, batch, 0.25, "split_k", 512).view(np.uint32)).all()
     assert (auto.view(np.uint32) != paged_attention(q, kc, vc, batch, 0.25, "split_k", 1024).view(np.uint32)).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(num_heads=32, num_kv_heads=0), "KV heads"),
+        (dict(num_heads=30, num_kv_heads=8), "KV heads"),
+        (dict(num_heads=4, num_kv_heads=8), "KV heads"),
+        (dict(lens=np.array([5000, -1])), "negative"),
+        (dict(lens=np.full(4, 5000.0)), "integers"),
+        (dict(lens=np.ones((2, 3), int)), "integers"),
+        (dict(partition_size=0), "multiple of 64"),
+    ],
+)
+def test_the_split_rule_refuses_bad_shapes_with_a_named_error(kwargs, words):
+    """``choose_split`` and ``split_candidates`` are public: a careless call gets the
+    project's error, never a ZeroDivisionError or a silent answer."""
+    from tinyserve_sim.data.geometry import choose_split, split_candidates
+
+    args = dict(plan=make_plan(128, np.float16, 4), num_heads=32, num_kv_heads=8, lens=np.full(4, 5000)) | kwargs
+    for fn in (choose_split, split_candidates):
+        with pytest.raises(KernelInputError, match=words):
+            fn(**args)

@@ -253,6 +253,8 @@ def split_candidates(
     """
     if partition_size is not None:
         partition_size = check_partition_size(partition_size, MIN_PARTITION_SIZE)
+    if not 1 <= num_kv_heads <= num_heads or num_heads % num_kv_heads:
+        raise KernelInputError(f"{num_heads} query heads cannot share {num_kv_heads} KV heads (a positive multiple is needed)")
     rows = _rows(lens, num_kv_heads)
     tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
     slots = REFERENCE_SMS * blocks_per_sm(plan)
@@ -330,6 +332,8 @@ def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:
     lens = np.asarray(lens)
     if lens.ndim == 2 and lens.shape[1] != num_kv_heads or lens.ndim not in (1, 2) or lens.dtype.kind not in "iu":
         raise KernelInputError(f"lengths must be integers [S] or [S, {num_kv_heads}], got {lens.dtype} {lens.shape}")
+    if lens.size and lens.min() < 0:
+        raise KernelInputError(f"lengths must not be negative, got {int(lens.min())}")
     lens = lens.astype(np.int64)
     return np.broadcast_to(lens[:, None], (lens.shape[0], num_kv_heads)) if lens.ndim == 1 else lens
 

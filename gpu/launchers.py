@@ -139,10 +139,10 @@ def prepare_paged_attention(
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
-    plan, variant, partition_size = plan_launch((S, Hq, D), np.dtype(query.dtype), Hkv, lens_h, variant, partition_size)
+    dtype = np.dtype(query.dtype)
+    plan, variant, partition_size = plan_launch((S, Hq, D), dtype, Hkv, lens_h, variant, partition_size)
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
-    dtype = np.dtype(query.dtype)
     out = _check_out(out, (S, Hq, D), dtype)
     if S == 0:
         return lambda: out

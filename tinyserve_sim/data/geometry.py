@@ -88,8 +88,15 @@ class AttentionPlan:
         >>> make_plan(128, np.float16, 8).grid(num_seqs=2, num_heads=64, num_kv_heads=8, partitions=3)
         (8, 2, 3)
         """
-        head_tiles = -(-(num_heads // num_kv_heads) // self.heads_per_block)
-        return (num_kv_heads * head_tiles, num_seqs, partitions)
+        return (num_kv_heads * self.head_tiles(num_heads // num_kv_heads), num_seqs, partitions)
+
+    def head_tiles(self, group_size: int) -> int:
+        """Thread blocks that share one KV head's group of ``group_size`` query heads.
+
+        >>> make_plan(128, np.float16, 32).head_tiles(32)   # 16 heads per block (4 slices of 4)
+        2
+        """
+        return -(-group_size // self.heads_per_block)
 
     @property
     def shared_memory_bytes(self) -> int:
@@ -256,7 +263,7 @@ def split_candidates(
     if not 1 <= num_kv_heads <= num_heads or num_heads % num_kv_heads:
         raise KernelInputError(f"{num_heads} query heads cannot share {num_kv_heads} KV heads (a positive multiple is needed)")
     rows = _rows(lens, num_kv_heads)
-    tiles = plan.grid(1, num_heads, num_kv_heads)[0] // num_kv_heads
+    tiles = plan.head_tiles(num_heads // num_kv_heads)
     slots = REFERENCE_SMS * blocks_per_sm(plan)
 
     def blocks(part: int | None) -> int:  # a row of n tokens has ceil(n / part) blocks per tile

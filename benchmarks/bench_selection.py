@@ -16,8 +16,10 @@ comparison, launched one by one from Python:
 * **dense**: ``reshape_and_cache`` of the 8 new tokens, then ``paged_attention`` over
   all 32,768 tokens of every sequence;
 * **sparse**: the fused ``reshape_and_cache_with_metadata`` (the write and the page
-  metadata update), ``page_scores`` (reads every page's min/max), ``select_pages``,
-  and ``paged_attention`` over each (sequence, KV head)'s selected pages only.
+  metadata update), then the library's sparse step (``gpu/sparse_step.py``):
+  ``page_scores`` (reads every page's min/max), ``select_pages``, which writes its
+  compacted tables where the attention reads them, and ``paged_attention`` over each
+  (sequence, KV head)'s selected pages only, its partition chosen by ``auto``.
 
 Beside the measured speed-up (dense time / sparse time) it prints two ceilings:
 
@@ -43,13 +45,12 @@ at 32,768 tokens (``scripts/bench_kernels.sh`` of github.com/mit-han-lab/Quest).
 
 Each repetition first overwrites a buffer twice the size of L2, just before the timed
 window, so no case runs from a warm cache (and the GPU is still busy with it while Python
-enqueues the timed launches, so their launch latency is not counted as idle time). The attention of the sparse step reads a
-copy of the selection's tables made when it was prepared: the query is the same at
-every repetition, so the selection writes the same tables each time, and the kernels
-do exactly the work of a step whose attention reads the selection's output.
+enqueues the timed launches, so their launch latency is not counted as idle time).
 
 The sparse attention is ``paged_attention`` itself, on the selection's compacted
 per-(sequence, KV head) tables (a ``DecodeBatch`` with a head axis): no second kernel.
+The phase times beside it (attention alone, at the fastest of three partitions) read a
+copy of the selection's tables, which is the same work.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from collections.abc import Callable
 
 import cupy as cp
 import numpy as np
-from tinyserve_sim.gpu import launchers
+from tinyserve_sim.gpu import launchers, sparse_step
 from tinyserve_sim.gpu import selection_launchers as sl
 
 from tinyserve_sim.control.batch import DecodeBatch
@@ -312,15 +313,24 @@ def bench_block_size(case: Case, budgets: list[int], reps: int) -> list[tuple]:
         select = sl.prepare_select_pages(scores, case.batch, budget_tokens)
         _, tables_d, lens_d = select()
         attn, kind = fastest_sparse_attention(case, tables_d.get(), lens_d.get(), reps)
+        library = sparse_step.prepare_sparse_decode_step(
+            case.query, case.key_cache, case.value_cache, case.key_min, case.key_max, case.batch, budget_tokens, case.scale
+        )
 
-        def sparse_step(select: Callable = select, attn: Callable = attn) -> None:
+        def full_step(library: Callable = library) -> None:
             fused()
-            score()
-            select()
-            attn()
+            library()
 
-        t_sparse = time_ms(sparse_step, reps)
-        t_sparse_graph = time_ms(as_graph(sparse_step), reps)
+        t_sparse = time_ms(full_step, reps)
+        t_sparse_graph = time_ms(as_graph(full_step), reps)
+        kind += f"; the step's attention: {library.variant}, partitions of {library.partition_size}"
+        # Same bits as the attention on a copy of the tables at the same partition?
+        same = launchers.prepare_paged_attention(
+            case.query, case.key_cache, case.value_cache, case.batch.with_head_tables(tables_d.get(), lens_d.get()),
+            case.scale, library.variant, library.partition_size,
+        )()
+        kind += ", bits equal to paged_attention on the selected batch" if bool(
+            (same.view(cp.uint16) == library.out.view(cp.uint16)).all()) else ", BITS DIFFER from paged_attention on the selected batch"
         t_select, t_attn = time_ms(select, reps), time_ms(attn, reps)
         speedup, speedup_graph = t_dense / t_sparse, t_dense_graph / t_sparse_graph
         byte_ceiling = case.dense_bytes / (case.dense_bytes * K / case.pages + case.metadata_bytes)

@@ -60,6 +60,14 @@ def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> cp.ndarray:
     return out
 
 
+def _rows_like(a: Any, host: np.ndarray, name: str) -> cp.ndarray:
+    """A device array standing in for the host array ``host``: same shape, int32, C-contiguous."""
+    a = _device(a, name)
+    if tuple(a.shape) != host.shape or a.dtype != np.int32 or not a.flags.c_contiguous:
+        raise KernelInputError(f"{name} must be a C-contiguous int32 device array of shape {host.shape}")
+    return a
+
+
 # ------------------------------------------------------------ reshape_and_cache
 def prepare_reshape_and_cache(
     key: Any, value: Any, key_cache: Any, value_cache: Any, slot_mapping: Any
@@ -135,6 +143,28 @@ def prepare_paged_attention(
 ) -> Callable[[], cp.ndarray]:
     """Validate everything now (and upload the batch's tables once); return a function
     that launches and returns ``out``."""
+    return prepare_paged_attention_on_rows(query, key_cache, value_cache, batch, scale, variant, partition_size, out)
+
+
+def prepare_paged_attention_on_rows(
+    query: Any,
+    key_cache: Any,
+    value_cache: Any,
+    batch: DecodeBatch,
+    scale: float,
+    variant: str = "auto",
+    partition_size: int | None = None,
+    out: Any = None,
+    rows: tuple[cp.ndarray, cp.ndarray] | None = None,
+) -> Callable[[], cp.ndarray]:
+    """:func:`prepare_paged_attention`, optionally reading its tables and lengths from
+    ``rows``: int32 device arrays of the batch's shapes that another kernel fills before
+    each launch (``select_pages`` does, in :mod:`~tinyserve_sim.gpu.sparse_step`).
+
+    ``batch`` is then the promise: it is validated and planned as usual, and the caller
+    guarantees that every launch finds in ``rows`` tables of valid block ids and the same
+    lengths (a selection's lengths are known in advance: :func:`~tinyserve_sim.gpu.sparse_step.selected_lengths`).
+    """
     _, lens_h = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)
     S, Hq, D = (int(x) for x in query.shape)
@@ -144,6 +174,11 @@ def prepare_paged_attention(
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
         _device(a, n)
     out = _check_out(out, (S, Hq, D), dtype)
+    if rows is None:
+        tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
+    else:
+        tables_d = _rows_like(rows[0], batch.block_tables, "rows[0] (the tables)")
+        lens_d = _rows_like(rows[1], batch.seq_lens, "rows[1] (the lengths)")
     if S == 0:
         return lambda: out
     module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
@@ -153,7 +188,6 @@ def prepare_paged_attention(
     # The batch's own arrays: [S, W] and [S] (shared tables) or [S, Hkv, W] and
     # [S, Hkv] (one per KV head); the kernel finds a (sequence, KV head)'s row
     # through the two strides.
-    tables_d, lens_d = _index(batch.block_tables), _index(batch.seq_lens)
     seq_stride, head_stride = (np.int32(x) for x in batch.row_strides(Hkv))
     smem = plan.shared_memory_bytes
     # Allow the kernel its dynamic shared memory, whatever the amount: CUDA's default limit

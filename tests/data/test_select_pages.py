@@ -18,7 +18,7 @@ from tinyserve_sim.data import (
     select_page_indices,
     select_pages,
 )
-from tinyserve_sim.data.select_pages import score_order_keys
+from tinyserve_sim.data.select_pages import score_order_keys, selected_lengths
 from tinyserve_sim.errors import KernelInputError
 
 
@@ -58,6 +58,23 @@ def test_selection_rules(case):
             newest = int(lens[s, h]) - (n - 1) * bs
             assert sparse.seq_lens[s, h] == (chosen.size - 1) * bs + newest
             assert sparse.seq_lens[s, h] <= max(budget, 0) and sparse.seq_lens[s, h] <= lens[s, h]
+
+
+@given(case=selection_cases(), scale=st.sampled_from([1.0, -1.0, 0.0]))
+def test_selected_lengths_are_known_before_scoring(case, scale):
+    """How many tokens a row keeps does not depend on the scores (the GPU's sparse step plans
+    its attention on it before selecting): any scores, even all equal, give these lengths."""
+    scores, batch, budget = case
+    predicted = selected_lengths(batch, scores.shape[1], budget)
+    assert predicted.dtype == np.int32
+    for drawn in (scores, (scores * np.float32(scale)).astype(np.float32)):
+        assert (select_pages(drawn, batch, budget).seq_lens == predicted).all()
+
+
+def test_selected_lengths_refuse_a_budget_under_two_pages():
+    batch = DecodeBatch.from_tables([[0, 1, 2]], [40], block_size=16)
+    with pytest.raises(KernelInputError, match="less than two pages"):
+        selected_lengths(batch, 1, budget_tokens=31)
 
 
 @given(case=selection_cases())

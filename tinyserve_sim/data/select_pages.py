@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyserve_sim.control.batch import PAD_BLOCK, DecodeBatch
-from tinyserve_sim.data.selection_checks import check_select_pages
+from tinyserve_sim.data.selection_checks import check_select_pages, pages_in_budget
 
 
 def score_order_keys(scores: np.ndarray) -> np.ndarray:
@@ -110,6 +110,33 @@ def compact_tables(batch: DecodeBatch, logical: np.ndarray) -> DecodeBatch:
                 newest = n - (n - 1) // bs * bs  # tokens in the row's newest page, 1..bs
                 new_lens[s, h] = (row.size - 1) * bs + newest
     return batch.with_head_tables(new_tables, new_lens)
+
+
+def selected_lengths(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) -> np.ndarray:
+    """The lengths ``[S, Hkv]`` any selection of this batch at this budget has, before scoring.
+
+    The rule fixes how many pages a row keeps (``min(n, K)``) and that the newest page is
+    one of them, so a row's selected length, ``(min(n, K) - 1) * block_size + (tokens in
+    the newest page)``, does not depend on the scores; only *which* pages does. The GPU's
+    sparse step (:mod:`tinyserve_sim.gpu.sparse_step`) plans its attention with these
+    lengths before the selection kernel runs.
+
+    >>> batch = DecodeBatch.from_tables([[10, 11, 12, 13, 14, 15, 16, 17], [3]], [120, 5], block_size=16)
+    >>> selected_lengths(batch, 1, budget_tokens=64).tolist()    # 3 * 16 + 8; 5 (one page, kept)
+    [[56], [5]]
+    """
+    K = pages_in_budget(budget_tokens, batch.block_size)
+    _, lens = batch.head_tables(num_kv_heads)
+    bs = batch.block_size
+    out = np.zeros(lens.shape, dtype=np.int32)
+    for s in range(lens.shape[0]):
+        for h in range(lens.shape[1]):
+            n = int(lens[s, h])
+            if n > 0:
+                pages = -(-n // bs)
+                newest = n - (pages - 1) * bs  # tokens in the newest page, 1..bs
+                out[s, h] = (min(pages, K) - 1) * bs + newest
+    return out
 
 
 def select_pages(scores: np.ndarray, batch: DecodeBatch, budget_tokens: int) -> DecodeBatch:

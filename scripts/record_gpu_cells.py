@@ -85,12 +85,31 @@ def run_tutorial(name: str) -> dict[str, object]:
     return {"ran_on_gpu": ran, "all_held": held, "lines": lines}
 
 
+def unwritable(path: Path) -> str | None:
+    """Why the record could not be written at ``path`` (None if it can): checked before
+    the tutorials run, so a typo costs a second, not the whole run."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    while not parent.exists():  # the first folder that exists must let us create the rest
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "not writable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JSON record goes")
     parser.add_argument("--commit", help="the commit the files are at, where this machine's git checkout is not "
                         "(a work tree copied onto a GPU machine); default: asked of git")
     args = parser.parse_args(argv)
+    problem = unwritable(args.out)
+    if problem:  # say so now, not after minutes of tutorials
+        print(f"--out {args.out}: {problem}", file=sys.stderr)
+        return 2
 
     from tinyserve_sim.data.backends import get_backend
     from tinyserve_sim.errors import BackendUnavailableError
@@ -113,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         record["tutorials"][name] = result = run_tutorial(name)
         for line in result["lines"]:
             print(f"  {line}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as error:
+        print(f"--out {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}", file=sys.stderr)
     ok = all(r["ran_on_gpu"] and r["all_held"] for r in record["tutorials"].values())
     return 0 if ok else 1

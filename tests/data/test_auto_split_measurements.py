@@ -3,7 +3,10 @@
 ``benchmarks/results/h200_s8_partition_sweep.log`` (24 shapes the rule was fitted to),
 ``h200_s8_auto_split_validation.log`` (14 it was not) and
 ``h200_s8_auto_split_long_partitions.log`` (4 where a first version chose 8,192 or 16,384)
-time one pass and split-K at 512 to 16,384 tokens, alternated in one process. The choice the current code makes is looked up in
+time one pass and split-K at 512 to 16,384 tokens, alternated in one process. Session 9's
+``h200_s9_auto_short_rows.log`` (29 small grids, the fallback's fitting set) and
+``h200_s9_auto_fallback_validation.log`` (14 it was not fitted to) add 256-token partitions
+and flush L2 before each repetition. The choice the current code makes is looked up in
 them, so a change to the rule is judged against the measurements, not against itself."""
 
 from __future__ import annotations
@@ -73,3 +76,37 @@ def test_on_shapes_it_was_not_fitted_to_auto_beats_the_old_rule_on_average():
 
 def test_where_longer_partitions_were_tried_auto_is_within_one_percent_of_the_fastest():
     _assert_within_one_percent_of_the_fastest("h200_s8_auto_split_long_partitions.log", 4)
+
+
+def _fallback_shapes(log: str, count: int) -> list[tuple[float, float]]:
+    """Every shape of a session-9 log: (fastest / the current rule's time, fastest / the
+    session-8 rule's time, which fell back to the shortest of 512..4,096 tokens)."""
+    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == count
+    mixed = iter([np.array([500, 3000, 1200, 4000])])  # the validation script's one mixed batch
+    out = []
+    for line in lines:
+        m = re.match(r"B=(\d+) L=(\S+)(?: \S+)? Hq=(\d+) Hkv=(\d+) D=(\d+)(?: (float\d+))?", line)
+        B, L, Hq, Hkv, D, dtype = m.groups()
+        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
+        lens = next(mixed) if L == "mixed" else np.full(B, int(L))
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        best = min(times.values())
+        choice = _key(*choose_split(make_plan(D, np.dtype(dtype or "float16"), Hq // Hkv), Hq, Hkv, lens))
+        session8 = f"split/{min(p for p in (512, 1024, 2048, 4096) if p < lens.max())}" if "fallback" in line or log.endswith("short_rows.log") else choice
+        out.append((best / times[choice], best / times[session8]))
+    return out
+
+
+def test_small_grids_the_fallback_was_fitted_to_run_near_the_fastest():
+    ratios = _fallback_shapes("h200_s9_auto_short_rows.log", 29)
+    new, old = (np.array(x) for x in zip(*ratios))
+    assert new.min() >= 0.92 and new.mean() >= 0.99, (new.min(), new.mean())
+    assert old.mean() <= 0.88  # the session-8 fallback (512 tokens): the kernel notes' figure
+
+
+def test_on_small_grids_it_was_not_fitted_to_the_fallback_is_within_one_percent_of_the_fastest():
+    ratios = _fallback_shapes("h200_s9_auto_fallback_validation.log", 14)
+    new, old = (np.array(x) for x in zip(*ratios))
+    assert new.min() >= 0.985, new
+    assert new.mean() > old.mean() + 0.08, (new.mean(), old.mean())

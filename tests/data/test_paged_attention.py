@@ -370,13 +370,14 @@ def test_the_agreement_bound_still_catches_a_wrong_page():
     group=st.sampled_from([1, 4, 8]),
     given_partition=st.sampled_from([None, 256, 1024]),
 )
-def test_auto_split_is_the_longest_partition_that_fills_the_waves(lens, hkv, group, given_partition):
-    """Whatever the lengths: rows no longer than one partition take one pass; a split
-    partition, when chosen freely, is the longest candidate shorter than the longest row
-    whose grid fills the waves, or the shortest when none does; one pass is never taken
-    when one row is more than twice the mean."""
+def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_estimated_time(lens, hkv, group, given_partition):
+    """Whatever the lengths: rows no longer than one partition take one pass; otherwise the
+    first grid, longest work per block first (one pass unless a row is more than twice the
+    mean, then the split partitions), that fills the waves; when none does, the grid of
+    least estimated time, waves rounded up x (tokens per block + the fixed cost), among one
+    pass, the split partitions and the shortest partition, ties to the longer blocks."""
     from tinyserve_sim.data.geometry import (
-        AUTO_PARTITIONS, REFERENCE_SMS, blocks_per_sm, choose_split, fills_waves,
+        AUTO_PARTITIONS, BLOCK_COST_TOKENS, REFERENCE_SMS, SHORTEST_PARTITION, blocks_per_sm, choose_split, fills_waves,
     )
 
     plan = make_plan(128, np.float16, group)
@@ -384,24 +385,28 @@ def test_auto_split_is_the_longest_partition_that_fills_the_waves(lens, hkv, gro
     variant, part = choose_split(plan, hkv * group, hkv, rows, given_partition)
     limit = 1024 if given_partition is None else given_partition
     if rows.max() <= limit:
-        assert variant == "one_pass"
+        assert (variant, part) == ("one_pass", limit)
         return
     slots = REFERENCE_SMS * blocks_per_sm(plan)
     tiles = -(-group // plan.heads_per_block)
-    if rows.max() > 2 * rows.mean():
-        assert variant == "split_k"
-    elif fills_waves(tiles * hkv * len(rows), slots):
-        assert variant == "one_pass"  # longest work per block first
-    if variant == "one_pass" or given_partition is not None:
-        assert part == limit
-        return
-    def fills(p: int) -> bool:
-        return fills_waves(tiles * hkv * sum(-(-int(n) // p) for n in rows), slots)
 
-    shorter = [p for p in AUTO_PARTITIONS if p < rows.max()]
-    assert part in shorter
-    assert all(not fills(p) for p in shorter if p > part)
-    assert fills(part) or part == shorter[-1]
+    def blocks(p: int | None) -> int:  # None: one pass, a block per row and tile
+        return tiles * hkv * (len(rows) if p is None else sum(-(-int(n) // p) for n in rows))
+
+    one_pass_fits = rows.max() <= 2 * rows.mean() and fills_waves(blocks(None), slots)
+    if given_partition is not None:
+        assert (variant, part) == ("one_pass", limit) if one_pass_fits else ("split_k", given_partition)
+        return
+    filling = [p for p in AUTO_PARTITIONS if p < rows.max() and fills_waves(blocks(p), slots)]
+    if one_pass_fits:
+        expected = None
+    elif filling:
+        expected = filling[0]
+    else:
+        options = [None, *(p for p in (*AUTO_PARTITIONS, SHORTEST_PARTITION) if p < rows.max())]
+        costs = [-(-blocks(p) // slots) * ((p or int(rows.max())) + BLOCK_COST_TOKENS) for p in options]
+        expected = options[costs.index(min(costs))]
+    assert (variant, part) == (("one_pass", limit) if expected is None else ("split_k", expected))
 
 
 def test_auto_output_is_the_named_variants_output_bit_for_bit():
@@ -459,9 +464,10 @@ def test_split_candidates_count_the_launchers_grid_and_the_choice_is_the_first_a
 
 
 def test_auto_with_a_partition_the_rule_chooses_is_that_split_bit_for_bit():
-    """One row of 3,000 tokens: no grid fills the waves, so the rule falls back to the
-    shortest partition (512); the twin's ``auto`` output is split-K at 512 bit for bit, and
-    differs from split-K at the old fixed 1,024 (so the check can fail)."""
+    """One row of 3,000 tokens: no grid fills the waves, so the rule takes the least
+    estimated time, 1 wave x (256 + 128) tokens: 256-token partitions; the twin's ``auto``
+    output is split-K at 256 bit for bit, and differs from split-K at 512 and at the old
+    fixed 1,024 (so the check can fail)."""
     from tinyserve_sim.data.geometry import choose_split
 
     rng = np.random.default_rng(1)
@@ -471,10 +477,11 @@ def test_auto_with_a_partition_the_rule_chooses_is_that_split_bit_for_bit():
     kc = rng.standard_normal((blocks, bs, Hkv, D)).astype(np.float32)
     vc = rng.standard_normal((blocks, bs, Hkv, D)).astype(np.float32)
     q = rng.standard_normal((S, Hkv * G, D)).astype(np.float32)
-    assert choose_split(make_plan(D, np.float32, G), Hkv * G, Hkv, np.array([L])) == ("split_k", 512)
+    assert choose_split(make_plan(D, np.float32, G), Hkv * G, Hkv, np.array([L])) == ("split_k", 256)
     auto = paged_attention(q, kc, vc, batch, 0.25)
-    assert (auto.view(np.uint32) == paged_attention(q, kc, vc, batch, 0.25, "split_k", 512).view(np.uint32)).all()
-    assert (auto.view(np.uint32) != paged_attention(q, kc, vc, batch, 0.25, "split_k", 1024).view(np.uint32)).any()
+    assert (auto.view(np.uint32) == paged_attention(q, kc, vc, batch, 0.25, "split_k", 256).view(np.uint32)).all()
+    for other in (512, 1024):
+        assert (auto.view(np.uint32) != paged_attention(q, kc, vc, batch, 0.25, "split_k", other).view(np.uint32)).any()
 
 
 @pytest.mark.parametrize(

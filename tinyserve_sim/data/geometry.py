@@ -169,6 +169,14 @@ REFERENCE_SMS = 132
 #: :data:`DEFAULT_PARTITION_SIZE` tokens always take one pass). Not longer: on an H200, one
 #: wave of 16,384-token blocks ran 7% slower than 2,048-token ones (kernel notes, session 8).
 AUTO_PARTITIONS = (4096, 2048, 1024, 512)
+#: When no grid fills the waves (a small batch of short rows), ``"auto"`` estimates each
+#: grid's time as its waves, rounded up, times (tokens per block + this fixed cost of a block,
+#: in tokens: the query staging, the first chunk's wait, the partial results), and takes the
+#: least. Fitted on an H200 (kernel notes, session 9; 64 to 512 did about as well) ...
+BLOCK_COST_TOKENS = 128
+#: ... among one pass, :data:`AUTO_PARTITIONS` and this shorter partition (more, shorter
+#: blocks for a batch too small to fill the GPU otherwise).
+SHORTEST_PARTITION = 256
 #: A grid uses the GPU well when it keeps at least this share (in percent) of its waves'
 #: places busy, so that a part-empty last wave wastes less than a tenth ...
 FULL_WAVE_PERCENT = 90
@@ -278,13 +286,25 @@ def split_candidates(
         out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots))]
     if partition_size is not None:
         return [*out, SplitCandidate(partition_size, blocks(partition_size), slots, True, "the partition given")]
-    parts = [p for p in AUTO_PARTITIONS if p < int(rows.max())]
-    for part in parts:
-        fits, why = wave_verdict(blocks(part), slots)
-        if not fits and part == parts[-1]:
-            fits, why = True, f"{why}; but the shortest partition has the most blocks"
-        out.append(SplitCandidate(part, blocks(part), slots, fits, why))
-    return out
+    longest = int(rows.max())
+    for part in (p for p in AUTO_PARTITIONS if p < longest):
+        out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots)))
+    if any(c.accepted for c in out):
+        return out
+    # No grid fills the waves: a small batch under-fills the GPU whatever runs. Then every
+    # grid runs in as many rounds as it has waves (rounded up), each as long as one block's
+    # tokens plus a fixed cost; take the least estimated time (on a tie, the longer blocks).
+    if SHORTEST_PARTITION < longest:
+        out.append(SplitCandidate(SHORTEST_PARTITION, blocks(SHORTEST_PARTITION), slots,
+                                  *wave_verdict(blocks(SHORTEST_PARTITION), slots)))
+
+    def token_times(c: SplitCandidate) -> int:
+        return -(-c.blocks // slots) * ((c.partition or longest) + BLOCK_COST_TOKENS)
+
+    best = min(out, key=token_times)
+    note = (f"; no grid fills the waves, and this one's estimated time is the least: "
+            f"{-(-best.blocks // slots)} x ({best.partition or longest} + {BLOCK_COST_TOKENS}) tokens")
+    return [replace(c, accepted=True, why=c.why + note) if c is best else c for c in out]
 
 
 def choose_split(
@@ -298,21 +318,28 @@ def choose_split(
     GPU's waves (:func:`fills_waves`, for :func:`blocks_per_sm` blocks on each of
     :data:`REFERENCE_SMS` SMs) and none is more than twice the mean (a long row would run
     alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
-    ``partition_size``, when given) whose blocks fill the waves; else the shortest, which
-    has the most blocks. Rows of at most :data:`DEFAULT_PARTITION_SIZE` tokens (or
-    ``partition_size``) take one pass. :func:`split_candidates` lists what was weighed.
+    ``partition_size``, when given) whose blocks fill the waves; else, when nothing fills
+    them (a small batch of short rows), the grid of least estimated time, its waves rounded
+    up times (tokens per block + :data:`BLOCK_COST_TOKENS`), among one pass, those
+    partitions and :data:`SHORTEST_PARTITION`. Rows of at most
+    :data:`DEFAULT_PARTITION_SIZE` tokens (or ``partition_size``) take one pass.
+    :func:`split_candidates` lists what was weighed.
 
-    Why: measured on an H200 (kernel notes, session 8), fewer and longer blocks are faster
-    (each split adds partial results and a reduce), as long as the grid's last wave is not
-    left part-empty: at MHA (5 blocks per SM, 660 places) 1,024 blocks (1.55 waves) ran
-    7-13% slower than the fastest (six shapes), at GQA-4 (4 per SM, 528 places) 512 blocks in one
-    wave beat 1,024 and 2,048.
+    Why: measured on an H200 (kernel notes, sessions 8 and 9), fewer and longer blocks are
+    faster (each split adds partial results and a reduce), as long as the grid's last wave
+    is not left part-empty: at MHA (5 blocks per SM, 660 places) 1,024 blocks (1.55 waves)
+    ran 7-13% slower than the fastest (six shapes), at GQA-4 (4 per SM, 528 places) 512
+    blocks in one wave beat 1,024 and 2,048. Under one wave, a block's time is about its
+    tokens plus a fixed cost, so shorter blocks win until they need another wave: at
+    batch 1 and 2,048 tokens, 256-token partitions ran 1.2-1.5x faster than 512.
 
     >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places
     >>> choose_split(plan, 32, 8, np.full(64, 4096))        # 512 rows: one wave
     ('one_pass', 1024)
     >>> choose_split(plan, 32, 8, np.full(8, 32768))        # 64 rows x 8 partitions = 512 blocks
     ('split_k', 4096)
+    >>> choose_split(plan, 32, 8, np.full(1, 2048))         # 8 rows: nothing fills a wave
+    ('split_k', 256)
     >>> choose_split(make_plan(128, np.float16, 1), 32, 32, np.full(32, 4096))   # MHA, 1,024 rows
     ('split_k', 2048)
     >>> choose_split(plan, 32, 8, np.full(64, 4096), partition_size=256)   # one pass still

@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.geometry import AUTO_PARTITIONS, MIN_PARTITION_SIZE
+from tinyserve_sim.data.geometry import MIN_PARTITION_SIZE, SHORTEST_PARTITION
 from tinyserve_sim.data.validation import (
     check_host_arrays,
     check_paged_attention,
@@ -181,10 +181,10 @@ def attention_error_bound(
     Valid for both variants (the split-K reduce is counted in ``n_resc`` and
     ``n_acc``), any plan's chunk (>= :data:`MIN_CHUNK` tokens) and any partition size
     (a multiple of 64) of at least ``partition_size``; ``None`` stands for the shortest
-    that ``variant="auto"`` may choose (:data:`AUTO_PARTITIONS`). With a per-head batch the counts
+    that ``variant="auto"`` may choose (:data:`SHORTEST_PARTITION`). With a per-head batch the counts
     follow each (sequence, KV head) row's own length."""
     tables, lens, scale64 = _checked(query, key_cache, value_cache, batch, scale)
-    partition_size = check_partition_size(min(AUTO_PARTITIONS) if partition_size is None else partition_size, MIN_PARTITION_SIZE)
+    partition_size = check_partition_size(SHORTEST_PARTITION if partition_size is None else partition_size, MIN_PARTITION_SIZE)
     S, Hq, D = query.shape
     out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32

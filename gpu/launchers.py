@@ -163,7 +163,7 @@ def prepare_paged_attention_on_rows(
 
     ``batch`` is then the promise: it is validated and planned as usual, and the caller
     guarantees that every launch finds in ``rows`` tables of valid block ids and the same
-    lengths (a selection's lengths are known in advance: :func:`~tinyserve_sim.gpu.sparse_step.selected_lengths`).
+    lengths (a selection's lengths are known in advance: :func:`~tinyserve_sim.data.select_pages.selected_lengths`).
     """
     _, lens_h = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)

@@ -326,7 +326,7 @@ def prepare_select_pages(
     args = (
         logical, tables_out, lens_out, scores, cp.asarray(tables), cp.asarray(lens),
         *(np.int32(x) for x in strides), np.int32(Hkv), np.int32(W), np.int32(batch.block_size),
-        np.int32(K), np.int32(width),
+        np.int32(width), np.int32(width),  # K > W selects every page, as K = W does (and fits an int32)
     )
 
     def launch() -> tuple[cp.ndarray, cp.ndarray, cp.ndarray]:

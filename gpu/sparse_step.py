@@ -36,6 +36,7 @@ from tinyserve_sim.data.selection_checks import (
     check_page_scores,
     pages_in_budget,
 )
+from tinyserve_sim.data.validation import check_paged_attention, check_scale
 
 from . import launchers
 from . import selection_launchers as sl
@@ -119,11 +120,14 @@ def prepare_sparse_decode_step(
         KernelInputError: anything the three kernels' own checks refuse; nothing has
             been allocated on the device or launched then.
     """
+    # Every host check of the three kernels first: nothing is allocated or compiled before.
     check_page_scores(query, key_min, key_max, batch)
-    check_metadata_matches_cache(key_min, key_cache)
     S, Hq, D = (int(x) for x in query.shape)
     Hkv = int(key_min.shape[1])
     selected = selected_batch(batch, Hkv, budget_tokens)
+    check_paged_attention(query, key_cache, value_cache, selected)
+    check_metadata_matches_cache(key_min, key_cache)
+    check_scale(scale)
     # The attention's plan, from the lengths every selection has (this also checks both arguments).
     _, variant, partition_size = plan_launch((S, Hq, D), np.dtype(query.dtype), Hkv, selected.seq_lens, variant, partition_size)
     for name, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache),

@@ -375,9 +375,11 @@ def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_esti
     first grid, longest work per block first (one pass unless a row is more than twice the
     mean, then the split partitions), that fills the waves; when none does, the grid of
     least estimated time, waves rounded up x (tokens per block + the fixed cost), among one
-    pass, the split partitions and the shortest partition, ties to the longer blocks."""
+    pass (not with a row over twice the mean), the split partitions and the shortest
+    partition, ties to the longer blocks."""
     from tinyserve_sim.data.geometry import (
         AUTO_PARTITIONS, BLOCK_COST_TOKENS, REFERENCE_SMS, SHORTEST_PARTITION, blocks_per_sm, choose_split, fills_waves,
+        split_candidates,
     )
 
     plan = make_plan(128, np.float16, group)
@@ -403,10 +405,15 @@ def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_esti
     elif filling:
         expected = filling[0]
     else:
-        options = [None, *(p for p in (*AUTO_PARTITIONS, SHORTEST_PARTITION) if p < rows.max())]
+        options = [None] if rows.max() <= 2 * rows.mean() else []  # a long row would run alone
+        options += [p for p in (*AUTO_PARTITIONS, SHORTEST_PARTITION) if p < rows.max()]
         costs = [-(-blocks(p) // slots) * ((p or int(rows.max())) + BLOCK_COST_TOKENS) for p in options]
         expected = options[costs.index(min(costs))]
+        weighed = split_candidates(plan, hkv * group, hkv, rows)
+        assert [c.partition for c in weighed if c.accepted] == [expected]  # one grid, and it is named
     assert (variant, part) == (("one_pass", limit) if expected is None else ("split_k", expected))
+    if rows.max() > 2 * rows.mean():
+        assert variant == "split_k"  # never one pass when one row is more than twice the mean
 
 
 def test_auto_output_is_the_named_variants_output_bit_for_bit():

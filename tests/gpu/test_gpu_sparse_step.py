@@ -60,7 +60,12 @@ def _host_args(seed: int = 0):
         ({"partition_size": 48}, "partition_size"),
         ({"budget_tokens": 7}, "less than two pages"),
         ({"query": np.zeros((2, 4, 8), np.float32)}, "dtype|float16"),
-        ({"batch": DecodeBatch.from_tables([[0, 1, 9]], [12], block_size=4)}, "block|range|sequences"),
+        ({"batch": DecodeBatch.from_tables([[0, 1, 2]], [12], block_size=4)}, "1 sequences, the query 2"),
+        ({"batch": DecodeBatch.from_tables([[0, 1, 9], [3, 4, 5]], [12, 9], block_size=4)}, "= 9 is a block id outside 0..5"),
+        ({"value_cache": np.zeros((6, 4, 2, 16), np.float16)}, "value_cache"),
+        ({"key_cache": np.zeros((6, 4, 16), np.float16)}, "key_cache"),
+        ({"scale": float("nan")}, "scale"),
+        ({"batch": DecodeBatch.from_tables([[0, 1], [3, 4]], [8, 8], block_size=2)}, "does not fit a table of 2 blocks of 2"),
         ({}, "must be a cupy.ndarray"),  # valid host inputs stop only at the device check
     ],
 )

@@ -280,7 +280,8 @@ def split_candidates(
     limit = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
     if rows.size == 0 or int(rows.max()) <= limit:
         return [SplitCandidate(None, blocks(None), slots, True, f"every row fits one partition ({limit} tokens)")]
-    if int(rows.max()) > 2 * float(rows.mean()):
+    skewed = int(rows.max()) > 2 * float(rows.mean())
+    if skewed:
         out = [SplitCandidate(None, blocks(None), slots, False, "the longest row is more than twice the mean: it would run alone")]
     else:
         out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots))]
@@ -294,17 +295,26 @@ def split_candidates(
     # No grid fills the waves: a small batch under-fills the GPU whatever runs. Then every
     # grid runs in as many rounds as it has waves (rounded up), each as long as one block's
     # tokens plus a fixed cost; take the least estimated time (on a tie, the longer blocks).
+    # One pass stays out when a row is more than twice the mean (it would run alone).
     if SHORTEST_PARTITION < longest:
-        out.append(SplitCandidate(SHORTEST_PARTITION, blocks(SHORTEST_PARTITION), slots,
-                                  *wave_verdict(blocks(SHORTEST_PARTITION), slots)))
-
-    def token_times(c: SplitCandidate) -> int:
-        return -(-c.blocks // slots) * ((c.partition or longest) + BLOCK_COST_TOKENS)
-
-    best = min(out, key=token_times)
-    note = (f"; no grid fills the waves, and this one's estimated time is the least: "
+        n = blocks(SHORTEST_PARTITION)
+        head = f"{n} blocks = {n / slots:.2f} waves of {slots}"
+        out.append(SplitCandidate(SHORTEST_PARTITION, n, slots, False, f"{head}: weighed by its estimated time only"))
+    weighed = [c for c in out if c.partition is not None or not skewed]
+    best = min(weighed, key=lambda c: estimated_token_times(c.blocks, slots, c.partition or longest))
+    note = (f"; nothing above fills the waves, and this grid's estimated time is the least: "
             f"{-(-best.blocks // slots)} x ({best.partition or longest} + {BLOCK_COST_TOKENS}) tokens")
     return [replace(c, accepted=True, why=c.why + note) if c is best else c for c in out]
+
+
+def estimated_token_times(blocks: int, slots: int, tokens: int) -> int:
+    """A grid's time when it cannot fill the GPU, in token-times: its waves of ``slots``
+    blocks, rounded up, each as long as one block's ``tokens`` plus :data:`BLOCK_COST_TOKENS`.
+
+    >>> estimated_token_times(64, 528, 256), estimated_token_times(768, 528, 256)   # 1 and 2 waves
+    (384, 768)
+    """
+    return -(-blocks // slots) * (tokens + BLOCK_COST_TOKENS)
 
 
 def choose_split(
@@ -320,8 +330,8 @@ def choose_split(
     alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
     ``partition_size``, when given) whose blocks fill the waves; else, when nothing fills
     them (a small batch of short rows), the grid of least estimated time, its waves rounded
-    up times (tokens per block + :data:`BLOCK_COST_TOKENS`), among one pass, those
-    partitions and :data:`SHORTEST_PARTITION`. Rows of at most
+    up times (tokens per block + :data:`BLOCK_COST_TOKENS`), among one pass (unless a row
+    is more than twice the mean), those partitions and :data:`SHORTEST_PARTITION`. Rows of at most
     :data:`DEFAULT_PARTITION_SIZE` tokens (or ``partition_size``) take one pass.
     :func:`split_candidates` lists what was weighed.
 
@@ -353,12 +363,16 @@ def choose_split(
 
 def split_partition(plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens: np.ndarray) -> int:
     """For ``variant="split_k"`` without a partition: the first split candidate the rule
-    accepts (:func:`split_candidates`), or :data:`DEFAULT_PARTITION_SIZE` when every row
-    fits one partition."""
-    for c in split_candidates(plan, num_heads, num_kv_heads, lens):
-        if c.partition is not None and c.accepted:
+    accepts (:func:`split_candidates`); when it accepts only one pass, the split of least
+    estimated time (:func:`estimated_token_times`); :data:`DEFAULT_PARTITION_SIZE` when
+    every row fits one partition."""
+    splits = [c for c in split_candidates(plan, num_heads, num_kv_heads, lens) if c.partition is not None]
+    for c in splits:
+        if c.accepted:
             return c.partition
-    return DEFAULT_PARTITION_SIZE
+    if not splits:
+        return DEFAULT_PARTITION_SIZE
+    return min(splits, key=lambda c: estimated_token_times(c.blocks, c.slots, c.partition)).partition
 
 
 def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:

@@ -106,6 +106,8 @@ def check_update_page_metadata(
 
 def check_metadata_matches_cache(key_min: Any, key_cache: Any) -> None:
     """The metadata describes this cache: ``[num_blocks, Hkv, D]`` of a ``[num_blocks, bs, Hkv, D]`` cache."""
+    if len(getattr(key_cache, "shape", ())) != 4:
+        raise KernelInputError(f"key_cache must be [num_blocks, block_size, Hkv, D], got shape {getattr(key_cache, 'shape', None)}")
     nb, _, hkv, d = (int(s) for s in key_cache.shape)
     if tuple(key_min.shape) != (nb, hkv, d) or key_min.dtype != key_cache.dtype:
         raise KernelInputError(

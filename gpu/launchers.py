@@ -140,30 +140,17 @@ def prepare_paged_attention(
     variant: str = "auto",
     partition_size: int | None = None,
     out: Any = None,
-) -> Callable[[], cp.ndarray]:
-    """Validate everything now (and upload the batch's tables once); return a function
-    that launches and returns ``out``."""
-    return prepare_paged_attention_on_rows(query, key_cache, value_cache, batch, scale, variant, partition_size, out)
-
-
-def prepare_paged_attention_on_rows(
-    query: Any,
-    key_cache: Any,
-    value_cache: Any,
-    batch: DecodeBatch,
-    scale: float,
-    variant: str = "auto",
-    partition_size: int | None = None,
-    out: Any = None,
     rows: tuple[cp.ndarray, cp.ndarray] | None = None,
 ) -> Callable[[], cp.ndarray]:
-    """:func:`prepare_paged_attention`, optionally reading its tables and lengths from
-    ``rows``: int32 device arrays of the batch's shapes that another kernel fills before
-    each launch (``select_pages`` does, in :mod:`~tinyserve_sim.gpu.sparse_step`).
+    """Validate everything now (and upload the batch's tables once); return a function
+    that launches and returns ``out``.
 
-    ``batch`` is then the promise: it is validated and planned as usual, and the caller
-    guarantees that every launch finds in ``rows`` tables of valid block ids and the same
-    lengths (a selection's lengths are known in advance: :func:`~tinyserve_sim.data.select_pages.selected_lengths`).
+    ``rows``: int32 device arrays of the batch's table and length shapes, read instead of an
+    upload of ``batch``'s, that another kernel fills before each launch (``select_pages``
+    does, in :mod:`~tinyserve_sim.gpu.sparse_step`). ``batch`` is then the promise: it is
+    validated and planned as usual, and the caller guarantees that every launch finds in
+    ``rows`` valid block ids and the same lengths (a selection's lengths are known in
+    advance: :func:`~tinyserve_sim.data.select_pages.selected_lengths`).
     """
     _, lens_h = check_paged_attention(query, key_cache, value_cache, batch)
     scale32 = check_scale(scale)

@@ -140,7 +140,7 @@ def prepare_sparse_decode_step(
     lens = cp.asarray(selected.seq_lens)
     score = sl.prepare_page_scores(query, key_min, key_max, batch, out=scores)
     select = sl.prepare_select_pages(scores, batch, budget_tokens, out=(logical, tables, lens))
-    attend = launchers.prepare_paged_attention_on_rows(
+    attend = launchers.prepare_paged_attention(
         query, key_cache, value_cache, selected, scale, variant, partition_size, out=out, rows=(tables, lens)
     )
     return SparseDecodeStep((score, select, attend), (scores, logical, tables, lens, out), variant, partition_size)

@@ -10,12 +10,11 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
-from bench_selection import time_ms  # noqa: E402
-from gpu_timing import device_properties  # noqa: E402  (L2 flushed before each repetition)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_timing import device_properties  # noqa: E402
+from split_timing import best_times, variants  # noqa: E402  (L2 flushed before each repetition)
 
 import tinyserve_sim.data.geometry as geometry  # noqa: E402
-from tinyserve_sim.control.batch import DecodeBatch  # noqa: E402
-from tinyserve_sim.gpu import launchers  # noqa: E402
 
 ROUNDS, REPS = 3, 20
 OLD, NEW = (4096, 2048, 1024, 512), (4096, 2048, 1024, 512, 256)
@@ -23,11 +22,21 @@ HEADS = ((32, 32), (32, 8), (64, 8))
 SHAPES = [(1, 2048), (1, 8192), (1, 16384), (2, 4096), (4, 2048), (4, 4096), (8, 1536), (8, 2048), (8, 3072), (16, 3072)]
 
 
-def rule(table, plan, Hq, Hkv, lens):
-    geometry.AUTO_PARTITIONS = table
-    v, p = geometry.choose_split(plan, Hq, Hkv, lens)
-    geometry.AUTO_PARTITIONS = OLD
-    return "one_pass" if v == "one_pass" else f"split/{p}"
+def rule(partitions, plan, Hq, Hkv, lens):
+    """Session 8's rule (before this experiment), with the given partitions: one pass if its
+    grid fills the waves and no row is over twice the mean, else the longest partition whose
+    grid fills them, else the shortest."""
+    slots = geometry.REFERENCE_SMS * geometry.blocks_per_sm(plan)
+    tiles = plan.head_tiles(Hq // Hkv)
+
+    def fills(part):
+        blocks = tiles * Hkv * (len(lens) if part is None else int((-(-lens // part)).sum()))
+        return geometry.fills_waves(blocks, slots)
+
+    if lens.max() <= 2 * lens.mean() and fills(None):
+        return "one_pass"
+    parts = [p for p in partitions if p < lens.max()]
+    return f"split/{next((p for p in parts if fills(p)), parts[-1])}"
 
 
 rng = np.random.default_rng(9)
@@ -41,23 +50,11 @@ for B, L in SHAPES:
         old, new = rule(OLD, plan, Hq, Hkv, lens), rule(NEW, plan, Hq, Hkv, lens)
         if old == new:
             continue
-        W = -(-L // bs)
-        nb = B * W
-        kc = cp.random.standard_normal((nb, bs, Hkv, D), dtype=cp.float32).astype(dt)
-        vc = cp.random.standard_normal((nb, bs, Hkv, D), dtype=cp.float32).astype(dt)
-        q = cp.random.standard_normal((B, Hq, D), dtype=cp.float32).astype(dt)
-        batch = DecodeBatch(bs, rng.permutation(nb).reshape(B, W).astype(np.int32), lens)
-        fns = {"one_pass": launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, "one_pass")}
-        for part in (256, 512, 1024, 2048):
-            if part < L:
-                fns[f"split/{part}"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, "split_k", part)
-        best = {k: 1e9 for k in fns}
-        for _ in range(ROUNDS):
-            for k, fn in fns.items():
-                best[k] = min(best[k], time_ms(fn, REPS) / 1e3)
+        fns, _ = variants(lens, Hq, Hkv, D, dt, bs, rng, (256, 512, 1024, 2048))
+        best = best_times(fns, ROUNDS, REPS)
         win = min(best, key=best.get)
-        cells = "  ".join(f"{k} {t * 1e6:.1f}" for k, t in best.items())
-        print(f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}: old {old} {best[old] * 1e6:.1f} us = {best[win] / best[old]:.3f} of best, "
-              f"new {new} {best[new] * 1e6:.1f} us = {best[win] / best[new]:.3f} of best ({win}) | {cells}", flush=True)
-        del kc, vc, fns
+        cells = "  ".join(f"{k} {t * 1e3:.1f}" for k, t in best.items())
+        print(f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}: old {old} {best[old] * 1e3:.1f} us = {best[win] / best[old]:.3f} of best, "
+              f"new {new} {best[new] * 1e3:.1f} us = {best[win] / best[new]:.3f} of best ({win}) | {cells}", flush=True)
+        del fns
         cp.get_default_memory_pool().free_all_blocks()

@@ -9,12 +9,17 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
-from bench_selection import time_ms  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_timing import device_properties  # noqa: E402
-
-from tinyserve_sim.control.batch import DecodeBatch  # noqa: E402
-from tinyserve_sim.data.geometry import AUTO_PARTITIONS, choose_split, make_plan, split_candidates  # noqa: E402
+from split_timing import best_times, variants  # noqa: E402
 from tinyserve_sim.gpu import launchers  # noqa: E402
+
+from tinyserve_sim.data.geometry import (  # noqa: E402
+    AUTO_PARTITIONS,
+    choose_split,
+    make_plan,
+    split_candidates,
+)
 
 ROUNDS, REPS = 3, 20
 rng = np.random.default_rng(19)
@@ -40,22 +45,10 @@ for B, L, Hq, Hkv, D, dt, bs in CASES:
     new = named(*choose_split(plan, Hq, Hkv, lens))
     fallback = any("estimated time is the least" in c.why for c in split_candidates(plan, Hq, Hkv, lens) if c.accepted)
     old = f"split/{min(p for p in AUTO_PARTITIONS if p < lens.max())}" if fallback else new
-    W = -(-int(lens.max()) // bs)
-    nb = B * W
-    kc = cp.random.standard_normal((nb, bs, Hkv, D), dtype=cp.float32).astype(dt)
-    vc = cp.random.standard_normal((nb, bs, Hkv, D), dtype=cp.float32).astype(dt)
-    q = cp.random.standard_normal((B, Hq, D), dtype=cp.float32).astype(dt)
-    batch = DecodeBatch(bs, rng.permutation(nb).reshape(B, W).astype(np.int32), lens)
-    fns = {"one_pass": launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, "one_pass")}
-    for part in (256, 512, 1024, 2048, 4096):
-        if part < lens.max():
-            fns[f"split/{part}"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, "split_k", part)
+    fns, (q, kc, vc, batch) = variants(lens, Hq, Hkv, D, dt, bs, rng, (256, 512, 1024, 2048, 4096))
     auto = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5)
     same = bool((auto().view(np.uint8) == fns[new]().view(np.uint8)).all())
-    best = {k: 1e9 for k in fns}
-    for _ in range(ROUNDS):
-        for k, fn in fns.items():
-            best[k] = min(best[k], time_ms(fn, REPS))
+    best = best_times(fns, ROUNDS, REPS)
     win = min(best, key=best.get)
     tag = f"B={B} L={'mixed ' + str(int(lens.min())) + '-' + str(int(lens.max())) if not np.isscalar(L) else L} Hq={Hq} Hkv={Hkv} D={D} {np.dtype(dt).name} bs={bs}"
     cells = "  ".join(f"{k} {t * 1e3:.1f}" for k, t in best.items())

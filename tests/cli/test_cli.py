@@ -54,3 +54,28 @@ def test_trace_errors(tmp_path):
                     '{"op": "add", "seq": "a", "prompt": 9}\n')
     result = runner.invoke(app, ["trace", str(full)])
     assert result.exit_code == 1 and "ran out of blocks at line 2" in result.output
+
+
+def _plan(*args: str) -> list[str]:
+    result = runner.invoke(app, ["plan", *args])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()
+
+
+def test_plan_names_the_split_measured_fastest():
+    """The choices the kernel page documents, each measured fastest (or within 1%) on an H200:
+    GQA-4 at 8 x 32,768 tokens -> 4,096-token partitions (one wave of 512 blocks); MHA at
+    32 x 4,096 -> 2,048 (3.1 waves); one sequence of 2,048 tokens (GQA-4) fills no wave ->
+    256, 22.7 us against 31.9 at 512 (benchmarks/results/h200_s9_auto_short_rows.log)."""
+    assert _plan()[-1] == "chosen: split-K, partitions of 4,096 tokens (the first grid marked *)"
+    assert _plan("--batch", "32", "--context", "4096", "--kv-heads", "32")[-1].startswith("chosen: split-K, partitions of 2,048")
+    lines = _plan("--batch", "1", "--context", "2048")
+    assert lines[-1].startswith("chosen: split-K, partitions of 256 tokens")
+    marked = [ln for ln in lines if ln.startswith("  * ")]
+    assert len(marked) == 1 and "estimated time is the least" in marked[0]
+
+
+def test_plan_never_runs_one_pass_with_a_row_over_twice_the_mean():
+    lines = _plan("--lengths", "1720,809,809,809", "--kv-heads", "32")
+    assert "809 to 1,720 tokens" in lines[2]
+    assert not lines[-1].startswith("chosen: one pass")

@@ -60,6 +60,13 @@ CASES = [
     case("sweep-unknown-option", ["sweep", "--bogus"]),
     case("sweep-rates-negative", ["sweep", "--rates", "1,-2"]),
     case("sweep-out-unwritable", ["sweep", "--rates", "1", "--out", "/proc/nope"]),
+    case("plan-head-dim-not-a-multiple-of-8", ["plan", "--head-dim", "7"]),
+    case("plan-heads-not-a-multiple", ["plan", "--heads", "30", "--kv-heads", "8"]),
+    case("plan-kv-heads-zero", ["plan", "--kv-heads", "0"]),
+    case("plan-unknown-dtype", ["plan", "--dtype", "int8"]),
+    case("plan-bad-partition", ["plan", "--partition", "100"]),
+    case("plan-lengths-not-numbers", ["plan", "--lengths", "500,x"]),
+    case("plan-lengths-zero", ["plan", "--lengths", "0,5"]),
     case("claims-unknown-size", ["claims", "--size", "nope"]),
     # Checked before the run starts: one line at once, not after the simulations.
     case("claims-json-no-such-folder", ["claims", "--quick", "--json", "/nonexistent/dir/c.json"]),

@@ -512,3 +512,15 @@ def test_the_split_rule_refuses_bad_shapes_with_a_named_error(kwargs, words):
     for fn in (choose_split, split_candidates):
         with pytest.raises(KernelInputError, match=words):
             fn(**args)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [((7, np.float16, 4), "head_dim"), ((512, np.float16, 4), "head_dim"), ((128.0, np.float16, 4), "head_dim"),
+     ((128, np.int8, 4), "dtype"), ((128, "nope", 4), "dtype"), ((128, np.float16, 0), "group_size")],
+)
+def test_make_plan_refuses_what_the_kernels_are_not_built_for(args, words):
+    """``make_plan`` is public (and behind ``tinyserve-sim plan``): a head dim of 7 raised a
+    raw ValueError from a bit shift before."""
+    with pytest.raises(KernelInputError, match=words):
+        make_plan(*args)

@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from tinyserve_sim import __version__
 from tinyserve_sim.cli.claims import claims_command
 from tinyserve_sim.cli.common import console, fail
+from tinyserve_sim.cli.plan import plan_command
 from tinyserve_sim.cli.selection import select_app
 from tinyserve_sim.cli.simulate import simulate_command
 from tinyserve_sim.cli.sweep import sweep_command
@@ -105,6 +106,7 @@ app.command("simulate")(simulate_command)
 app.command("sweep")(sweep_command)
 app.command("claims")(claims_command)
 app.add_typer(select_app, name="select")
+app.command("plan")(plan_command)
 
 __all__ = ["OneLineErrors", "app", "main"]
 

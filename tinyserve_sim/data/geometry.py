@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from tinyserve_sim.data.validation import check_partition_size
+from tinyserve_sim.data.validation import CACHE_DTYPES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, check_partition_size
 from tinyserve_sim.errors import KernelInputError
 
 NUM_THREADS = 128  #: threads per thread block (4 warps)
@@ -125,7 +125,20 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     (128, 32)
     >>> make_plan(32, np.float32, 32).chunk   # 32 heads' logits: 128 tokens would leave room for 3 blocks
     64
+
+    Raises:
+        KernelInputError: a head dim, dtype or group the kernels are not built for.
     """
+    if not isinstance(head_dim, (int, np.integer)) or head_dim % HEAD_DIM_MULTIPLE or not 0 < head_dim <= MAX_HEAD_DIM:
+        raise KernelInputError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim!r}")
+    try:
+        known = np.dtype(dtype) in CACHE_DTYPES
+    except TypeError:
+        known = False
+    if not known:
+        raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise KernelInputError(f"group_size must be a positive integer, got {group_size!r}")
     itemsize = np.dtype(dtype).itemsize
     vec = 16 // itemsize
     num_vecs = head_dim // vec

@@ -1,0 +1,93 @@
+"""``tinyserve-sim plan``: how ``paged_attention`` would launch a decode batch, and why.
+
+``variant="auto"`` chooses between one pass and split-K, and the split-K partition, from
+the shapes alone (:func:`~tinyserve_sim.data.geometry.choose_split`), so that the NumPy
+twin and the CUDA kernel make the same choice and give the same bits. This command prints
+that decision for any batch, without a GPU: the plan of a thread block, every grid the
+rule weighed with its reason, and the one it takes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from tinyserve_sim.cli.common import console, fail
+
+
+def _say(line: str) -> None:
+    """One line of output, never wrapped (a pipe or a script reads it whole), no markup read."""
+    console.print(line, soft_wrap=True, markup=False)
+from tinyserve_sim.data.geometry import (
+    REFERENCE_SMS,
+    blocks_per_sm,
+    make_plan,
+    resolve_launch,
+    split_candidates,
+)
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _lengths(batch: int, context: int, lengths: Optional[str]) -> np.ndarray:
+    """Every sequence's length: ``--lengths`` (comma-separated) or ``batch`` x ``context``."""
+    if lengths is None:
+        if batch < 1 or context < 1:
+            raise fail(f"--batch and --context must be positive, got {batch} and {context}")
+        return np.full(batch, context, dtype=np.int64)
+    values = []
+    for part in lengths.split(","):
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise fail(f"--lengths must be comma-separated token counts, got {part.strip()!r}") from None
+    if min(values) < 1:
+        raise fail(f"--lengths must be positive token counts, got {min(values)}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def plan_command(
+    batch: Annotated[int, typer.Option(help="Sequences in the batch (with --context).")] = 8,
+    context: Annotated[int, typer.Option(help="Tokens of every sequence (with --batch).")] = 32768,
+    lengths: Annotated[Optional[str], typer.Option(
+        help="Comma-separated lengths, one per sequence (instead of --batch and --context).",
+        show_default=False)] = None,
+    heads: Annotated[int, typer.Option(help="Query heads.")] = 32,
+    kv_heads: Annotated[int, typer.Option(help="KV heads (a divisor of --heads).")] = 8,
+    head_dim: Annotated[int, typer.Option(help="Elements per head.")] = 128,
+    dtype: Annotated[str, typer.Option(help="Cache dtype: float16 or float32.")] = "float16",
+    partition: Annotated[Optional[int], typer.Option(
+        help="A split-K partition to weigh instead of the rule's own (tokens, a multiple of 64).",
+        show_default=False)] = None,
+) -> None:
+    """How paged_attention launches a decode batch (variant="auto"), and why."""
+    if dtype not in DTYPES:
+        raise fail(f"--dtype must be float16 or float32, got {dtype!r}")
+    lens = _lengths(batch, context, lengths)
+    if kv_heads < 1 or heads < 1 or heads % kv_heads:
+        raise fail(f"--heads {heads} cannot share --kv-heads {kv_heads}: a positive divisor is needed")
+    plan = make_plan(head_dim, DTYPES[dtype], heads // kv_heads)  # KernelInputError: one line, exit 2
+    candidates = split_candidates(plan, heads, kv_heads, lens, partition)
+    variant, size = resolve_launch("auto", partition, plan, heads, kv_heads, lens)
+
+    slots = REFERENCE_SMS * blocks_per_sm(plan)
+    _say(
+        f"a thread block: {plan.lanes} lanes x {plan.rows} token rows, {plan.heads_per_block} of the "
+        f"{heads // kv_heads} query heads of a KV head, chunks of {plan.chunk} tokens, "
+        f"{plan.shared_memory_bytes / 1024:.1f} KiB of shared memory"
+    )
+    _say(
+        f"the reference GPU: {REFERENCE_SMS} SMs x {blocks_per_sm(plan)} blocks = {slots} places in a wave"
+    )
+    _say(
+        f"the batch: {len(lens)} sequence{'' if len(lens) == 1 else 's'} x {kv_heads} KV heads = {len(lens) * kv_heads} rows of "
+        f"{int(lens.min()):,}{'' if lens.min() == lens.max() else f' to {int(lens.max()):,}'} tokens"
+    )
+    _say("grids weighed, longest work per block first:")
+    for c in candidates:
+        name = "one pass" if c.partition is None else f"split-K {c.partition:>5}"
+        _say(f"  {'*' if c.accepted else ' '} {name:<14} {c.why}")
+    chosen = "one pass" if variant == "one_pass" else f"split-K, partitions of {size:,} tokens"
+    _say(f"chosen: {chosen} (the first grid marked *)")

@@ -79,3 +79,16 @@ def test_plan_never_runs_one_pass_with_a_row_over_twice_the_mean():
     lines = _plan("--lengths", "1720,809,809,809", "--kv-heads", "32")
     assert "809 to 1,720 tokens" in lines[2]
     assert not lines[-1].startswith("chosen: one pass")
+
+
+def test_plan_of_a_selection_plans_the_selected_rows():
+    """bench_selection's case (8 x 32,768 tokens, GQA-4, 16-token pages): a 1/16 budget keeps
+    2,048 tokens a row, a grid too small to fill a wave, so 256-token partitions (the step ran
+    73.7 -> 70.4 us with them, benchmarks/results/h200_s9_bench_selection_pipelined.log); a 1/8
+    budget keeps 4,096 and fills one wave with 512-token partitions."""
+    lines = _plan("--budget", "2048")
+    assert lines[0] == "a selection of 2,048 tokens (128 pages of 16) keeps 2,048 tokens a row"
+    assert lines[-1].startswith("chosen: split-K, partitions of 256 tokens")
+    assert _plan("--budget", "4096")[-1].startswith("chosen: split-K, partitions of 512 tokens")
+    # 40 tokens = 3 pages, all kept: 40; 100 tokens = 7 pages, 3 kept, the newest holding 4: 36
+    assert "keeps 36 to 40 tokens a row" in _plan("--lengths", "40,100", "--budget", "48")[0]

@@ -67,6 +67,8 @@ CASES = [
     case("plan-bad-partition", ["plan", "--partition", "100"]),
     case("plan-lengths-not-numbers", ["plan", "--lengths", "500,x"]),
     case("plan-lengths-zero", ["plan", "--lengths", "0,5"]),
+    case("plan-budget-under-two-pages", ["plan", "--budget", "8"]),
+    case("plan-block-size-zero", ["plan", "--budget", "64", "--block-size", "0"]),
     case("claims-unknown-size", ["claims", "--size", "nope"]),
     # Checked before the run starts: one line at once, not after the simulations.
     case("claims-json-no-such-folder", ["claims", "--quick", "--json", "/nonexistent/dir/c.json"]),

@@ -15,6 +15,8 @@ import numpy as np
 import typer
 
 from tinyserve_sim.cli.common import console, fail
+from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.select_pages import selected_lengths
 
 
 def _say(line: str) -> None:
@@ -61,6 +63,10 @@ def plan_command(
     partition: Annotated[Optional[int], typer.Option(
         help="A split-K partition to weigh instead of the rule's own (tokens, a multiple of 64).",
         show_default=False)] = None,
+    budget: Annotated[Optional[int], typer.Option(
+        help="Plan the attention of a query-aware selection of this many tokens per (sequence, KV head).",
+        show_default=False)] = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per page (with --budget).")] = 16,
 ) -> None:
     """How paged_attention launches a decode batch (variant="auto"), and why."""
     if dtype not in DTYPES:
@@ -69,6 +75,14 @@ def plan_command(
     if kv_heads < 1 or heads < 1 or heads % kv_heads:
         raise fail(f"--heads {heads} cannot share --kv-heads {kv_heads}: a positive divisor is needed")
     plan = make_plan(head_dim, DTYPES[dtype], heads // kv_heads)  # KernelInputError: one line, exit 2
+    if budget is not None:
+        if block_size < 1:
+            raise fail(f"--block-size must be a positive number of tokens, got {block_size}")
+        dense = DecodeBatch.from_tables([[0] * -(-int(n) // block_size) for n in lens], lens.tolist(), block_size)
+        kept = selected_lengths(dense, kv_heads, budget)  # KernelInputError: one line, exit 2
+        _say(f"a selection of {budget:,} tokens ({budget // block_size} pages of {block_size}) keeps "
+             f"{int(kept.min()):,}{'' if kept.min() == kept.max() else f' to {int(kept.max()):,}'} tokens a row")
+        lens = kept
     candidates = split_candidates(plan, heads, kv_heads, lens, partition)
     variant, size = resolve_launch("auto", partition, plan, heads, kv_heads, lens)
 
@@ -82,7 +96,7 @@ def plan_command(
         f"the reference GPU: {REFERENCE_SMS} SMs x {blocks_per_sm(plan)} blocks = {slots} places in a wave"
     )
     _say(
-        f"the batch: {len(lens)} sequence{'' if len(lens) == 1 else 's'} x {kv_heads} KV heads = {len(lens) * kv_heads} rows of "
+        f"the batch: {lens.shape[0]} sequence{'' if lens.shape[0] == 1 else 's'} x {kv_heads} KV heads = {lens.shape[0] * kv_heads} rows of "
         f"{int(lens.min()):,}{'' if lens.min() == lens.max() else f' to {int(lens.max()):,}'} tokens"
     )
     _say("grids weighed, longest work per block first:")

@@ -38,6 +38,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from docstring_markdown import rst_to_markdown  # noqa: E402  (docs/ is on sys.path while MkDocs loads a hook)
 from matplotlib.patches import Rectangle  # noqa: E402
 from mkdocs.plugins import event_priority  # noqa: E402
@@ -124,10 +125,39 @@ def _pictures() -> dict[str, bytes]:
     )
 
     out["free-queue-fifo-vs-lifo.svg"] = _svg(_free_queue_figure())
+    out["auto-small-grids.svg"] = _svg(_small_grids_figure())
     out["architecture-imports.svg"] = _svg(_architecture_figure())
 
     out.update(_claim_plots())
     return out
+
+
+#: Four small grids of benchmarks/results/h200_s9_auto_short_rows.log: (B, L, Hq, Hkv).
+SMALL_GRIDS = ((1, 2048, 64, 8), (8, 3072, 32, 8), (16, 3072, 32, 8), (8, 1536, 32, 32))
+
+
+def _small_grids_figure():
+    """Measured times (an H200 log) of every launch of four small decode grids, with the
+    launch the current ``choose_split`` names drawn dark: no one partition wins them all."""
+    from tinyserve_sim.data.geometry import choose_split, make_plan
+
+    log = (ROOT / "benchmarks" / "results" / "h200_s9_auto_short_rows.log").read_text()
+    fig, axes = plt.subplots(1, len(SMALL_GRIDS), figsize=(11, 2.8), sharey=False)
+    for ax, (B, L, Hq, Hkv) in zip(axes, SMALL_GRIDS):
+        line = next(ln for ln in log.splitlines() if ln.startswith(f"B={B} L={L} Hq={Hq} Hkv={Hkv} "))
+        times = dict(re.findall(r"(one_pass|split/\d+) ([\d.]+)", line.split("|")[1]))
+        variant, part = choose_split(make_plan(128, np.float16, Hq // Hkv), Hq, Hkv, np.full(B, L))
+        chosen = "one_pass" if variant == "one_pass" else f"split/{part}"
+        names = list(times)
+        labels = ["one pass" if n == "one_pass" else n.split("/")[1] for n in names]
+        ax.bar(labels, [float(times[n]) for n in names],
+               color=["#1f4e79" if n == chosen else "#9dc3e6" for n in names])
+        ax.set_title(f"batch {B} x {L:,} tokens, {Hq}/{Hkv} heads", fontsize=9)
+        ax.set_ylabel("us" if ax is axes[0] else "")
+        ax.tick_params(labelsize=8)
+    fig.suptitle("small grids on an H200: time of each launch; dark = what variant=\"auto\" picks", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _free_queue_figure():

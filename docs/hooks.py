@@ -13,7 +13,7 @@ the site, without writing anything into the source tree:
 * ``players.md`` and ``players/NAME.html``: an interactive trace player for
   every built-in scenario (:mod:`tinyserve_sim.render.html`);
 * the sample outputs of the getting-started page, by running them;
-* under the GPU cells of tutorials 4 and 6, when this machine has no GPU, what
+* under the GPU cells of tutorials 4, 5 and 6, when this machine has no GPU, what
   those cells printed on a GPU machine (``docs/records/gpu-cells.json``,
   written there by ``scripts/record_gpu_cells.py``);
 * ``reference/cli.md``, from the Typer app's own ``--help`` output;
@@ -507,7 +507,7 @@ def _getting_started(markdown: str) -> str:
 
 
 # ----------------------------------------------------------- GPU cells, as recorded
-GPU_TUTORIALS = ("04_paged_attention_numpy_to_cuda", "06_hunting_a_kernel_bug")
+GPU_TUTORIALS = ("04_paged_attention_numpy_to_cuda", "05_query_aware_selection", "06_hunting_a_kernel_bug")
 GPU_RECORD = ROOT / "docs" / "records" / "gpu-cells.json"
 
 
@@ -534,6 +534,10 @@ def _gpu_record_html(name: str) -> str:
                 "and commit <code>docs/records/gpu-cells.json</code>: this page then shows what the GPU "
                 "cell printed there.</p></div>")
     record = json.loads(GPU_RECORD.read_text())
+    if name not in record["tutorials"]:
+        return ('<div class="admonition warning"><p class="admonition-title">No GPU record of this cell yet</p>'
+                "<p>Run <code>python scripts/record_gpu_cells.py</code> on a machine with a CUDA device "
+                "and commit <code>docs/records/gpu-cells.json</code>.</p></div>")
     cell = record["tutorials"][name]
     device = record["device"]
     title = f"Recorded on a GPU: {device['name']}"

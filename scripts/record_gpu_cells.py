@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the GPU cells of tutorials 4 and 6 on a CUDA machine and record what they print.
+"""Run the GPU cells of tutorials 4, 5 and 6 on a CUDA machine and record what they print.
 
 The documentation site is built on machines without a GPU, where those cells
 only say that they are skipped. Run this script on the GPU machine: it runs
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TUTORIALS = ("04_paged_attention_numpy_to_cuda", "06_hunting_a_kernel_bug")
+TUTORIALS = ("04_paged_attention_numpy_to_cuda", "05_query_aware_selection", "06_hunting_a_kernel_bug")
 DEFAULT_OUT = ROOT / "docs" / "records" / "gpu-cells.json"
 
 

@@ -297,21 +297,42 @@ Picture(draw_budget_sweep(rows), "Two line charts against the budget, from 1/2 t
 # Metadata, scores and selection each have a CUDA kernel and a NumPy twin that do the same
 # float32 operations in the same order: the scores are **bit-identical**, so a selection can
 # never differ between the backends. Where CuPy finds a CUDA device, this cell replays the
-# first steps on the GPU and compares; elsewhere it says so.
+# first steps on the GPU and compares. Then it runs one whole step the way a server would,
+# on the device from end to end: `prepare_sparse_decode_step` launches the scoring, the
+# selection (which writes its tables where the attention kernel reads them) and the sparse
+# attention, with no trip through Python in between; its output must equal the twins' bit
+# for bit. Without a GPU the cell says so (the site, built without one, shows below it
+# what the cell printed on a GPU machine, recorded by `scripts/record_gpu_cells.py`).
 
 # %%
+gpu_lines = []  # what this cell prints on a GPU (scripts/record_gpu_cells.py keeps it for the site)
 try:
-    get_backend("cupy")
+    gpu = get_backend("cupy")
 except BackendUnavailableError as reason:
-    print(f"No CUDA GPU here ({reason}).")
+    gpu = None
+    print(f"No CUDA GPU here: {reason}.")
     print("The GPU cell is skipped; run this tutorial on a machine with a CUDA device to see it.")
-else:
+
+if gpu is not None:
+    from tinyserve_sim.gpu.sparse_step import prepare_sparse_decode_step
+
     sessions = [SelectionSession(workload, SelectionConfig(budget=1 / 8, backend=b)) for b in ("numpy", "cupy")]
     for _ in range(4):
-        cpu, gpu = (s.step().selection for s in sessions)
-        same = np.array_equal(cpu.scores.view(np.uint32), gpu.scores.view(np.uint32))
-        print(f"step {cpu.step}: scores identical bit for bit: {same}; same pages kept: "
-              f"{np.array_equal(cpu.sparse.block_tables, gpu.sparse.block_tables)}")
+        cpu, on_gpu = (s.step().selection for s in sessions)
+        same = np.array_equal(cpu.scores.view(np.uint32), on_gpu.scores.view(np.uint32))
+        kept = np.array_equal(cpu.sparse.block_tables, on_gpu.sparse.block_tables)
+        gpu_lines.append(f"step {cpu.step}: scores identical bit for bit: {same}; same pages kept: {kept}")
+
+    # The last step again, as one device-side step: scores -> selection -> sparse attention.
+    _, _, query = workload.decode_token(cpu.step)
+    host, device = (s.cache for s in sessions)
+    scale = 1.0 / np.sqrt(spec.head_dim)
+    twins = host.attention(query, cpu.sparse, scale)  # the NumPy twins' sparse attention
+    step = prepare_sparse_decode_step(gpu.asarray(query), device.key_cache, device.value_cache,
+                                      device.key_min, device.key_max, cpu.batch, sessions[1].budget_tokens, scale)
+    same = np.array_equal(gpu.to_numpy(step()).view(np.uint16), twins.view(np.uint16))
+    gpu_lines.append(f"the whole step on the device: output identical to the twins' bit for bit: {same}")
+    print("\n".join(gpu_lines))
 
 # %% [markdown]
 # ## Recap

@@ -82,11 +82,9 @@ def selected_batch(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) ->
     width = min(K, batch.max_blocks)
     tables, _ = batch.head_tables(num_kv_heads)
     lens = selected_lengths(batch, num_kv_heads, budget_tokens)
-    stand_in = np.full((*lens.shape, width), PAD_BLOCK, dtype=np.int32)
-    for s in range(lens.shape[0]):
-        for h in range(lens.shape[1]):
-            pages = -(-int(lens[s, h]) // batch.block_size)
-            stand_in[s, h, :pages] = tables[s, h, :pages]
+    pages = -(-lens // batch.block_size)  # pages each row keeps
+    keep = np.arange(width) < pages[..., None]
+    stand_in = np.where(keep, tables[..., :width], PAD_BLOCK).astype(np.int32)
     return batch.with_head_tables(stand_in, lens)
 
 

@@ -18,7 +18,7 @@ from tinyserve_sim.data import (
     select_page_indices,
     select_pages,
 )
-from tinyserve_sim.data.select_pages import score_order_keys, selected_lengths
+from tinyserve_sim.data.select_pages import score_order_keys, selected_lengths, selected_lengths_of
 from tinyserve_sim.errors import KernelInputError
 
 
@@ -75,6 +75,9 @@ def test_selected_lengths_refuse_a_budget_under_two_pages():
     batch = DecodeBatch.from_tables([[0, 1, 2]], [40], block_size=16)
     with pytest.raises(KernelInputError, match="less than two pages"):
         selected_lengths(batch, 1, budget_tokens=31)
+    for bad in (np.array([-1, 5]), np.array([1.5])):
+        with pytest.raises(KernelInputError, match="non-negative integers"):
+            selected_lengths_of(bad, 16, budget_tokens=64)
 
 
 @given(case=selection_cases())

@@ -15,29 +15,35 @@ import numpy as np
 import typer
 
 from tinyserve_sim.cli.common import console, fail
-from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.select_pages import selected_lengths
+from tinyserve_sim.data.select_pages import selected_lengths_of
 
 
 def _say(line: str) -> None:
     """One line of output, never wrapped (a pipe or a script reads it whole), no markup read."""
     console.print(line, soft_wrap=True, markup=False)
 from tinyserve_sim.data.geometry import (
+    MAX_GRID_YZ,
     REFERENCE_SMS,
     blocks_per_sm,
     make_plan,
-    resolve_launch,
     split_candidates,
 )
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+#: The most tokens a row may hold (the kernels count positions in int32) and the most
+#: (sequence, KV head) rows the command weighs (far above any decode batch; it keeps the
+#: arithmetic on the host small).
+MAX_TOKENS = 2**31 - 1
+MAX_ROWS = 1 << 20
+
+
 def _lengths(batch: int, context: int, lengths: Optional[str]) -> np.ndarray:
     """Every sequence's length: ``--lengths`` (comma-separated) or ``batch`` x ``context``."""
     if lengths is None:
-        if batch < 1 or context < 1:
-            raise fail(f"--batch and --context must be positive, got {batch} and {context}")
+        if not 1 <= batch <= MAX_GRID_YZ or not 1 <= context <= MAX_TOKENS:
+            raise fail(f"--batch must be 1..{MAX_GRID_YZ:,} and --context 1..{MAX_TOKENS:,}, got {batch} and {context}")
         return np.full(batch, context, dtype=np.int64)
     values = []
     for part in lengths.split(","):
@@ -45,8 +51,8 @@ def _lengths(batch: int, context: int, lengths: Optional[str]) -> np.ndarray:
             values.append(int(part))
         except ValueError:
             raise fail(f"--lengths must be comma-separated token counts, got {part.strip()!r}") from None
-    if min(values) < 1:
-        raise fail(f"--lengths must be positive token counts, got {min(values)}")
+    if not 1 <= min(values) <= max(values) <= MAX_TOKENS or len(values) > MAX_GRID_YZ:
+        raise fail(f"--lengths must be 1..{MAX_GRID_YZ:,} token counts of 1..{MAX_TOKENS:,} each")
     return np.asarray(values, dtype=np.int64)
 
 
@@ -74,17 +80,18 @@ def plan_command(
     lens = _lengths(batch, context, lengths)
     if kv_heads < 1 or heads < 1 or heads % kv_heads:
         raise fail(f"--heads {heads} cannot share --kv-heads {kv_heads}: a positive divisor is needed")
+    if len(lens) * kv_heads > MAX_ROWS or heads > MAX_ROWS:
+        raise fail(f"at most {MAX_ROWS:,} (sequence, KV head) rows and query heads, got {len(lens) * kv_heads:,} and {heads:,}")
     plan = make_plan(head_dim, DTYPES[dtype], heads // kv_heads)  # KernelInputError: one line, exit 2
     if budget is not None:
         if block_size < 1:
             raise fail(f"--block-size must be a positive number of tokens, got {block_size}")
-        dense = DecodeBatch.from_tables([[0] * -(-int(n) // block_size) for n in lens], lens.tolist(), block_size)
-        kept = selected_lengths(dense, kv_heads, budget)  # KernelInputError: one line, exit 2
+        kept = selected_lengths_of(lens, block_size, budget)  # KernelInputError: one line, exit 2
         _say(f"a selection of {budget:,} tokens ({budget // block_size} pages of {block_size}) keeps "
              f"{int(kept.min()):,}{'' if kept.min() == kept.max() else f' to {int(kept.max()):,}'} tokens a row")
         lens = kept
     candidates = split_candidates(plan, heads, kv_heads, lens, partition)
-    variant, size = resolve_launch("auto", partition, plan, heads, kv_heads, lens)
+    chosen = next(c for c in candidates if c.accepted)  # what choose_split takes
 
     slots = REFERENCE_SMS * blocks_per_sm(plan)
     _say(
@@ -103,5 +110,5 @@ def plan_command(
     for c in candidates:
         name = "one pass" if c.partition is None else f"split-K {c.partition:>5}"
         _say(f"  {'*' if c.accepted else ' '} {name:<14} {c.why}")
-    chosen = "one pass" if variant == "one_pass" else f"split-K, partitions of {size:,} tokens"
-    _say(f"chosen: {chosen} (the first grid marked *)")
+    name = "one pass" if chosen.partition is None else f"split-K, partitions of {chosen.partition:,} tokens"
+    _say(f"chosen: {name} (the first grid marked *)")

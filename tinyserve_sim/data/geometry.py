@@ -291,16 +291,16 @@ def split_candidates(
         return tiles * (rows.size if part is None else int((-(-rows // part)).sum()))
 
     limit = DEFAULT_PARTITION_SIZE if partition_size is None else partition_size
-    if rows.size == 0 or int(rows.max()) <= limit:
+    longest = int(rows.max()) if rows.size else 0
+    if longest <= limit:
         return [SplitCandidate(None, blocks(None), slots, True, f"every row fits one partition ({limit} tokens)")]
-    skewed = int(rows.max()) > 2 * float(rows.mean())
+    skewed = longest > 2 * float(rows.mean())
     if skewed:
         out = [SplitCandidate(None, blocks(None), slots, False, "the longest row is more than twice the mean: it would run alone")]
     else:
         out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots))]
     if partition_size is not None:
         return [*out, SplitCandidate(partition_size, blocks(partition_size), slots, True, "the partition given")]
-    longest = int(rows.max())
     for part in (p for p in AUTO_PARTITIONS if p < longest):
         out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots)))
     if any(c.accepted for c in out):

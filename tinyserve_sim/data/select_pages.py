@@ -38,6 +38,7 @@ import numpy as np
 
 from tinyserve_sim.control.batch import PAD_BLOCK, DecodeBatch
 from tinyserve_sim.data.selection_checks import check_select_pages, pages_in_budget
+from tinyserve_sim.errors import KernelInputError
 
 
 def score_order_keys(scores: np.ndarray) -> np.ndarray:
@@ -105,11 +106,19 @@ def compact_tables(batch: DecodeBatch, logical: np.ndarray) -> DecodeBatch:
             row = logical[s, h]
             row = row[row >= 0]
             new_tables[s, h, : row.size] = tables[s, h, row]
-            if row.size:
-                n = int(lens[s, h])
-                newest = n - (n - 1) // bs * bs  # tokens in the row's newest page, 1..bs
-                new_lens[s, h] = (row.size - 1) * bs + newest
+            new_lens[s, h] = kept_length(row.size, int(lens[s, h]), bs)
     return batch.with_head_tables(new_tables, new_lens)
+
+
+def kept_length(pages: np.ndarray | int, lens: np.ndarray | int, block_size: int) -> np.ndarray | int:
+    """Tokens in ``pages`` kept pages of rows of ``lens`` tokens, the newest page among them:
+    ``(pages - 1) * block_size + (tokens in the newest page)``, 0 for no page (elementwise).
+
+    >>> kept_length(np.array([4, 3, 0]), 120, 16).tolist()   # the newest of 8 pages holds 8 tokens
+    [56, 40, 0]
+    """
+    newest = lens - (lens - 1) // block_size * block_size  # tokens in the newest page, 1..bs
+    return np.where(np.asarray(pages) > 0, (np.asarray(pages) - 1) * block_size + newest, 0)[()]
 
 
 def selected_lengths(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) -> np.ndarray:
@@ -125,18 +134,23 @@ def selected_lengths(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) 
     >>> selected_lengths(batch, 1, budget_tokens=64).tolist()    # 3 * 16 + 8; 5 (one page, kept)
     [[56], [5]]
     """
-    K = pages_in_budget(budget_tokens, batch.block_size)
     _, lens = batch.head_tables(num_kv_heads)
-    bs = batch.block_size
-    out = np.zeros(lens.shape, dtype=np.int32)
-    for s in range(lens.shape[0]):
-        for h in range(lens.shape[1]):
-            n = int(lens[s, h])
-            if n > 0:
-                pages = -(-n // bs)
-                newest = n - (pages - 1) * bs  # tokens in the newest page, 1..bs
-                out[s, h] = (min(pages, K) - 1) * bs + newest
-    return out
+    return selected_lengths_of(lens, batch.block_size, budget_tokens)
+
+
+def selected_lengths_of(lens: np.ndarray, block_size: int, budget_tokens: int) -> np.ndarray:
+    """:func:`selected_lengths` for rows of ``lens`` tokens (any shape), without a batch.
+
+    >>> selected_lengths_of(np.array([40, 100]), 16, budget_tokens=48).tolist()   # 3 pages each at most
+    [40, 36]
+    """
+    K = pages_in_budget(budget_tokens, block_size)
+    lens = np.asarray(lens)
+    if lens.dtype.kind not in "iu" or (lens.size and lens.min() < 0):
+        raise KernelInputError(f"lengths must be non-negative integers, got {lens.dtype} {lens.ravel()[:4].tolist()}")
+    lens = lens.astype(np.int64)
+    pages = -(-lens // block_size)
+    return np.asarray(kept_length(np.minimum(pages, K), lens, block_size), dtype=np.int32)
 
 
 def select_pages(scores: np.ndarray, batch: DecodeBatch, budget_tokens: int) -> DecodeBatch:

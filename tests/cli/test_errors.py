@@ -68,6 +68,10 @@ CASES = [
     case("plan-lengths-not-numbers", ["plan", "--lengths", "500,x"]),
     case("plan-lengths-zero", ["plan", "--lengths", "0,5"]),
     case("plan-budget-under-two-pages", ["plan", "--budget", "8"]),
+    case("plan-batch-past-the-grid", ["plan", "--batch", "1000000000"]),
+    case("plan-context-past-int32", ["plan", "--context", "99999999999"]),
+    case("plan-lengths-past-int32", ["plan", "--lengths", "5,99999999999"]),
+    case("plan-too-many-rows", ["plan", "--batch", "65535", "--kv-heads", "32"]),
     case("plan-block-size-zero", ["plan", "--budget", "64", "--block-size", "0"]),
     case("claims-unknown-size", ["claims", "--size", "nope"]),
     # Checked before the run starts: one line at once, not after the simulations.

@@ -71,19 +71,23 @@ def _read_kernel_file(name: str) -> str:
 
 def inline_includes(text: str, read: Callable[[str], str] = _read_kernel_file) -> str:
     """``text`` with its local ``#include "..."`` lines replaced by the files, recursively,
-    each file once; ``read(name)`` gives a file's text (by default from ``kernels/``;
-    ``benchmarks/ab_kernels.py`` reads them at a git revision instead)."""
+    each file once in the whole result (as ``#pragma once`` would: two headers that both
+    include ``exact_math.cuh`` inline it once); ``read(name)`` gives a file's text (by
+    default from ``kernels/``; ``benchmarks/ab_kernels.py`` reads them at a git revision
+    instead)."""
+    seen: set[str] = set()
 
-    def expand(text: str, seen: frozenset[str]) -> str:
+    def expand(text: str) -> str:
         def repl(m: re.Match[str]) -> str:
             inc = m.group(1)
             if inc in seen:
-                return ""  # already inlined (headers use #pragma once anyway)
-            return expand(read(inc), seen | {inc})
+                return ""  # already inlined above
+            seen.add(inc)
+            return expand(read(inc))
 
         return _INCLUDE_RE.sub(repl, text)
 
-    return expand(text, frozenset())
+    return expand(text)
 
 
 def load_source(name: str) -> str:

@@ -23,17 +23,6 @@ __device__ __forceinline__ void to_float(const uint4& raw, float* out, float) {
     out[3] = __uint_as_float(raw.w);
 }
 
-// A global read. COHERENT: of data that another thread block of the same launch may have
-// written (ld.global.cg: from L2, which every SM sees; the caller has synchronised with the
-// writer first, sparse_decode_step.cu). Else of data no block of the launch writes: a plain
-// load, which the compiler may send through the read-only path (not coherent with writes
-// made during the launch).
-template <bool COHERENT, typename T>
-__device__ __forceinline__ T ts_read(const T* p) {
-    if constexpr (COHERENT) return __ldcg(p);
-    else return *p;
-}
-
 // One element as float, and one float stored in the element type.
 __device__ __forceinline__ float load_float(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float load_float(const float* p) { return *p; }

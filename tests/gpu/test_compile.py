@@ -80,6 +80,20 @@ def test_includes_are_inlined():
     assert '#include "exact_math.cuh"' not in src and "ts_exp" in src
 
 
+def test_a_header_included_twice_is_inlined_once():
+    # Two headers that both include a third: its text must appear once, as #pragma once
+    # would have it (inlined, the pragma no longer sees files).
+    files = {
+        "main.cu": '#include "a.cuh"\n#include "b.cuh"\nint k;\n',
+        "a.cuh": '#include "common.cuh"\nint a;\n',
+        "b.cuh": '#include "common.cuh"\nint b;\n',
+        "common.cuh": "int common_definition;\n",
+    }
+    src = build.inline_includes(files["main.cu"], files.__getitem__)
+    assert src.count("int common_definition;") == 1
+    assert src.index("int common_definition;") < src.index("int a;") < src.index("int b;") < src.index("int k;")
+
+
 def test_a_broken_source_is_reported(tmp_path, monkeypatch):
     (tmp_path / "broken.cu").write_text('extern "C" __global__ void k() { this is not C++; }')
     monkeypatch.setattr(build, "KERNEL_DIR", tmp_path)

@@ -4,7 +4,7 @@
 // exact order of every float operation done here).
 //
 //   term_d = q_d > 0 ? q_d * max_d : (q_d < 0 ? q_d * min_d : 0)
-//   bound_g = sum_d term_d             (lane partials by fused multiply-adds, then a tree over lanes)
+//   bound_g = sum_d term_d             (lane partials by fused multiply-adds, then a butterfly)
 //   score   = max over the GQA group's query heads g of bound_g
 //
 // Grid: x = a run of `pages_per_block` pages, y = KV head, z = sequence.
@@ -163,20 +163,13 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                 };
                 if (nonzero) sum_terms([](float t, float q, float lo, float hi) { return add_term_nonzero(t, q, lo, hi); });
                 else sum_terms([](float t, float q, float lo, float hi) { return add_term(t, q, lo, hi); });
-                // Outside the branch (every lane of the warp takes part): the GQ heads'
-                // partials summed over the lanes by a reduce-scatter (masks LANES/2, ..., 1,
-                // the twin's halving_sum), as paged attention sums its heads: 5 shuffles and
-                // adds for 4 heads over 16 lanes, where a butterfly per head takes 16. Lane l
-                // ends with the totals of heads head .. head + c - 1; the heads' totals sit in
-                // lanes that differ in the bits of masks LANES/2 .. LANES/min(LANES, GQ).
-                int head;
-                const float* tot = ts_reduce_scatter_sum<LANES, GQ>(part, lane, head);
+                // Outside the branch (every lane of the warp takes part): masks 1, 2, 4, ...,
+                // the twin's pairwise_sum over the lanes.
 #pragma unroll
-                for (int c = 0; c < ts_max(1, GQ / LANES); ++c)
-                    if (head + c < group) best = fmaxf(best, tot[c]);  // max is exact in any order
-#pragma unroll
-                for (int mask = LANES / 2; mask >= 1 && mask >= LANES / ts_min(LANES, GQ); mask >>= 1)
-                    best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, mask));
+                for (int g = 0; g < GQ; ++g) {
+                    const float total = ts_butterfly_sum<LANES>(part[g]);
+                    if (g < group) best = fmaxf(best, total);  // max is exact in any order
+                }
             } else {
                 for (int g = 0; g < group; ++g) {
                     float part = 0.0f;                 // sequential over this lane's elements
@@ -188,10 +181,8 @@ __global__ void __launch_bounds__(NT) page_scores_kernel(
                         for (int e = 0; e < VEC; ++e)
                             part = add_term(part, q_s[g * head_dim + off + e], lf[i][e], hf[i][e]);
                     }
-                    // Masks LANES/2, ..., 1: the twin's halving_sum over the lanes.
-                    float one[1] = {part};
-                    int unused;
-                    const float total = ts_reduce_scatter_sum<LANES, 1>(one, lane, unused)[0];
+                    // Masks 1, 2, 4, ...: the twin's pairwise_sum over the lanes.
+                    const float total = ts_butterfly_sum<LANES>(part);
                     best = fmaxf(best, total);     // max is exact in any order
                 }
             }

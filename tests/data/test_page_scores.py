@@ -100,9 +100,8 @@ def spec_score(q_group: np.ndarray, lo: np.ndarray, hi: np.ndarray, plan) -> np.
                         else:  # 0 or NaN
                             p = F32(p + F32(0))
             parts.append(p)
-        while len(parts) > 1:  # lane i plus lane i + n/2, then plus i + n/4, ...: halves
-            half = len(parts) // 2
-            parts = [F32(parts[i] + parts[i + half]) for i in range(half)]
+        while len(parts) > 1:  # butterfly with masks 1, 2, 4, ...: adjacent pairs
+            parts = [F32(parts[i] + parts[i + 1]) for i in range(0, len(parts), 2)]
         totals.append(parts[0])
     return F32(max(totals))
 

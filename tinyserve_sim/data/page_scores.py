@@ -48,11 +48,8 @@ The kernel reads a page's metadata row like paged attention reads a key row
    explicit ``__fmaf_rn``), or ``part = part + 0`` where ``q_d`` is 0. For
    float16 inputs the product is exact in float32, so the FMA equals a multiply
    then an add, and the twin computes it that way (faster, the same bits);
-2. the ``lanes`` partial sums are added by the tree "lane ``i`` plus lane
-   ``i + lanes/2``, then plus lane ``i + lanes/4``, ..."
-   (:func:`~tinyserve_sim.data.exact_math.halving_sum`): the kernel sums its
-   heads' partials with a reduce-scatter, as paged attention does, whose masks
-   go ``lanes/2, lanes/4, ..., 1``;
+2. the ``lanes`` partial sums are added by a butterfly with masks
+   ``1, 2, 4, ...`` (:func:`~tinyserve_sim.data.exact_math.pairwise_sum`);
 3. the score is the ``fmax`` of the group's totals (exact in any order).
 
 The query is converted to float32 exactly; a float16 product is exact in
@@ -67,7 +64,7 @@ import math
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.exact_math import fma_f32, halving_sum
+from tinyserve_sim.data.exact_math import fma_f32, pairwise_sum
 from tinyserve_sim.data.geometry import make_plan
 from tinyserve_sim.data.selection_checks import check_page_scores
 
@@ -132,7 +129,7 @@ def page_scores(query: np.ndarray, key_min: np.ndarray, key_max: np.ndarray, bat
                 else:
                     step = np.where(nonzero, fma_f32(qd, end, part), part + F32(0))
             part = np.where(owned, step, part)
-    totals = halving_sum(part, axis=-1)  # [S, Hkv, G, W]: the kernel's reduce-scatter tree over lanes
+    totals = pairwise_sum(part, axis=-1)  # [S, Hkv, G, W]: the butterfly over lanes
     scores = np.fmax.reduce(totals, axis=2)  # the group's maximum
     return np.where(valid, scores, F32(-np.inf)).astype(F32)
 

@@ -528,16 +528,12 @@ def _gpu_record_html(name: str) -> str:
     import html
     import json
 
-    if not GPU_RECORD.exists():
+    record = json.loads(GPU_RECORD.read_text()) if GPU_RECORD.exists() else {"tutorials": {}}
+    if name not in record["tutorials"]:  # no record file, or none of this tutorial yet
         return ('<div class="admonition warning"><p class="admonition-title">No GPU record yet</p>'
                 "<p>Run <code>python scripts/record_gpu_cells.py</code> on a machine with a CUDA device "
                 "and commit <code>docs/records/gpu-cells.json</code>: this page then shows what the GPU "
                 "cell printed there.</p></div>")
-    record = json.loads(GPU_RECORD.read_text())
-    if name not in record["tutorials"]:
-        return ('<div class="admonition warning"><p class="admonition-title">No GPU record of this cell yet</p>'
-                "<p>Run <code>python scripts/record_gpu_cells.py</code> on a machine with a CUDA device "
-                "and commit <code>docs/records/gpu-cells.json</code>.</p></div>")
     cell = record["tutorials"][name]
     device = record["device"]
     title = f"Recorded on a GPU: {device['name']}"

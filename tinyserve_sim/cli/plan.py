@@ -15,21 +15,26 @@ import numpy as np
 import typer
 
 from tinyserve_sim.cli.common import console, fail
+from tinyserve_sim.data.geometry import (
+    MAX_GRID_YZ,
+    REFERENCE_SMS,
+    make_plan,
+    split_candidates,
+)
 from tinyserve_sim.data.select_pages import selected_lengths_of
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 def _say(line: str) -> None:
     """One line of output, never wrapped (a pipe or a script reads it whole), no markup read."""
     console.print(line, soft_wrap=True, markup=False)
-from tinyserve_sim.data.geometry import (
-    MAX_GRID_YZ,
-    REFERENCE_SMS,
-    blocks_per_sm,
-    make_plan,
-    split_candidates,
-)
 
-DTYPES = {"float16": np.float16, "float32": np.float32}
+
+def _span(lens: np.ndarray) -> str:
+    """``"4,096"`` when every row holds as many tokens, else ``"1,200 to 4,096"``."""
+    low, high = int(lens.min()), int(lens.max())
+    return f"{low:,}" if low == high else f"{low:,} to {high:,}"
 
 
 #: The most tokens a row may hold (the kernels count positions in int32) and the most
@@ -88,23 +93,23 @@ def plan_command(
             raise fail(f"--block-size must be a positive number of tokens, got {block_size}")
         kept = selected_lengths_of(lens, block_size, budget)  # KernelInputError: one line, exit 2
         _say(f"a selection of {budget:,} tokens ({budget // block_size} pages of {block_size}) keeps "
-             f"{int(kept.min()):,}{'' if kept.min() == kept.max() else f' to {int(kept.max()):,}'} tokens a row")
+             f"{_span(kept)} tokens a row")
         lens = kept
     candidates = split_candidates(plan, heads, kv_heads, lens, partition)
     chosen = next(c for c in candidates if c.accepted)  # what choose_split takes
 
-    slots = REFERENCE_SMS * blocks_per_sm(plan)
+    slots = chosen.slots  # every candidate's: SMs x blocks per SM of this plan
     _say(
         f"a thread block: {plan.lanes} lanes x {plan.rows} token rows, {plan.heads_per_block} of the "
         f"{heads // kv_heads} query heads of a KV head, chunks of {plan.chunk} tokens, "
         f"{plan.shared_memory_bytes / 1024:.1f} KiB of shared memory"
     )
     _say(
-        f"the reference GPU: {REFERENCE_SMS} SMs x {blocks_per_sm(plan)} blocks = {slots} places in a wave"
+        f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"
     )
     _say(
         f"the batch: {lens.shape[0]} sequence{'' if lens.shape[0] == 1 else 's'} x {kv_heads} KV heads = {lens.shape[0] * kv_heads} rows of "
-        f"{int(lens.min()):,}{'' if lens.min() == lens.max() else f' to {int(lens.max()):,}'} tokens"
+        f"{_span(lens)} tokens"
     )
     _say("grids weighed, longest work per block first:")
     for c in candidates:

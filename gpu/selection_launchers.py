@@ -28,7 +28,7 @@ import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.control.checks import check_int
-from tinyserve_sim.data.geometry import make_plan
+from tinyserve_sim.data.geometry import REFERENCE_SMS, make_plan
 from tinyserve_sim.data.seed_heuristics import (
     ANALYSIS_THREADS,
     check_adaptive_cache_management,
@@ -57,10 +57,12 @@ _INF_WORDS = {
 SCORE_GROUP_TILES = (0, 1, 2, 4, 8)
 #: Threads per page_scores block, and pages each row takes per step (``UN`` in the .cu).
 _SCORE_THREADS, _SCORE_UNROLL = 128, 2
-#: page_scores aims at about this many thread blocks (4 per SM of an H100 or H200): fewer
-#: leave SMs idle, more pay the query staging and the load pipeline's start more often.
-_SCORE_TARGET_BLOCKS = 512
-_SCORE_MAX_PAGES_PER_BLOCK = 256
+#: page_scores blocks one SM holds at once: its 96 registers a thread allow 5 blocks of 128
+#: threads (Nsight Compute on an H200, benchmarks/results/h200_s10_ncu_page_scores.log).
+_SCORE_BLOCKS_PER_SM = 5
+#: The fixed cost of a page_scores block (staging the query, starting the load pipeline), in
+#: loop iterations: fitted to h200_s10_page_scores_pages_per_block.log (kernel notes, session 10).
+_SCORE_BLOCK_COST_STEPS = 1
 #: The most pages per block a caller may ask for (a grid of at least one block per row).
 _SCORE_MAX_PAGES_PER_BLOCK_ASKED = 1 << 20
 #: Threads per select_pages block: one block per row; must equal NT in select_pages.cu.
@@ -270,7 +272,8 @@ def prepare_page_scores(
     smem = 4 * G * D
     kernel.max_dynamic_shared_size_bytes = smem  # always, as paged_attention's launcher does
     tables, lens, strides = _batch_strides(batch, Hkv)
-    ppb = int(pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes))
+    slots = _SCORE_BLOCKS_PER_SM * REFERENCE_SMS  # the GPU variant="auto" assumes (any other only runs slower)
+    ppb = int(pages_per_block or _score_pages_per_block(W, S * Hkv, _SCORE_THREADS // plan.lanes, slots))
     args = (
         scores, query, key_min, key_max, cp.asarray(tables), cp.asarray(lens), *(np.int32(x) for x in strides),
         np.int32(Hq), np.int32(Hkv), np.int32(D), np.int32(batch.block_size), np.int32(W), np.int32(ppb),
@@ -284,19 +287,35 @@ def prepare_page_scores(
     return launch
 
 
-def _score_pages_per_block(width: int, rows: int, page_rows: int) -> int:
-    """Pages per page_scores block: whole loop iterations (two steps of ``_SCORE_UNROLL``
-    pages for each of the block's ``page_rows`` rows), about ``_SCORE_TARGET_BLOCKS`` blocks
-    over the ``rows`` (sequence, KV head) rows of ``width`` pages, at most 256 pages.
-    Measured on an H200 (kernel notes): 2,048 pages x 64 rows -> 256 (31.5 us, 64 per
-    block: 34.2 us); 512 x 64 -> 64 (12.2 us, 256 per block: 24.5 us).
+def _score_pages_per_block(width: int, rows: int, page_rows: int, slots: int) -> int:
+    """Pages per page_scores block, for ``rows`` (sequence, KV head) rows of ``width`` pages
+    and ``slots`` blocks in one wave of the GPU (SMs x :data:`_SCORE_BLOCKS_PER_SM`).
 
-    >>> _score_pages_per_block(2048, 64, 8), _score_pages_per_block(512, 64, 8), _score_pages_per_block(3, 1, 8)
-    (256, 64, 32)
+    A block walks its pages in a chain of loop iterations, each covering two steps of
+    ``_SCORE_UNROLL`` pages for each of its ``page_rows`` rows, and its loads wait on the
+    previous iteration's: a block's time is its iterations (plus a fixed cost,
+    :data:`_SCORE_BLOCK_COST_STEPS`), and a grid's is that times its waves, rounded up. Cut
+    each row into R runs of equal length, for the R of least estimated time (the fewest
+    blocks on a tie). Measured on an H200 (kernel notes, session 10), 2,048 pages x 64
+    rows: 205 pages a block, 640 blocks in one wave, 29.0 us (256 pages and 512 blocks:
+    31.0 us; 192 pages and 704 blocks, a second wave: 38.1 us); 512 pages x 64 rows: 64
+    pages a block (12.0 us; 52 pages, the same iterations in more blocks: 13.0 us).
+
+    >>> _score_pages_per_block(2048, 64, 8, 660), _score_pages_per_block(512, 64, 8, 660)
+    (205, 64)
+    >>> _score_pages_per_block(3, 1, 8, 660), _score_pages_per_block(2048, 1, 8, 660)   # short rows, one row
+    (3, 32)
     """
-    step = 2 * _SCORE_UNROLL * page_rows
-    want = -(-width * rows // _SCORE_TARGET_BLOCKS)
-    return max(step, min(_SCORE_MAX_PAGES_PER_BLOCK, -(-want // step) * step))
+    step = 2 * _SCORE_UNROLL * page_rows  # pages one loop iteration covers
+    best: tuple[int, int] | None = None   # (estimated time, runs)
+    for runs in range(1, -(-width // step) + 1):  # no run shorter than one iteration's pages
+        pages = -(-width // runs)
+        waves = -(-rows * runs // slots)
+        time = waves * (-(-pages // step) + _SCORE_BLOCK_COST_STEPS)
+        if best is None or time < best[0]:
+            best = (time, runs)
+    assert best is not None  # width >= 1: at least one run
+    return -(-width // best[1])
 
 
 def page_scores(query: Any, key_min: Any, key_max: Any, batch: DecodeBatch, out: Any = None) -> cp.ndarray:

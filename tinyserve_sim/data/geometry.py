@@ -313,7 +313,7 @@ def split_candidates(
         n = blocks(SHORTEST_PARTITION)
         head = f"{n} blocks = {n / slots:.2f} waves of {slots}"
         out.append(SplitCandidate(SHORTEST_PARTITION, n, slots, False, f"{head}: weighed by its estimated time only"))
-    best = least_estimated([c for c in out if c.partition is not None or not skewed], longest)
+    best = _least_estimated([c for c in out if c.partition is not None or not skewed], longest)
     note = (f"; nothing above fills the waves, and this grid's estimated time is the least: "
             f"{-(-best.blocks // slots)} x ({best.partition or longest} + {BLOCK_COST_TOKENS}) tokens")
     return [replace(c, accepted=True, why=c.why + note) if c is best else c for c in out]
@@ -329,7 +329,7 @@ def estimated_token_times(blocks: int, slots: int, tokens: int) -> int:
     return -(-blocks // slots) * (tokens + BLOCK_COST_TOKENS)
 
 
-def least_estimated(candidates: list[SplitCandidate], longest: int) -> SplitCandidate:
+def _least_estimated(candidates: list[SplitCandidate], longest: int) -> SplitCandidate:
     """The candidate of least :func:`estimated_token_times` (one pass's blocks hold the
     ``longest`` row); on a tie the first, the one with longer blocks."""
     return min(candidates, key=lambda c: estimated_token_times(c.blocks, c.slots, c.partition or longest))
@@ -390,7 +390,7 @@ def split_partition(plan: AttentionPlan, num_heads: int, num_kv_heads: int, lens
             return c.partition
     if not splits:
         return DEFAULT_PARTITION_SIZE
-    return least_estimated(splits, longest=0).partition  # type: ignore[return-value]  (splits have partitions)
+    return _least_estimated(splits, longest=0).partition  # type: ignore[return-value]  (splits have partitions)
 
 
 def _rows(lens: np.ndarray, num_kv_heads: int) -> np.ndarray:

@@ -22,7 +22,6 @@ from tinyserve_sim.selection import (
     generate_attention_workload,
     run_selection,
     select_step,
-    step_quality,
 )
 from tinyserve_sim.selection.quality import selected_token_mask
 

@@ -46,7 +46,7 @@ def test_ranges_never_overlap_and_free_space_adds_up(kind, capacity: int, script
 
 def test_first_fit_shows_external_fragmentation() -> None:
     a = FirstFitAllocator(12)
-    x, y, z = a.allocate(4), a.allocate(4), a.allocate(4)
+    x, _, z = a.allocate(4), a.allocate(4), a.allocate(4)
     a.free(*x)
     a.free(*z)
     assert a.num_free == 8 and a.allocate(5) is None  # 8 free slots, but in two holes of 4

@@ -19,7 +19,7 @@ import numpy as np
 
 from tinyserve_sim.cli.common import console, fail
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.control.formats import VLLM_PAD_BLOCK, VLLM_PAD_SLOT, to_flashinfer, to_vllm
+from tinyserve_sim.control.formats import VLLM_PAD_BLOCK, VLLM_PAD_SLOT
 from tinyserve_sim.control.trace import Trace
 from tinyserve_sim.errors import SimError
 

@@ -5,6 +5,7 @@ Run on a GPU machine (it prints figures; it asserts nothing about time)::
 
     python benchmarks/ab_kernels.py decode --old 8e76749           # paged_attention then vs now
     python benchmarks/ab_kernels.py prefill --old HEAD~1 --rounds 5
+    python benchmarks/ab_kernels.py scores --old HEAD~1              # page_scores (bench_selection's shapes)
     python benchmarks/ab_kernels.py decode --old-source old.cu      # a file (e.g. `git show` output)
     python benchmarks/ab_kernels.py decode --old HEAD --new-source variant.cu   # try a variant untracked
 
@@ -38,18 +39,21 @@ import numpy as np
 from gpu_timing import device_properties, time_cupy
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.gpu import build, launchers, prefill_launchers
+from tinyserve_sim.gpu import build, launchers, prefill_launchers, selection_launchers
 
 REPO = Path(__file__).resolve().parents[1]
 
 #: Each family: its kernel file, the launcher module that compiles it, and its cases.
 #: Decode cases are (B, L, Hq, Hkv, D, block size); prefill cases (prefix, Hkv, D, dtype)
-#: for 8 sequences of 2,048 new tokens and 32 query heads (bench_prefill's shapes).
+#: for 8 sequences of 2,048 new tokens and 32 query heads (bench_prefill's shapes); page-score
+#: cases (B, L, Hq, Hkv, D, block size), bench_selection's shapes.
 DECODE_CASES = [(64, 4096, 32, 32, 128, 16), (1, 65536, 32, 32, 128, 16), (64, 4096, 32, 8, 128, 16),
                 (1, 65536, 32, 8, 128, 16), (8, 32768, 32, 8, 128, 16), (64, 4096, 64, 8, 128, 16),
                 (64, 4096, 32, 8, 64, 16), (64, 4096, 32, 8, 256, 16)]
 PREFILL_CASES = [(0, 8, 128, np.float16), (0, 32, 128, np.float16), (6144, 8, 128, np.float16),
                  (6144, 32, 128, np.float16), (0, 8, 64, np.float16), (0, 8, 192, np.float16), (0, 8, 256, np.float16)]
+SCORE_CASES = [(8, 32768, 32, 8, 128, 16), (8, 32768, 32, 8, 128, 64), (64, 4096, 32, 8, 128, 16),
+               (1, 65536, 32, 8, 128, 16), (8, 32768, 32, 32, 128, 16)]
 
 
 def git_source(rev: str, name: str) -> str:
@@ -102,7 +106,7 @@ def decode_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]]
         batch = DecodeBatch(bs, tables, np.full(B, L, np.int32))
         nbytes = 2.0 * B * L * Hkv * D * 2
         yield (f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}",
-               lambda: launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5), nbytes, "TB/s")
+               lambda q=q, kc=kc, vc=vc, batch=batch, D=D: launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5), nbytes, "TB/s")
 
 
 def prefill_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
@@ -114,12 +118,24 @@ def prefill_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]
         q, kc, vc, batch = make_case(rng, 8, 2048, P, 32, Hkv, D, 16, dtype)
         flops = 4.0 * D * 32 * 8 * (2048 * P + 2048 * 2049 // 2)
         yield (f"prefix={P} Hkv={Hkv} D={D} {np.dtype(dtype).name}",
-               lambda: prefill_launchers.prepare_paged_prefill_attention(q, kc, vc, batch, D**-0.5), flops, "TFLOP/s")
+               lambda q=q, kc=kc, vc=vc, batch=batch, D=D: prefill_launchers.prepare_paged_prefill_attention(q, kc, vc, batch, D**-0.5), flops, "TFLOP/s")
+
+
+def score_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
+    """(tag, a function that prepares a launch, metadata bytes read, unit) for each page-score case."""
+    from bench_selection import Case
+
+    for B, L, Hq, Hkv, D, bs in SCORE_CASES:
+        case = Case(B, L, Hq, Hkv, D, bs)
+        yield (f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D} bs={bs}",
+               lambda case=case: selection_launchers.prepare_page_scores(case.query, case.key_min, case.key_max, case.batch),
+               case.metadata_bytes, "TB/s")
 
 
 FAMILIES = {
     "decode": ("paged_attention.cu", launchers, decode_cases),
     "prefill": ("paged_prefill_attention.cu", prefill_launchers, prefill_cases),
+    "scores": ("page_scores.cu", selection_launchers, score_cases),
 }
 
 

@@ -204,6 +204,8 @@ def test_the_ab_script_rebuilds_an_old_source_with_its_includes_and_it_compiles(
     "args, says",
     [(["decode", "--old", "no-such-revision"], "git show no-such-revision"),
      (["prefill", "--old-source", "/no/such/file.cu"], "cannot read the old source"),
+     (["scores", "--old-source", "/no/such/file.cu"], "cannot read the old source"),
+     (["selection", "--old", "HEAD"], "invalid choice"),
      (["decode", "--old", "HEAD", "--rounds", "0"], "must be a positive integer"),
      (["decode"], "one of the arguments"),
      (["decode", "--old", "HEAD", "--new-source", "/no/such/variant.cu"], "cannot read the new source")],

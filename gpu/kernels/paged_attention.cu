@@ -14,7 +14,8 @@
 // elements (VPL of them). Every slice reads the same keys and values.
 //
 // Keys and values travel through shared memory, one CHUNK of tokens at a time,
-// copied by cp.async (global -> shared without registers) ahead of their use:
+// copied by cp.async (global -> shared without registers; through L1 when the
+// plan says so, L1 = l1_copies: MHA, else around it) ahead of their use:
 //   K of chunk c+1 is copied while chunk c computes probabilities and
 //   accumulates V; V of chunk c+1 while chunk c+1 computes its logits.
 // So the memory system always has a chunk in flight, and the threads never
@@ -61,7 +62,7 @@ __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
 
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool SPLIT, bool EVEN>
+template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN>
 __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
@@ -168,7 +169,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
 #pragma unroll
             for (int i = 0; i < VPL; ++i) {
                 const int off = vec_off(i);
-                if (EVEN || off >= 0) cp_async16(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
+                if (!EVEN && off < 0) continue;
+                // L1 (the plan's l1_copies, MHA): through L1, so that the copies reach L2 as
+                // whole lines; else around it (.cg). The same bytes either way.
+                if constexpr (L1) cp_async16_l1(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
+                else cp_async16(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
             }
         }
         cp_async_commit();

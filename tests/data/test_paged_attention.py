@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from kv_strategies import (
     BAD_ATTENTION_INPUTS,
@@ -370,15 +370,18 @@ def test_the_agreement_bound_still_catches_a_wrong_page():
     group=st.sampled_from([1, 4, 8]),
     given_partition=st.sampled_from([None, 256, 1024]),
 )
+@example(lens=[4096] * 64, hkv=32, group=1, given_partition=None)  # MHA: 3.1 waves are not enough
+@example(lens=[4096] * 64, hkv=32, group=4, given_partition=None)  # ... where GQA takes them
 def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_estimated_time(lens, hkv, group, given_partition):
     """Whatever the lengths: rows no longer than one partition take one pass; otherwise the
     first grid, longest work per block first (one pass unless a row is more than twice the
-    mean, then the split partitions), that fills the waves; when none does, the grid of
+    mean, then the split partitions), that fills the waves (90% of its waves' places busy,
+    or, for plans that copy around L1, three waves or more); when none does, the grid of
     least estimated time, waves rounded up x (tokens per block + the fixed cost), among one
     pass (not with a row over twice the mean), the split partitions and the shortest
     partition, ties to the longer blocks."""
     from tinyserve_sim.data.geometry import (
-        AUTO_PARTITIONS, BLOCK_COST_TOKENS, REFERENCE_SMS, SHORTEST_PARTITION, blocks_per_sm, choose_split, fills_waves,
+        AUTO_PARTITIONS, BLOCK_COST_TOKENS, REFERENCE_SMS, SHORTEST_PARTITION, blocks_per_sm, choose_split,
         split_candidates,
     )
 
@@ -394,6 +397,10 @@ def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_esti
 
     def blocks(p: int | None) -> int:  # None: one pass, a block per row and tile
         return tiles * hkv * (len(rows) if p is None else sum(-(-int(n) // p) for n in rows))
+
+    def fills_waves(n: int, slots: int) -> bool:  # MHA plans (copies through L1): well-filled waves only
+        busy = n / (-(-n // slots) * slots)
+        return busy >= 0.9 or (group > 1 and n >= 3 * slots)
 
     one_pass_fits = rows.max() <= 2 * rows.mean() and fills_waves(blocks(None), slots)
     if given_partition is not None:

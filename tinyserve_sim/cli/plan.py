@@ -107,6 +107,8 @@ def plan_command(
     _say(
         f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"
     )
+    if plan.l1_copies:
+        _say("keys and values copied through L1 (MHA): a grid must keep 90% of its waves busy, however many")
     _say(
         f"the batch: {lens.shape[0]} sequence{'' if lens.shape[0] == 1 else 's'} x {kv_heads} KV heads = {lens.shape[0] * kv_heads} rows of "
         f"{_span(lens)} tokens"

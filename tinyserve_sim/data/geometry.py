@@ -61,6 +61,11 @@ class AttentionPlan:
         head_slices: slices of the block (1, 2 or 4; a slice is whole warps).
         chunk: tokens per online-softmax step: 128, 64 or 32 as rows grow (see
             :data:`TINY_ROW_BYTES`).
+        l1_copies: the kernel copies keys and values through L1 (``cp.async.ca``, whole
+            128-byte lines at L2) instead of around it (``.cg``): MHA plans (one query
+            head per KV head), where it was measured faster (kernel notes, session 11).
+            It moves no bit; it changes which grids ``variant="auto"`` accepts
+            (:func:`wave_verdict`).
     """
 
     head_dim: int
@@ -71,6 +76,7 @@ class AttentionPlan:
     head_tile: int
     head_slices: int = 1
     chunk: int = 64
+    l1_copies: bool = False
 
     @property
     def num_vecs(self) -> int:
@@ -118,9 +124,11 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
     >>> make_plan(128, np.float16, 4)     # GQA-4 at head dim 128: one slice of 4 heads
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False)
     >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False)
+    >>> make_plan(128, np.float16, 1).l1_copies   # MHA: copies through L1
+    True
     >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows
     (128, 32)
     >>> make_plan(32, np.float32, 32).chunk   # 32 heads' logits: 128 tokens would leave room for 3 blocks
@@ -158,7 +166,8 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     rows = NUM_THREADS // lanes // head_slices
     row_bytes = head_dim * itemsize
     chunk = 128 if row_bytes <= TINY_ROW_BYTES else 64 if row_bytes <= SMALL_ROW_BYTES else 32
-    plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk)
+    # MHA (one query head per KV head): keys and values through L1 (``l1_copies``).
+    plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk, bool(group_size == 1))
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
         plan = replace(plan, chunk=64)
     return plan
@@ -193,7 +202,10 @@ SHORTEST_PARTITION = 256
 #: A grid uses the GPU well when it keeps at least this share (in percent) of its waves'
 #: places busy, so that a part-empty last wave wastes less than a tenth ...
 FULL_WAVE_PERCENT = 90
-#: ... or when it is at least this many waves long (then a part-empty last wave matters little).
+#: ... or when it is at least this many waves long (then a part-empty last wave matters little),
+#: for plans that copy around L1. With copies through L1 (``l1_copies``: MHA) the steady state
+#: is faster and a part-empty last wave costs even after three: on an H200, 2,048 MHA blocks
+#: (3.1 waves, 78% busy) ran 8-13% slower than 8,192 shorter ones (kernel notes, session 11).
 MANY_WAVES = 3
 #: Shared memory of one SM on the reference GPU, and what CUDA reserves of it per block.
 SM_SHARED_MEMORY = 228 * 1024
@@ -217,30 +229,32 @@ def blocks_per_sm(plan: AttentionPlan) -> int:
     return max(1, min(by_registers, by_shared))
 
 
-def wave_verdict(blocks: int, slots: int) -> tuple[bool, str]:
+def wave_verdict(blocks: int, slots: int, many_waves: bool = True) -> tuple[bool, str]:
     """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well, and why
-    in words: it keeps at least :data:`FULL_WAVE_PERCENT` of its waves' places busy, or it
-    runs :data:`MANY_WAVES` waves or more.
+    in words: it keeps at least :data:`FULL_WAVE_PERCENT` of its waves' places busy, or (when
+    ``many_waves``: plans that copy around L1) it runs :data:`MANY_WAVES` waves or more.
 
     >>> print(wave_verdict(1024, 660)[1])
     1024 blocks = 1.55 waves of 660, 78% of their places busy: a part-empty wave idles too many
+    >>> print(wave_verdict(2048, 660, many_waves=False)[1])   # MHA: copies through L1
+    2048 blocks = 3.10 waves of 660, 78% of their places busy: a part-empty wave idles too many
     """
     waves = -(-blocks // slots)
     head = f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, {blocks / (waves * slots):.0%} of their places busy"
-    if blocks >= MANY_WAVES * slots:
+    if many_waves and blocks >= MANY_WAVES * slots:
         return True, f"{head}: {MANY_WAVES} waves or more, the last one matters little"
     if 100 * blocks >= FULL_WAVE_PERCENT * waves * slots:
         return True, f"{head}: at least {FULL_WAVE_PERCENT}%"
     return False, f"{head}: a part-empty wave idles too many"
 
 
-def fills_waves(blocks: int, slots: int) -> bool:
+def fills_waves(blocks: int, slots: int, many_waves: bool = True) -> bool:
     """The verdict of :func:`wave_verdict` alone.
 
     >>> fills_waves(512, 528), fills_waves(1024, 660), fills_waves(2048, 660)   # 0.97, 1.55 and 3.1 waves
     (True, False, True)
     """
-    return wave_verdict(blocks, slots)[0]
+    return wave_verdict(blocks, slots, many_waves)[0]
 
 
 @dataclass(frozen=True)
@@ -286,6 +300,7 @@ def split_candidates(
     rows = _rows(lens, num_kv_heads)
     tiles = plan.head_tiles(num_heads // num_kv_heads)
     slots = REFERENCE_SMS * blocks_per_sm(plan)
+    many_waves = not plan.l1_copies  # copies through L1: only well-filled waves (MANY_WAVES)
 
     def blocks(part: int | None) -> int:  # a row of n tokens has ceil(n / part) blocks per tile
         return tiles * (rows.size if part is None else int((-(-rows // part)).sum()))
@@ -298,11 +313,11 @@ def split_candidates(
     if skewed:
         out = [SplitCandidate(None, blocks(None), slots, False, "the longest row is more than twice the mean: it would run alone")]
     else:
-        out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots))]
+        out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots, many_waves))]
     if partition_size is not None:
         return [*out, SplitCandidate(partition_size, blocks(partition_size), slots, True, "the partition given")]
     for part in (p for p in AUTO_PARTITIONS if p < longest):
-        out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots)))
+        out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots, many_waves)))
     if any(c.accepted for c in out):
         return out
     # No grid fills the waves: a small batch under-fills the GPU whatever runs. Then every
@@ -359,7 +374,10 @@ def choose_split(
     ran 7-13% slower than the fastest (six shapes), at GQA-4 (4 per SM, 528 places) 512
     blocks in one wave beat 1,024 and 2,048. Under one wave, a block's time is about its
     tokens plus a fixed cost, so shorter blocks win until they need another wave: at
-    batch 1 and 2,048 tokens, 256-token partitions ran 1.2-1.5x faster than 512.
+    batch 1 and 2,048 tokens, 256-token partitions ran 1.2-1.5x faster than 512. MHA plans
+    copy through L1 (``l1_copies``, session 11): they accept only grids that keep 90% of
+    their waves busy, because there 2,048 blocks (3.1 waves) ran 8-13% slower than 8,192;
+    on the 13 MHA shapes measured, the rule then picked the fastest grid every time.
 
     >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places
     >>> choose_split(plan, 32, 8, np.full(64, 4096))        # 512 rows: one wave
@@ -368,8 +386,8 @@ def choose_split(
     ('split_k', 4096)
     >>> choose_split(plan, 32, 8, np.full(1, 2048))         # 8 rows: nothing fills a wave
     ('split_k', 256)
-    >>> choose_split(make_plan(128, np.float16, 1), 32, 32, np.full(32, 4096))   # MHA, 1,024 rows
-    ('split_k', 2048)
+    >>> choose_split(make_plan(128, np.float16, 1), 32, 32, np.full(32, 4096))   # MHA, 1,024 rows x 8
+    ('split_k', 512)
     >>> choose_split(plan, 32, 8, np.full(64, 4096), partition_size=256)   # one pass still
     ('one_pass', 256)
     """

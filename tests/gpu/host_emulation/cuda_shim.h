@@ -82,6 +82,7 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
 // cp.async: queued, done when a wait retires the group.
 inline void cp_async16(void* dst, const void* src, int src_bytes) { ts_emu::open_group.push_back({dst, src, src_bytes}); }
 inline void cp_async16(void* dst, const void* src) { cp_async16(dst, src, 16); }
+inline void cp_async16_l1(void* dst, const void* src) { cp_async16(dst, src, 16); }  // L1 or not: the same bytes
 inline void cp_async_commit() {
     ts_emu::pending.push_back(std::move(ts_emu::open_group));
     ts_emu::open_group.clear();

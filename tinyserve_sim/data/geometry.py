@@ -205,7 +205,7 @@ FULL_WAVE_PERCENT = 90
 #: ... or when it is at least this many waves long (then a part-empty last wave matters little),
 #: for plans that copy around L1. With copies through L1 (``l1_copies``: MHA) the steady state
 #: is faster and a part-empty last wave costs even after three: on an H200, 2,048 MHA blocks
-#: (3.1 waves, 78% busy) ran 8-13% slower than 8,192 shorter ones (kernel notes, session 11).
+#: (3.1 waves, 78% busy) ran 8-11% slower than 8,192 shorter ones (kernel notes, session 11).
 MANY_WAVES = 3
 #: Shared memory of one SM on the reference GPU, and what CUDA reserves of it per block.
 SM_SHARED_MEMORY = 228 * 1024
@@ -376,7 +376,7 @@ def choose_split(
     tokens plus a fixed cost, so shorter blocks win until they need another wave: at
     batch 1 and 2,048 tokens, 256-token partitions ran 1.2-1.5x faster than 512. MHA plans
     copy through L1 (``l1_copies``, session 11): they accept only grids that keep 90% of
-    their waves busy, because there 2,048 blocks (3.1 waves) ran 8-13% slower than 8,192;
+    their waves busy, because there 2,048 blocks (3.1 waves) ran 8-11% slower than 8,192;
     on the 13 MHA shapes measured, the rule then picked the fastest grid every time.
 
     >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places

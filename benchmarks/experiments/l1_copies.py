@@ -10,7 +10,9 @@ at 4,096 .. 256). The bits of the shipped kernel at the "before" grid are compar
 
 The H200 logs: ``h200_s11_decode_ca_partitions.log`` (fit: made by an equivalent scratch
 script that compiled the pre-change source with ``.ca`` swapped in) and
-``h200_s11_decode_l1_validation.log`` (validate: this script's loop). An H100 run is owed."""
+``h200_s11_decode_l1_validation.log`` (validate: an earlier form of this loop). Those timed
+without flushing L2 between repetitions; this script flushes it (``split_timing``), which
+at these sizes (268 MB to 17 GB of K and V) changes nothing. An H100 run is owed."""
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +22,10 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
-from gpu_timing import device_properties, time_cupy  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_timing import device_properties  # noqa: E402
+from split_timing import best_times, variants  # noqa: E402  (L2 flushed before each repetition)
 
-from tinyserve_sim.control.batch import DecodeBatch  # noqa: E402
 from tinyserve_sim.data.geometry import choose_split, make_plan  # noqa: E402
 from tinyserve_sim.gpu import launchers  # noqa: E402
 
@@ -48,38 +51,31 @@ def around_l1():
     return mock.patch.object(launchers, "plan_launch", lambda *a, **k: (lambda r: (replace(r[0], l1_copies=False), *r[1:]))(original(*a, **k)))
 
 
+def _key(variant: str, partition: int) -> str:
+    return "one_pass" if variant == "one_pass" else f"split/{partition}"
+
+
 def run(shapes) -> None:
     print(device_properties("l1_copies")["name"].decode(), flush=True)
+    rng = np.random.default_rng(2)
     for B, L, H, D, dt in shapes:
         lens = np.full(B, L, np.int32) if np.isscalar(L) else np.asarray(L, np.int32)
-        bs, width = 16, -(-int(lens.max()) // 16)
-        kc = cp.random.standard_normal((B * width, bs, H, D), dtype=cp.float32).astype(dt)
-        vc = cp.random.standard_normal((B * width, bs, H, D), dtype=cp.float32).astype(dt)
-        q = cp.random.standard_normal((B, H, D), dtype=cp.float32).astype(dt)
-        batch = DecodeBatch(bs, np.random.default_rng(2).permutation(B * width).reshape(B, width).astype(np.int32), lens)
         plan = make_plan(D, dt, 1)
         before, now = choose_split(replace(plan, l1_copies=False), H, H, lens), choose_split(plan, H, H, lens)
-        longest = int(lens.max())
-        grids = ([("one_pass", 1024)] if longest <= 2 * lens.mean() else []) + [("split_k", p) for p in (4096, 2048, 1024, 512, 256) if p < longest]
-        fns = {}
+        # The kernel as shipped at one pass and every partition, on random caches ...
+        fns, (q, kc, vc, batch) = variants(lens, H, H, D, dt, 16, rng, (4096, 2048, 1024, 512, 256))
+        # ... and "before": the same caches, copies around L1, at the rule's choice for such plans.
         with around_l1():
             fns["before"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, *before)
-        fns["now"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5)
-        for g in grids:
-            if g != now:
-                fns[g] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, *g)
-        same = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, *before)().copy()
-        bits = bool((same.view(cp.uint8) == fns["before"]().view(cp.uint8)).all())
-        best = {k: float("inf") for k in fns}
-        for _ in range(ROUNDS):
-            for k, fn in fns.items():
-                best[k] = min(best[k], time_cupy(fn, REPS))
+        bits = bool((fns[_key(*before)]().copy().view(cp.uint8) == fns["before"]().view(cp.uint8)).all())
+        best = best_times(fns, ROUNDS, REPS)
         nbytes = 2.0 * float(lens.sum()) * H * D * np.dtype(dt).itemsize
-        others = "  ".join(f"{k[0][:5]}/{k[1]} {best[k] * 1e6:.1f}" for k in fns if isinstance(k, tuple))
+        t_now = best[_key(*now)]
+        others = "  ".join(f"{k} {best[k] * 1e3:.1f}" for k in fns if k not in ("before", _key(*now)))
         print(f"B={B} L={L if np.isscalar(L) else 'mixed'} H={H} D={D} {np.dtype(dt).name}: "
-              f"before {before[0]}/{before[1]} {best['before'] * 1e6:.1f} us ({nbytes / best['before'] / 1e12:.2f} TB/s) | "
-              f"now {now[0]}/{now[1]} {best['now'] * 1e6:.1f} us ({nbytes / best['now'] / 1e12:.2f} TB/s) "
-              f"before/now {best['before'] / best['now']:.3f}x, fastest/now {min(best.values()) / best['now']:.3f} | "
+              f"before {before[0]}/{before[1]} {best['before'] * 1e3:.1f} us ({nbytes / best['before'] / 1e9:.2f} TB/s) | "
+              f"now {now[0]}/{now[1]} {t_now * 1e3:.1f} us ({nbytes / t_now / 1e9:.2f} TB/s) "
+              f"before/now {best['before'] / t_now:.3f}x, fastest/now {min(best.values()) / t_now:.3f} | "
               f"others: {others} | bits at the old grid {'equal' if bits else 'DIFFER'}", flush=True)
         del fns, kc, vc
         cp.get_default_memory_pool().free_all_blocks()

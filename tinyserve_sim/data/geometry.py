@@ -248,13 +248,13 @@ def wave_verdict(blocks: int, slots: int, many_waves: bool = True) -> tuple[bool
     return False, f"{head}: a part-empty wave idles too many"
 
 
-def fills_waves(blocks: int, slots: int, many_waves: bool = True) -> bool:
+def fills_waves(blocks: int, slots: int) -> bool:
     """The verdict of :func:`wave_verdict` alone.
 
     >>> fills_waves(512, 528), fills_waves(1024, 660), fills_waves(2048, 660)   # 0.97, 1.55 and 3.1 waves
     (True, False, True)
     """
-    return wave_verdict(blocks, slots, many_waves)[0]
+    return wave_verdict(blocks, slots)[0]
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ def choose_split(
     Every (sequence, KV head) row of ``lens`` (``[S]`` or ``[S, Hkv]``) is one thread block
     per tile of its query heads and per partition; a block of a row with fewer partitions
     exits at once. The rule, longest work per block first: one pass if the rows fill the
-    GPU's waves (:func:`fills_waves`, for :func:`blocks_per_sm` blocks on each of
+    GPU's waves (:func:`wave_verdict`, for :func:`blocks_per_sm` blocks on each of
     :data:`REFERENCE_SMS` SMs) and none is more than twice the mean (a long row would run
     alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
     ``partition_size``, when given) whose blocks fill the waves; else, when nothing fills

@@ -62,3 +62,12 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 #endif
+
+// One 16-byte copy, through L1 when THROUGH_L1 (a plan's choice, fixed at compile time),
+// else around it. The same bytes land either way; only the caching differs. (Outside the
+// #ifndef: the host emulation's versions of the two copies serve it as well.)
+template <bool THROUGH_L1>
+__device__ __forceinline__ void cp_async16_cached(void* smem_dst, const void* gmem_src) {
+    if constexpr (THROUGH_L1) cp_async16_l1(smem_dst, gmem_src);
+    else cp_async16(smem_dst, gmem_src);
+}

@@ -172,8 +172,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
                 if (!EVEN && off < 0) continue;
                 // L1 (the plan's l1_copies, MHA): through L1, so that the copies reach L2 as
                 // whole lines; else around it (.cg). The same bytes either way.
-                if constexpr (L1) cp_async16_l1(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
-                else cp_async16(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
+                cp_async16_cached<L1>(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
             }
         }
         cp_async_commit();

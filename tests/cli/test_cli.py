@@ -1,5 +1,6 @@
 """The command line, through Typer's test runner."""
 
+import numpy as np
 from typer.testing import CliRunner
 
 from tinyserve_sim.cli import app
@@ -95,3 +96,17 @@ def test_plan_of_a_selection_plans_the_selected_rows():
     assert _plan("--budget", "4096")[-1].startswith("chosen: split-K, partitions of 512 tokens")
     # 40 tokens = 3 pages, all kept: 40; 100 tokens = 7 pages, 3 kept, the newest holding 4: 36
     assert "keeps 36 to 40 tokens a row" in _plan("--lengths", "40,100", "--budget", "48")[0]
+
+
+def test_plan_of_gqa2_wants_three_waves_and_weighs_one_pass_by_its_longest_row():
+    """GQA-2 (h200_s12_gqa2_partitions_*.log): at 64 x 4,096 tokens one pass (1.94 waves, 97%
+    busy) ran 547 us, 2,048-token partitions (3.88 waves) 523 us; over 32 rows of 1,019 to 7,810
+    tokens one pass (one wave) ran 388 us, 1,024-token partitions 288 us."""
+    lines = _plan("--batch", "64", "--context", "4096", "--kv-heads", "16")
+    assert any("two query heads a block (GQA-2)" in ln for ln in lines)
+    assert lines[-1].startswith("chosen: split-K, partitions of 2,048 tokens")
+    mixed = ",".join(str(n) for n in np.random.default_rng(12).integers(1000, 8000, 32))
+    lines = _plan("--lengths", mixed, "--kv-heads", "16")
+    one_pass = next(ln for ln in lines if ln.lstrip(" *").startswith("one pass"))
+    assert "(rows of mixed lengths): one wave, under 70%" in one_pass
+    assert lines[-1].startswith("chosen: split-K, partitions of 1,024 tokens")

@@ -82,7 +82,9 @@ def test_on_shapes_it_was_not_fitted_to_auto_beats_the_old_rule_on_average():
         old.append(best / times[_old_rule(B * Hkv, lens)])
     assert not mixed
     assert np.mean(new) > np.mean(old) + 0.02, (np.mean(new), np.mean(old))
-    assert np.mean(new) == pytest.approx(0.984, abs=0.002)  # the kernel notes' figure
+    # The kernel notes' figures: 0.984 with session 8's rule; 0.987 since session 12 accepts a
+    # single wave 70% busy (GQA-4, B=48 x 2,048 tokens: one pass, 0.73 of a wave, the fastest).
+    assert np.mean(new) == pytest.approx(0.987, abs=0.002)
 
 
 def test_where_longer_partitions_were_tried_auto_is_within_one_percent_of_the_fastest():
@@ -137,12 +139,41 @@ def test_mha_plans_copy_through_l1_and_auto_picks_the_fastest_grid_measured_so()
     assert len(shapes) == 13
     gains = []
     for block in shapes:
-        B, L, old_variant, old_part, old_time = CA_SHAPE.match("B=" + block).groups()
+        B, L, _, _, old_time = CA_SHAPE.match("B=" + block).groups()
         times = {(v, int(p)): float(t) for v, p, t in CA_OPTION.findall(block)}
         choice = choose_split(plan, 32, 32, np.full(int(B), int(L)))
         assert choice in times, (B, L, choice)
         assert times[choice] <= 1.01 * min(times.values()), (B, L, choice, times)
-        gains.append(float(old_time) / times[choice])
-        # The old rule's grid, with .cg copies, was the session-8 choice for these shapes.
-        assert choose_split(_around_l1(plan), 32, 32, np.full(int(B), int(L))) == (old_variant, int(old_part))
+        gains.append(float(old_time) / times[choice])  # against main's kernel (.cg) at its choice then
     assert min(gains) > 1.05, gains  # every shape faster than main's kernel at main's choice
+
+
+def _gqa2_ratios(log: str, count: int) -> list[float]:
+    """Every shape of a session-12 GQA-2 log: fastest / the current rule's choice."""
+    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == count
+    mixed = iter([np.random.default_rng(12).integers(1000, 8000, 32)])  # the script's one mixed batch
+    out = []
+    for line in lines:
+        B, L, Hq, Hkv, D = re.match(r"B=(\d+) L=(\S+) Hq=(\d+) Hkv=(\d+) D=(\d+)", line).groups()
+        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
+        lens = next(mixed) if L == "mixed" else np.full(B, int(L))
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        plan = make_plan(D, np.float16, Hq // Hkv)
+        assert plan.heads_per_block == 2 and not plan.l1_copies  # the kernels as they ran
+        out.append(min(times.values()) / times[_key(*choose_split(plan, Hq, Hkv, lens))])
+    return out
+
+
+def test_gqa2_auto_is_within_one_percent_of_the_fastest_on_the_shapes_it_was_fitted_to():
+    # Session 12: the first sweep at two query heads per KV head (13 shapes, batch 1-128).
+    ratios = _gqa2_ratios("h200_s12_gqa2_partitions_fit.log", 13)
+    assert min(ratios) >= 0.99, ratios
+
+
+def test_gqa2_auto_is_within_one_percent_of_the_fastest_on_shapes_it_was_not_fitted_to():
+    # 12 shapes fixed before the run (batch 1-160, head dim 256, 131,072 tokens, one batch of
+    # mixed lengths), where the rule before ran at 0.954 on average and 0.742 at worst.
+    ratios = _gqa2_ratios("h200_s12_gqa2_partitions_validate.log", 12)
+    assert min(ratios) >= 0.99, ratios
+    assert np.mean(ratios) >= 0.995, ratios

@@ -367,19 +367,24 @@ def test_the_agreement_bound_still_catches_a_wrong_page():
 @given(
     lens=st.lists(st.integers(1, 20_000), min_size=1, max_size=80),
     hkv=st.sampled_from([1, 2, 8, 32]),
-    group=st.sampled_from([1, 4, 8]),
+    group=st.sampled_from([1, 2, 4, 8]),
     given_partition=st.sampled_from([None, 256, 1024]),
 )
 @example(lens=[4096] * 64, hkv=32, group=1, given_partition=None)  # MHA: 3.1 waves are not enough
 @example(lens=[4096] * 64, hkv=32, group=4, given_partition=None)  # ... where GQA takes them
+@example(lens=[4096] * 64, hkv=16, group=2, given_partition=None)  # GQA-2: 1.94 waves 97% busy are not
+@example(lens=[4096] * 24, hkv=16, group=2, given_partition=None)  # ... one wave 73% busy is
+@example(lens=[1000, 8000] * 16, hkv=16, group=2, given_partition=None)  # one pass, one wave, mixed lengths
 def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_estimated_time(lens, hkv, group, given_partition):
     """Whatever the lengths: rows no longer than one partition take one pass; otherwise the
     first grid, longest work per block first (one pass unless a row is more than twice the
-    mean, then the split partitions), that fills the waves (90% of its waves' places busy,
-    or, for plans that copy around L1, three waves or more); when none does, the grid of
-    least estimated time, waves rounded up x (tokens per block + the fixed cost), among one
-    pass (not with a row over twice the mean), the split partitions and the shortest
-    partition, ties to the longer blocks."""
+    mean, then the split partitions), that fills the waves: a grid of one wave or less keeps
+    70% of its places busy (one pass counts each row's tokens against the longest row's); a
+    longer one 90% of its waves' places (not for blocks of two query heads) or runs three
+    waves or more (not for plans that copy through L1). When none does, the grid of least
+    estimated time, waves rounded up x (tokens per block + the fixed cost), among one pass
+    (not with a row over twice the mean), the split partitions and the shortest partition,
+    ties to the longer blocks."""
     from tinyserve_sim.data.geometry import (
         AUTO_PARTITIONS, BLOCK_COST_TOKENS, REFERENCE_SMS, SHORTEST_PARTITION, blocks_per_sm, choose_split,
         split_candidates,
@@ -398,11 +403,16 @@ def test_auto_split_is_the_longest_grid_that_fills_the_waves_else_the_least_esti
     def blocks(p: int | None) -> int:  # None: one pass, a block per row and tile
         return tiles * hkv * (len(rows) if p is None else sum(-(-int(n) // p) for n in rows))
 
-    def fills_waves(n: int, slots: int) -> bool:  # MHA plans (copies through L1): well-filled waves only
-        busy = n / (-(-n // slots) * slots)
-        return busy >= 0.9 or (group > 1 and n >= 3 * slots)
+    def fills_waves(n: int, slots: int, work: float | None = None) -> bool:
+        busy = (n if work is None else work) / (-(-n // slots) * slots)
+        if n <= slots:  # one wave
+            return busy >= 0.7
+        if group == 2:  # two query heads a block: many waves only
+            return n >= 3 * slots
+        return busy >= 0.9 or (group > 1 and n >= 3 * slots)  # MHA (through L1): no many-waves exception
 
-    one_pass_fits = rows.max() <= 2 * rows.mean() and fills_waves(blocks(None), slots)
+    one_pass_work = tiles * hkv * rows.sum() / rows.max()  # one pass, one wave: as long as the longest row
+    one_pass_fits = rows.max() <= 2 * rows.mean() and fills_waves(blocks(None), slots, one_pass_work)
     if given_partition is not None:
         assert (variant, part) == ("one_pass", limit) if one_pass_fits else ("split_k", given_partition)
         return

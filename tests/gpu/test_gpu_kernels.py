@@ -145,7 +145,8 @@ def test_plans_at_exactly_48_kib_of_dynamic_shared_memory_launch(variant, dtype,
     [(32, 2100, 32, 8, 128, np.float16, ("split_k", 2048)),  # 256 rows x 2 = 512 blocks: one wave
      (1, 3000, 2, 1, 16, np.float32, ("split_k", 256)),      # nothing fills a wave: least estimated time
      (8, 3072, 32, 8, 128, np.float16, ("split_k", 512)),    # ... 1 wave x (512 + 128) tokens beats 2 x (256 + 128)
-     (64, 2048, 32, 32, 16, np.float32, ("split_k", 512))],  # MHA, copies through L1: 3.1 waves at 78% are not enough
+     (64, 2048, 32, 32, 16, np.float32, ("split_k", 512)),   # MHA, copies through L1: 3.1 waves at 78% are not enough
+     (64, 2100, 32, 16, 32, np.float16, ("split_k", 2048))],  # GQA-2: 1.94 waves at 97% are not enough
 )
 def test_auto_with_the_partition_the_rule_chooses_matches_the_twin(S, L, Hq, Hkv, D, dtype, expected):
     """``variant="auto"``, ``partition_size=None``: the launcher resolves the same split as

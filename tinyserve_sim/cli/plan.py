@@ -18,8 +18,10 @@ from tinyserve_sim.cli.common import console, fail
 from tinyserve_sim.data.geometry import (
     MAX_GRID_YZ,
     REFERENCE_SMS,
+    WaveRule,
     make_plan,
     split_candidates,
+    wave_rule,
 )
 from tinyserve_sim.data.select_pages import selected_lengths_of
 
@@ -42,6 +44,18 @@ def _span(lens: np.ndarray) -> str:
 #: arithmetic on the host small).
 MAX_TOKENS = 2**31 - 1
 MAX_ROWS = 1 << 20
+
+
+def _rule_text(rule: WaveRule) -> str:
+    """A plan's :class:`WaveRule` in words, as ``plan`` prints it."""
+    longer = []
+    if rule.more_waves_percent is not None:
+        longer.append(f"{rule.more_waves_percent}% of their waves' places busy")
+    if rule.many_waves is not None:
+        longer.append(f"{rule.many_waves} waves or more")
+    elif rule.more_waves_percent is not None:
+        longer[-1] += ", however many"
+    return f"{rule.name}: one wave {rule.one_wave_percent}% busy; longer grids {' or '.join(longer)}"
 
 
 def _lengths(batch: int, context: int, lengths: Optional[str]) -> np.ndarray:
@@ -107,8 +121,7 @@ def plan_command(
     _say(
         f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"
     )
-    if plan.l1_copies:
-        _say("keys and values copied through L1 (MHA): a grid must keep 90% of its waves busy, however many")
+    _say(f"grids this plan accepts ({_rule_text(wave_rule(plan))})")
     _say(
         f"the batch: {lens.shape[0]} sequence{'' if lens.shape[0] == 1 else 's'} x {kv_heads} KV heads = {lens.shape[0] * kv_heads} rows of "
         f"{_span(lens)} tokens"

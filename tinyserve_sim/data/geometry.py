@@ -199,14 +199,55 @@ BLOCK_COST_TOKENS = 128
 #: ... among one pass, :data:`AUTO_PARTITIONS` and this shorter partition (more, shorter
 #: blocks for a batch too small to fill the GPU otherwise).
 SHORTEST_PARTITION = 256
-#: A grid uses the GPU well when it keeps at least this share (in percent) of its waves'
-#: places busy, so that a part-empty last wave wastes less than a tenth ...
+#: A grid of one wave or less uses the GPU well when it keeps at least this share (in percent)
+#: of the wave's places busy: on an H200, single waves 73-97% busy beat every longer grid of
+#: shorter blocks at MHA, GQA-2, GQA-4 and GQA-8, and waves 48-61% busy lost (kernel notes,
+#: sessions 8, 9, 11 and 12) ...
+ONE_WAVE_PERCENT = 70
+#: ... a longer grid when it keeps at least this share of its waves' places busy, so that a
+#: part-empty last wave wastes less than a tenth ...
 FULL_WAVE_PERCENT = 90
-#: ... or when it is at least this many waves long (then a part-empty last wave matters little),
-#: for plans that copy around L1. With copies through L1 (``l1_copies``: MHA) the steady state
-#: is faster and a part-empty last wave costs even after three: on an H200, 2,048 MHA blocks
-#: (3.1 waves, 78% busy) ran 8-11% slower than 8,192 shorter ones (kernel notes, session 11).
+#: ... or when it is at least this many waves long (then a part-empty last wave matters little).
+#: Not for plans that copy through L1 (``l1_copies``: MHA): their steady state is faster and a
+#: part-empty last wave costs even after three (2,048 MHA blocks, 3.1 waves 78% busy, ran 8-11%
+#: slower than 8,192 shorter ones; session 11). Blocks of two query heads (GQA-2) take only
+#: this: their grids of 1.9 and 2.9 waves, 97% busy, ran 4-9% slower than 3.9 waves or more
+#: of shorter blocks (session 12).
 MANY_WAVES = 3
+
+
+@dataclass(frozen=True)
+class WaveRule:
+    """Which grids a kind of plan accepts (:func:`wave_verdict`), as measured on an H200.
+
+    Attributes:
+        name: the kind of plan, in words.
+        one_wave_percent: a grid of at most one wave must keep this share (percent) of its
+            places busy.
+        more_waves_percent: a longer grid is accepted when it keeps this share of its waves'
+            places busy (``None``: never on that count alone) ...
+        many_waves: ... or when it runs at least this many waves (``None``: never on that count).
+    """
+
+    name: str
+    one_wave_percent: int = ONE_WAVE_PERCENT
+    more_waves_percent: int | None = FULL_WAVE_PERCENT
+    many_waves: int | None = MANY_WAVES
+
+
+def wave_rule(plan: AttentionPlan) -> WaveRule:
+    """The rule of :func:`wave_verdict` for ``plan``'s grids.
+
+    >>> wave_rule(make_plan(128, np.float16, 1)).name, wave_rule(make_plan(128, np.float16, 2)).name
+    ('copies through L1 (MHA)', 'two query heads a block (GQA-2)')
+    """
+    if plan.l1_copies:
+        return WaveRule("copies through L1 (MHA)", many_waves=None)
+    if plan.heads_per_block == 2:
+        return WaveRule("two query heads a block (GQA-2)", more_waves_percent=None)
+    return WaveRule(f"{plan.heads_per_block} query heads a block")
+
+
 #: Shared memory of one SM on the reference GPU, and what CUDA reserves of it per block.
 SM_SHARED_MEMORY = 228 * 1024
 BLOCK_RESERVED_SHARED_MEMORY = 1024 + 512  # + the kernel's few static arrays
@@ -229,22 +270,40 @@ def blocks_per_sm(plan: AttentionPlan) -> int:
     return max(1, min(by_registers, by_shared))
 
 
-def wave_verdict(blocks: int, slots: int, many_waves: bool = True) -> tuple[bool, str]:
-    """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well, and why
-    in words: it keeps at least :data:`FULL_WAVE_PERCENT` of its waves' places busy, or (when
-    ``many_waves``: plans that copy around L1) it runs :data:`MANY_WAVES` waves or more.
+def wave_verdict(blocks: int, slots: int, rule: WaveRule = WaveRule("any"), busy_blocks: float | None = None) -> tuple[bool, str]:
+    """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well under
+    ``rule`` (:func:`wave_rule`), and why in words. A grid of at most one wave must keep
+    ``rule.one_wave_percent`` of its places busy; a longer one ``rule.more_waves_percent`` of
+    its waves' places, or run ``rule.many_waves`` waves or more.
+
+    ``busy_blocks``: how many blocks' worth of work the grid holds when that is fewer than
+    its blocks. One pass in one wave lasts as long as its longest row, so rows of mixed
+    lengths keep the places busy for only (their tokens / the longest) blocks' worth.
 
     >>> print(wave_verdict(1024, 660)[1])
     1024 blocks = 1.55 waves of 660, 78% of their places busy: a part-empty wave idles too many
-    >>> print(wave_verdict(2048, 660, many_waves=False)[1])   # MHA: copies through L1
+    >>> print(wave_verdict(2048, 660, WaveRule("MHA", many_waves=None))[1])   # copies through L1
     2048 blocks = 3.10 waves of 660, 78% of their places busy: a part-empty wave idles too many
+    >>> print(wave_verdict(512, 660)[1])   # one wave
+    512 blocks = 0.78 waves of 660, 78% of their places busy: one wave, at least 70%
+    >>> print(wave_verdict(512, 528, busy_blocks=300.5)[1])   # one pass over rows of mixed lengths
+    512 blocks = 0.97 waves of 528, 57% of their places busy (rows of mixed lengths): one wave, under 70%
     """
     waves = -(-blocks // slots)
-    head = f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, {blocks / (waves * slots):.0%} of their places busy"
-    if many_waves and blocks >= MANY_WAVES * slots:
-        return True, f"{head}: {MANY_WAVES} waves or more, the last one matters little"
-    if 100 * blocks >= FULL_WAVE_PERCENT * waves * slots:
-        return True, f"{head}: at least {FULL_WAVE_PERCENT}%"
+    work = blocks if busy_blocks is None else busy_blocks
+    busy = work / (waves * slots)
+    mixed = "" if busy_blocks is None else " (rows of mixed lengths)"
+    head = f"{blocks} blocks = {blocks / slots:.2f} waves of {slots}, {busy:.0%} of their places busy{mixed}"
+    if waves <= 1:
+        if 100 * work >= rule.one_wave_percent * slots:
+            return True, f"{head}: one wave, at least {rule.one_wave_percent}%"
+        return False, f"{head}: one wave, under {rule.one_wave_percent}%"
+    if rule.many_waves is not None and blocks >= rule.many_waves * slots:
+        return True, f"{head}: {rule.many_waves} waves or more, the last one matters little"
+    if rule.more_waves_percent is not None and 100 * work >= rule.more_waves_percent * waves * slots:
+        return True, f"{head}: at least {rule.more_waves_percent}%"
+    if rule.more_waves_percent is None:
+        return False, f"{head}: under {rule.many_waves} waves, which {rule.name} needs"
     return False, f"{head}: a part-empty wave idles too many"
 
 
@@ -290,8 +349,8 @@ def split_candidates(
 
     >>> for c in split_candidates(make_plan(128, np.float16, 4), 32, 8, np.full(8, 32768))[:2]:
     ...     print(c.partition, c.accepted, c.why)
-    None False 64 blocks = 0.12 waves of 528, 12% of their places busy: a part-empty wave idles too many
-    4096 True 512 blocks = 0.97 waves of 528, 97% of their places busy: at least 90%
+    None False 64 blocks = 0.12 waves of 528, 12% of their places busy: one wave, under 70%
+    4096 True 512 blocks = 0.97 waves of 528, 97% of their places busy: one wave, at least 70%
     """
     if partition_size is not None:
         partition_size = check_partition_size(partition_size, MIN_PARTITION_SIZE)
@@ -300,7 +359,7 @@ def split_candidates(
     rows = _rows(lens, num_kv_heads)
     tiles = plan.head_tiles(num_heads // num_kv_heads)
     slots = REFERENCE_SMS * blocks_per_sm(plan)
-    many_waves = not plan.l1_copies  # copies through L1: only well-filled waves (MANY_WAVES)
+    rule = wave_rule(plan)
 
     def blocks(part: int | None) -> int:  # a row of n tokens has ceil(n / part) blocks per tile
         return tiles * (rows.size if part is None else int((-(-rows // part)).sum()))
@@ -313,11 +372,14 @@ def split_candidates(
     if skewed:
         out = [SplitCandidate(None, blocks(None), slots, False, "the longest row is more than twice the mean: it would run alone")]
     else:
-        out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots, many_waves))]
+        # One pass in one wave lasts as long as its longest row: rows of mixed lengths keep
+        # the places busy for only (their tokens / the longest) blocks' worth.
+        busy = tiles * float(rows.sum()) / longest if longest > rows.min() and blocks(None) <= slots else None
+        out = [SplitCandidate(None, blocks(None), slots, *wave_verdict(blocks(None), slots, rule, busy))]
     if partition_size is not None:
         return [*out, SplitCandidate(partition_size, blocks(partition_size), slots, True, "the partition given")]
     for part in (p for p in AUTO_PARTITIONS if p < longest):
-        out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots, many_waves)))
+        out.append(SplitCandidate(part, blocks(part), slots, *wave_verdict(blocks(part), slots, rule)))
     if any(c.accepted for c in out):
         return out
     # No grid fills the waves: a small batch under-fills the GPU whatever runs. Then every
@@ -358,8 +420,9 @@ def choose_split(
     Every (sequence, KV head) row of ``lens`` (``[S]`` or ``[S, Hkv]``) is one thread block
     per tile of its query heads and per partition; a block of a row with fewer partitions
     exits at once. The rule, longest work per block first: one pass if the rows fill the
-    GPU's waves (:func:`wave_verdict`, for :func:`blocks_per_sm` blocks on each of
-    :data:`REFERENCE_SMS` SMs) and none is more than twice the mean (a long row would run
+    GPU's waves (:func:`wave_verdict` under the plan's :func:`wave_rule`, for
+    :func:`blocks_per_sm` blocks on each of :data:`REFERENCE_SMS` SMs) and none is more
+    than twice the mean (a long row would run
     alone); else the longest partition of :data:`AUTO_PARTITIONS` (or only
     ``partition_size``, when given) whose blocks fill the waves; else, when nothing fills
     them (a small batch of short rows), the grid of least estimated time, its waves rounded
@@ -378,6 +441,11 @@ def choose_split(
     copy through L1 (``l1_copies``, session 11): they accept only grids that keep 90% of
     their waves busy, because there 2,048 blocks (3.1 waves) ran 8-11% slower than 8,192;
     on the 13 MHA shapes measured, the rule then picked the fastest grid every time.
+    Session 12 measured GQA-2 (25 shapes): a single wave 73% busy beat longer grids there, as
+    it had at GQA-4 and GQA-8, so a grid of one wave needs only :data:`ONE_WAVE_PERCENT`;
+    blocks of two query heads lost 4-9% at 1.9 and 2.9 waves however busy, so theirs take
+    only :data:`MANY_WAVES`; and one pass over rows of mixed lengths in one wave ran 26%
+    slower than split-K, because its longest row sets its time.
 
     >>> plan = make_plan(128, np.float16, 4)                # GQA-4: 528 places
     >>> choose_split(plan, 32, 8, np.full(64, 4096))        # 512 rows: one wave
@@ -388,6 +456,8 @@ def choose_split(
     ('split_k', 256)
     >>> choose_split(make_plan(128, np.float16, 1), 32, 32, np.full(32, 4096))   # MHA, 1,024 rows x 8
     ('split_k', 512)
+    >>> choose_split(make_plan(128, np.float16, 2), 32, 16, np.full(64, 4096))   # GQA-2: 1.94 waves are not enough
+    ('split_k', 2048)
     >>> choose_split(plan, 32, 8, np.full(64, 4096), partition_size=256)   # one pass still
     ('one_pass', 256)
     """

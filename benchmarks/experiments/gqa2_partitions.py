@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_timing import device_properties  # noqa: E402
-from split_timing import best_times, variants  # noqa: E402
+from split_timing import best_times, fit_or_validate, same_bits, variants  # noqa: E402
 from tinyserve_sim.gpu import launchers  # noqa: E402
 
 from tinyserve_sim.data.geometry import choose_split, make_plan, split_candidates  # noqa: E402
@@ -57,7 +57,7 @@ def run(shapes) -> None:
                  for c in split_candidates(plan, Hq, Hkv, lens)}
         fns, (q, kc, vc, batch) = variants(lens, Hq, Hkv, D, np.float16, 16, np.random.default_rng(5), PARTS)
         fns["auto"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, "auto")
-        bits = bool((fns[chosen]().copy().view(cp.uint8) == fns["auto"]().view(cp.uint8)).all())
+        bits = same_bits(fns[chosen], fns["auto"])
         del fns["auto"]
         best = best_times(fns, ROUNDS, REPS)
         fastest = min(best, key=best.get)
@@ -72,7 +72,4 @@ def run(shapes) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ("fit", "validate"):
-        print("gqa2_partitions: say `fit` or `validate`", file=sys.stderr)
-        raise SystemExit(2)
-    run(FIT if sys.argv[1] == "fit" else VALIDATE)
+    fit_or_validate("gqa2_partitions", run, FIT, VALIDATE)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_timing import device_properties  # noqa: E402
-from split_timing import best_times, variants  # noqa: E402  (L2 flushed before each repetition)
+from split_timing import best_times, fit_or_validate, same_bits, variants  # noqa: E402  (L2 flushed before each repetition)
 
 from tinyserve_sim.data.geometry import choose_split, make_plan  # noqa: E402
 from tinyserve_sim.gpu import launchers  # noqa: E402
@@ -67,7 +67,7 @@ def run(shapes) -> None:
         # ... and "before": the same caches, copies around L1, at the rule's choice for such plans.
         with around_l1():
             fns["before"] = launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5, *before)
-        bits = bool((fns[_key(*before)]().copy().view(cp.uint8) == fns["before"]().view(cp.uint8)).all())
+        bits = same_bits(fns[_key(*before)], fns["before"])
         best = best_times(fns, ROUNDS, REPS)
         nbytes = 2.0 * float(lens.sum()) * H * D * np.dtype(dt).itemsize
         t_now = best[_key(*now)]
@@ -82,7 +82,4 @@ def run(shapes) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ("fit", "validate"):
-        print("l1_copies: say `fit` or `validate`", file=sys.stderr)
-        raise SystemExit(2)
-    run(FIT if sys.argv[1] == "fit" else VALIDATE)
+    fit_or_validate("l1_copies", run, FIT, VALIDATE)

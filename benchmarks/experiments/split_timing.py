@@ -41,3 +41,17 @@ def best_times(fns: dict[str, Callable[[], cp.ndarray]], rounds: int, reps: int)
         for k, fn in fns.items():
             best[k] = min(best[k], time_ms(fn, reps))
     return best
+
+
+def same_bits(first: Callable[[], cp.ndarray], second: Callable[[], cp.ndarray]) -> bool:
+    """Whether two prepared launches write the same bytes (the first output is copied before
+    the second runs, in case both write into one buffer)."""
+    return bool((first().copy().view(cp.uint8) == second().view(cp.uint8)).all())
+
+
+def fit_or_validate(script: str, run: Callable[[list], None], fit: list, validate: list) -> None:
+    """The command line of a sweep with two lists of shapes: ``fit`` or ``validate``."""
+    if len(sys.argv) != 2 or sys.argv[1] not in ("fit", "validate"):
+        print(f"{script}: say `fit` or `validate`", file=sys.stderr)
+        raise SystemExit(2)
+    run(fit if sys.argv[1] == "fit" else validate)

@@ -270,7 +270,9 @@ def blocks_per_sm(plan: AttentionPlan) -> int:
     return max(1, min(by_registers, by_shared))
 
 
-def wave_verdict(blocks: int, slots: int, rule: WaveRule = WaveRule("any"), busy_blocks: float | None = None) -> tuple[bool, str]:
+def wave_verdict(
+    blocks: int, slots: int, rule: WaveRule = WaveRule("any"), busy_blocks: float | None = None
+) -> tuple[bool, str]:
     """Whether a grid of ``blocks`` uses ``slots`` places (SMs x blocks per SM) well under
     ``rule`` (:func:`wave_rule`), and why in words. A grid of at most one wave must keep
     ``rule.one_wave_percent`` of its places busy; a longer one ``rule.more_waves_percent`` of

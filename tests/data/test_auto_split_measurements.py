@@ -16,12 +16,12 @@ copy through L1; session 11's ``h200_s11_decode_ca_partitions.log`` judges their
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dataclasses import replace
 
 from tinyserve_sim.data.geometry import choose_split, make_plan
 
@@ -45,15 +45,29 @@ def _old_rule(rows: int, lens: np.ndarray) -> str:
     return "one_pass" if rows >= 512 and lens.max() <= 2 * lens.mean() else "split/1024"
 
 
+SHAPE = re.compile(r"B=(\d+) L=(\S+)(?: \S+)? Hq=(\d+) Hkv=(\d+) D=(\d+)(?: (float\d+))?")
+
+
+def _logged_shapes(log: str, count: int, mixed: list[np.ndarray]) -> Iterator[tuple[str, np.ndarray, int, int, int, str, dict]]:
+    """Every shape line of a log, as (line, lengths, Hq, Hkv, D, dtype, {grid: time}); a
+    batch of mixed lengths takes the next of ``mixed`` (the script's draws, in its order)."""
+    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
+    assert len(lines) == count
+    rest = iter(mixed)
+    for line in lines:
+        B, L, Hq, Hkv, D, dtype = SHAPE.match(line).groups()
+        lens = next(rest) if L == "mixed" else np.full(int(B), int(L))
+        assert len(lens) == int(B), line
+        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+        yield line, lens, int(Hq), int(Hkv), int(D), dtype or "float16", times
+    assert next(rest, None) is None  # every mixed batch used
+
+
 def _assert_within_one_percent_of_the_fastest(log: str, count: int) -> None:
     """Every uniform-length shape of ``log``: the current rule's choice took at most 1% longer
     than the fastest alternative timed."""
-    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
-    assert len(lines) == count
-    for line in lines:
-        B, L, Hq, Hkv, D = (int(x) for x in re.match(r"B=(\d+) L=(\d+) Hq=(\d+) Hkv=(\d+) D=(\d+)", line).groups())
-        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
-        choice = _key(*choose_split(_around_l1(make_plan(D, np.float16, Hq // Hkv)), Hq, Hkv, np.full(B, L)))
+    for line, lens, Hq, Hkv, D, _, times in _logged_shapes(log, count, []):
+        choice = _key(*choose_split(_around_l1(make_plan(D, np.float16, Hq // Hkv)), Hq, Hkv, lens))
         assert choice in times, line
         assert times[choice] <= 1.01 * min(times.values()), (line, choice)
 
@@ -65,22 +79,13 @@ def test_on_the_fitted_shapes_auto_is_within_one_percent_of_the_fastest():
 def test_on_shapes_it_was_not_fitted_to_auto_beats_the_old_rule_on_average():
     rng = np.random.default_rng(5)  # the validation script's draws, in its order
     mixed = [rng.integers(512, 16384, 40), rng.integers(1024, 8192, 64)]
-    lines = [ln for ln in (RESULTS / "h200_s8_auto_split_validation.log").read_text().splitlines() if ln.startswith("B=")]
-    assert len(lines) == 14
     new, old = [], []
-    for line in lines:
-        m = re.match(r"B=(\d+) L=(\S+)(?: \S+)? Hq=(\d+) Hkv=(\d+) D=(\d+) (float\d+) bs=\d+", line)
-        B, L, Hq, Hkv, D, dtype = m.groups()
-        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
-        lens = mixed.pop(0) if L == "mixed" else np.full(B, int(L))
-        assert len(lens) == B
-        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+    for line, lens, Hq, Hkv, D, dtype, times in _logged_shapes("h200_s8_auto_split_validation.log", 14, mixed):
         best = min(times.values())
         choice = _key(*choose_split(_around_l1(make_plan(D, np.dtype(dtype), Hq // Hkv)), Hq, Hkv, lens))
         assert times[choice] <= 1.075 * best, (line, choice)
         new.append(best / times[choice])
-        old.append(best / times[_old_rule(B * Hkv, lens)])
-    assert not mixed
+        old.append(best / times[_old_rule(len(lens) * Hkv, lens)])
     assert np.mean(new) > np.mean(old) + 0.02, (np.mean(new), np.mean(old))
     # The kernel notes' figures: 0.984 with session 8's rule; 0.987 since session 12 accepts a
     # single wave 70% busy (GQA-4, B=48 x 2,048 tokens: one pass, 0.73 of a wave, the fastest).
@@ -94,18 +99,11 @@ def test_where_longer_partitions_were_tried_auto_is_within_one_percent_of_the_fa
 def _fallback_shapes(log: str, count: int) -> list[tuple[float, float]]:
     """Every shape of a session-9 log: (fastest / the current rule's time, fastest / the
     session-8 rule's time, which fell back to the shortest of 512..4,096 tokens)."""
-    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
-    assert len(lines) == count
-    mixed = iter([np.array([500, 3000, 1200, 4000])])  # the validation script's one mixed batch
+    mixed = [np.array([500, 3000, 1200, 4000])] if "validation" in log else []  # the validation script's one
     out = []
-    for line in lines:
-        m = re.match(r"B=(\d+) L=(\S+)(?: \S+)? Hq=(\d+) Hkv=(\d+) D=(\d+)(?: (float\d+))?", line)
-        B, L, Hq, Hkv, D, dtype = m.groups()
-        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
-        lens = next(mixed) if L == "mixed" else np.full(B, int(L))
-        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+    for line, lens, Hq, Hkv, D, dtype, times in _logged_shapes(log, count, mixed):
         best = min(times.values())
-        choice = _key(*choose_split(_around_l1(make_plan(D, np.dtype(dtype or "float16"), Hq // Hkv)), Hq, Hkv, lens))
+        choice = _key(*choose_split(_around_l1(make_plan(D, np.dtype(dtype), Hq // Hkv)), Hq, Hkv, lens))
         session8 = f"split/{min(p for p in (512, 1024, 2048, 4096) if p < lens.max())}" if "fallback" in line or log.endswith("short_rows.log") else choice
         out.append((best / times[choice], best / times[session8]))
     return out
@@ -150,15 +148,9 @@ def test_mha_plans_copy_through_l1_and_auto_picks_the_fastest_grid_measured_so()
 
 def _gqa2_ratios(log: str, count: int) -> list[float]:
     """Every shape of a session-12 GQA-2 log: fastest / the current rule's choice."""
-    lines = [ln for ln in (RESULTS / log).read_text().splitlines() if ln.startswith("B=")]
-    assert len(lines) == count
-    mixed = iter([np.random.default_rng(12).integers(1000, 8000, 32)])  # the script's one mixed batch
+    mixed = [np.random.default_rng(12).integers(1000, 8000, 32)] if "validate" in log else []  # the script's one
     out = []
-    for line in lines:
-        B, L, Hq, Hkv, D = re.match(r"B=(\d+) L=(\S+) Hq=(\d+) Hkv=(\d+) D=(\d+)", line).groups()
-        B, Hq, Hkv, D = int(B), int(Hq), int(Hkv), int(D)
-        lens = next(mixed) if L == "mixed" else np.full(B, int(L))
-        times = {k: float(v) for k, v in TIMES.findall(line.split("|")[1])}
+    for _, lens, Hq, Hkv, D, _, times in _logged_shapes(log, count, mixed):
         plan = make_plan(D, np.float16, Hq // Hkv)
         assert plan.heads_per_block == 2 and not plan.l1_copies  # the kernels as they ran
         out.append(min(times.values()) / times[_key(*choose_split(plan, Hq, Hkv, lens))])

@@ -541,3 +541,21 @@ def test_make_plan_refuses_what_the_kernels_are_not_built_for(args, words):
     raw ValueError from a bit shift before."""
     with pytest.raises(KernelInputError, match=words):
         make_plan(*args)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [(lambda g: g.wave_verdict(10, 0), "slots >= 1"), (lambda g: g.wave_verdict(-1, 5), "blocks >= 0"),
+     (lambda g: g.wave_verdict(1.5, 5), "integers"), (lambda g: g.wave_verdict(5, 5, "MHA"), "WaveRule"),
+     (lambda g: g.wave_verdict(5, 5, busy_blocks=9), "busy_blocks"),
+     (lambda g: g.wave_verdict(5, 5, busy_blocks=float("nan")), "busy_blocks"),
+     (lambda g: g.wave_rule("a plan"), "AttentionPlan"), (lambda g: g.WaveRule("x", one_wave_percent=500), "one_wave_percent"),
+     (lambda g: g.WaveRule("x", many_waves=0), "many_waves"), (lambda g: g.WaveRule("x", more_waves_percent=True), "more_waves_percent")],
+)
+def test_the_wave_rule_refuses_a_careless_call(call, words):
+    """``wave_rule``, ``WaveRule`` and ``wave_verdict`` are documented on the kernel page: a
+    careless call gets the project's error, never a ZeroDivisionError or an AttributeError."""
+    from tinyserve_sim.data import geometry
+
+    with pytest.raises(KernelInputError, match=words):
+        call(geometry)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from tinyserve_sim.control.checks import is_int, short_repr
 from tinyserve_sim.data.validation import CACHE_DTYPES, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, check_partition_size
 from tinyserve_sim.errors import KernelInputError
 
@@ -234,6 +235,15 @@ class WaveRule:
     more_waves_percent: int | None = FULL_WAVE_PERCENT
     many_waves: int | None = MANY_WAVES
 
+    def __post_init__(self) -> None:
+        for what, value, low, high in (("one_wave_percent", self.one_wave_percent, 0, 100),
+                                       ("more_waves_percent", self.more_waves_percent, 0, 100),
+                                       ("many_waves", self.many_waves, 1, 1_000_000)):
+            if value is None and what != "one_wave_percent":
+                continue
+            if not is_int(value) or not low <= value <= high:
+                raise KernelInputError(f"WaveRule {what} must be an integer in {low}..{high}, got {short_repr(value)}")
+
 
 def wave_rule(plan: AttentionPlan) -> WaveRule:
     """The rule of :func:`wave_verdict` for ``plan``'s grids.
@@ -241,6 +251,8 @@ def wave_rule(plan: AttentionPlan) -> WaveRule:
     >>> wave_rule(make_plan(128, np.float16, 1)).name, wave_rule(make_plan(128, np.float16, 2)).name
     ('copies through L1 (MHA)', 'two query heads a block (GQA-2)')
     """
+    if not isinstance(plan, AttentionPlan):
+        raise KernelInputError(f"wave_rule needs an AttentionPlan (make_plan), got {type(plan).__name__}")
     if plan.l1_copies:
         return WaveRule("copies through L1 (MHA)", many_waves=None)
     if plan.heads_per_block == 2:
@@ -291,6 +303,12 @@ def wave_verdict(
     >>> print(wave_verdict(512, 528, busy_blocks=300.5)[1])   # one pass over rows of mixed lengths
     512 blocks = 0.97 waves of 528, 57% of their places busy (rows of mixed lengths): one wave, under 70%
     """
+    if not is_int(blocks) or blocks < 0 or not is_int(slots) or slots < 1:
+        raise KernelInputError(f"a grid needs blocks >= 0 and slots >= 1 (integers), got {short_repr(blocks)} and {short_repr(slots)}")
+    if not isinstance(rule, WaveRule):
+        raise KernelInputError(f"rule must be a WaveRule (wave_rule), got {type(rule).__name__}")
+    if busy_blocks is not None and not (isinstance(busy_blocks, (int, float)) and 0 <= busy_blocks <= blocks):
+        raise KernelInputError(f"busy_blocks must be a number in 0..{blocks}, got {short_repr(busy_blocks)}")
     waves = -(-blocks // slots)
     work = blocks if busy_blocks is None else busy_blocks
     busy = work / (waves * slots)

@@ -9,10 +9,12 @@
 #                                        bench_selection.py --quick, one after the other
 #   scripts/gpu_figures.sh third-party   the agreement tests against FlashInfer and FlexAttention
 #
-# Options: --tag TAG (default: today's date) and --out DIR (default: $OUT when set, else
-# benchmarks/results). Each log is DIR/<card>_<TAG>_<name>.log, e.g. h100_s13_memcheck.log,
-# and starts with one line naming the date, the device, the commit and the command, so
-# that a figure can always be traced to what produced it. The script asserts nothing about
+# Options: --tag TAG (default: today's date), --out DIR (default: $OUT when set, else
+# benchmarks/results) and --commit REV (default: git's HEAD; give it where the tree was
+# copied without an up-to-date git history, as on the project's device machine).
+# Each log is DIR/<card>_<TAG>_<name>.log, e.g. h100_s13_memcheck.log, and starts with
+# one line naming the date, the device, the commit and the command, so that a figure
+# can always be traced to what produced it. The script asserts nothing about
 # time; it prints each log's verdict lines at the end, and exits 1 if a check failed.
 #
 # FlashInfer is not a dependency: bench_kernels.py and bench_prefill.py print it beside ours
@@ -24,11 +26,13 @@ usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' 
 [ $# -ge 1 ] || usage
 part=$1; shift
 tag=$(date +%Y%m%d)
+commit=
 out=${OUT:-benchmarks/results}
 while [ $# -gt 0 ]; do
     case $1 in
         --tag) tag=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --commit) commit=$2; shift 2 ;;
         *) usage ;;
     esac
 done
@@ -37,8 +41,10 @@ case $part in validate|bench|third-party) ;; *) usage ;; esac
 command -v nvidia-smi >/dev/null || { echo "gpu_figures.sh: no nvidia-smi here: this script needs a CUDA GPU" >&2; exit 2; }
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)
 card=$(echo "$device" | awk '{print tolower($2)}')   # "NVIDIA H100 80GB HBM3" -> h100
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit with uncommitted changes"
+if [ -z "$commit" ]; then
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit with uncommitted changes"
+fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupy-cache}
 failed=0

@@ -29,6 +29,7 @@ tag=$(date +%Y%m%d)
 commit=
 out=${OUT:-benchmarks/results}
 while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || usage  # every option takes a value
     case $1 in
         --tag) tag=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;

@@ -1,0 +1,89 @@
+"""scripts/gpu_figures.sh without a GPU: it refuses a wrong call with exit status 2, names its
+logs after the card, heads each with what produced it, and exits 1 when a step fails.
+
+The GPU's tools are stood in for by small scripts on a PATH of our own: a fake
+``nvidia-smi`` that names a card, and a fake ``python3`` whose exit status the test picks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_figures.sh"
+#: What the script calls besides the GPU's tools and Python.
+TOOLS = ("bash", "dirname", "awk", "sed", "date", "git", "mkdir", "timeout", "grep", "tail", "env")
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+def _bin(tmp_path: Path, card: str | None, python_status: int = 0) -> Path:
+    """A folder for PATH: the tools above, and fakes of nvidia-smi (when ``card``) and python3."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (folder / tool).symlink_to(found)
+    fakes = {"python3": f'echo "python3 $*"\nexit {python_status}\n'}
+    if card is not None:
+        fakes["nvidia-smi"] = f'echo "{card}"\n'
+    for name, body in fakes.items():
+        (folder / name).write_text("#!/bin/bash\n" + body)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def _run(tmp_path: Path, args: list[str], card: str | None = "NVIDIA H100 80GB HBM3", python_status: int = 0):
+    env = {"PATH": str(_bin(tmp_path, card, python_status)), "HOME": str(tmp_path)}
+    return subprocess.run([shutil.which("bash"), str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+
+
+@pytest.mark.parametrize("args", [[], ["everything"], ["bench", "--fast"], ["bench", "--tag"]])
+def test_a_wrong_call_prints_the_usage_and_exits_2(tmp_path, args):
+    done = _run(tmp_path, args)
+    assert done.returncode == 2
+    assert "scripts/gpu_figures.sh validate" in done.stdout and "third-party" in done.stdout
+
+
+def test_without_nvidia_smi_it_says_so_in_one_line_and_exits_2(tmp_path):
+    done = _run(tmp_path, ["bench"], card=None)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nvidia-smi" in lines[0] and "GPU" in lines[0]
+
+
+def test_logs_are_named_after_the_card_and_headed_by_what_made_them(tmp_path):
+    out = tmp_path / "logs"
+    done = _run(tmp_path, ["bench", "--tag", "t1", "--out", str(out), "--commit", "abc1234"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["h100_t1_bench_kernels.log", "h100_t1_bench_prefill.log", "h100_t1_bench_selection.log"]
+    lines = (out / "h100_t1_bench_prefill.log").read_text().splitlines()
+    assert "NVIDIA H100 80GB HBM3" in lines[0] and "tree at abc1234" in lines[0]
+    assert lines[0].endswith("python3 benchmarks/bench_prefill.py --quick")
+    assert lines[1] == "python3 benchmarks/bench_prefill.py --quick"  # what the fake python3 echoed
+    assert lines[-1] == "exit status 0"
+
+
+def test_a_failing_step_makes_the_script_exit_1_and_say_which(tmp_path):
+    done = _run(tmp_path, ["third-party", "--out", str(tmp_path / "logs"), "--commit", "abc1234"], python_status=3)
+    assert done.returncode == 1
+    assert "!! third_party: exit status 3" in done.stdout
+
+
+def test_out_defaults_to_the_device_machines_out_folder(tmp_path):
+    out = tmp_path / "device_out"
+    env_bin = _bin(tmp_path, "NVIDIA H200")
+    done = subprocess.run([shutil.which("bash"), str(SCRIPT), "third-party", "--tag", "t2", "--commit", "abc1234"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={"PATH": str(env_bin), "HOME": str(tmp_path), "OUT": str(out)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in out.iterdir()] == ["h200_t2_third_party.log"]
+    assert not (ROOT / "benchmarks" / "results" / "h200_t2_third_party.log").exists()

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from unittest import mock
@@ -275,6 +276,11 @@ def _flex_paged(tq, k_contig, v_contig, c: Case, page: int):
     logical = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx >= 0, B, None, 1, L, device=dev, BLOCK_SIZE=(128, page))
     mask = pa.convert_logical_block_mask(logical, torch.arange(B, device=dev))
     score_mod = pa.get_score_mod(None)
+    # Every case compiles afresh. Without the reset, the cases' shapes and page sizes use up
+    # dynamo's recompile limit (8) within a few cases, after which flex_attention silently
+    # runs unfused, materialising every score: 0.00-0.03 of the copy bandwidth at GQA, and
+    # out of memory at the larger cases (benchmarks/results/h200_s13_bench_kernels_flex.log).
+    torch._dynamo.reset()
     compiled = torch.compile(flex_attention)
     gqa = Hq != Hkv
     errors = []
@@ -282,7 +288,9 @@ def _flex_paged(tq, k_contig, v_contig, c: Case, page: int):
     for opts in (None, {"BLOCK_N": page}, {"BLOCK_M": 16, "BLOCK_N": min(page, 64)}):
         fn = lambda o=opts: compiled(tq, k_cache, v_cache, score_mod=score_mod, block_mask=mask, enable_gqa=gqa, kernel_options=o)  # noqa: E731
         try:
-            fn()
+            with warnings.catch_warnings():  # the unfused fallback is not FlexAttention's figure: refuse it
+                warnings.filterwarnings("error", message=".*without torch.compile.*")
+                fn()
             torch.cuda.synchronize()
             if opts:
                 print(f"  (FlexAttention needed kernel_options={opts})")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu_figures.sh -- what the kernel issues ask of a GPU card, in parts that each fit in
+# gpu_figures.sh -- what the kernel issues ask of a GPU card, in four parts that each fit in
 # one 10-minute call on a 16-core machine with one H100 or H200:
 #
 #   scripts/gpu_figures.sh validate      compute-sanitizer memcheck and racecheck over the GPU
@@ -7,6 +7,8 @@
 #                                        profile: 3 seeds x 334 examples = 1,002 per property
 #   scripts/gpu_figures.sh bench         bench_kernels.py --no-flex, bench_prefill.py --quick,
 #                                        bench_selection.py --quick, one after the other
+#   scripts/gpu_figures.sh flex          bench_kernels.py against FlexAttention paged at 16- and
+#                                        128-token pages, ours and SDPA in the same run
 #   scripts/gpu_figures.sh third-party   the agreement tests against FlashInfer and FlexAttention
 #
 # Options: --tag TAG (default: today's date), --out DIR (default: $OUT when set, else
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         *) usage ;;
     esac
 done
-case $part in validate|bench|third-party) ;; *) usage ;; esac
+case $part in validate|bench|flex|third-party) ;; *) usage ;; esac
 
 command -v nvidia-smi >/dev/null || { echo "gpu_figures.sh: no nvidia-smi here: this script needs a CUDA GPU" >&2; exit 2; }
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)
@@ -82,6 +84,11 @@ bench)
     run bench_prefill 200 python3 benchmarks/bench_prefill.py --quick
     run bench_selection 150 python3 benchmarks/bench_selection.py --quick
     logs=(bench_kernels bench_prefill bench_selection)
+    ;;
+flex)
+    # FlexAttention compiles once per case and page size.
+    run bench_kernels_flex 560 python3 benchmarks/bench_kernels.py --no-flashinfer --no-copy-kernels --rounds 2
+    logs=(bench_kernels_flex)
     ;;
 third-party)
     run third_party 570 python3 -m pytest tests/gpu/test_third_party_kernels.py -m gpu -v -p no:cacheprovider

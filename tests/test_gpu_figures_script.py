@@ -87,3 +87,13 @@ def test_out_defaults_to_the_device_machines_out_folder(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert [p.name for p in out.iterdir()] == ["h200_t2_third_party.log"]
     assert not (ROOT / "benchmarks" / "results" / "h200_t2_third_party.log").exists()
+
+
+def test_the_flex_part_runs_bench_kernels_with_flexattention_and_names_its_log(tmp_path):
+    out = tmp_path / "logs"
+    done = _run(tmp_path, ["flex", "--tag", "t3", "--out", str(out), "--commit", "abc1234"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    [log] = list(out.iterdir())
+    assert log.name == "h100_t3_bench_kernels_flex.log"
+    command = log.read_text().splitlines()[1]  # what the fake python3 was asked to run
+    assert command.startswith("python3 benchmarks/bench_kernels.py") and "--no-flex" not in command

@@ -55,9 +55,13 @@ failed=0
 # run NAME SECONDS COMMAND...: COMMAND's output into the log NAME, after the header line.
 run() {
     local name=$1 limit=$2; shift 2
-    local log="$out/${card}_${tag}_${name}.log"
+    local log="$out/${card}_${tag}_${name}.log" settings=""
+    local var
+    for var in HYPOTHESIS_PROFILE TS_GPU_MAX_EXAMPLES; do  # what the command's figures depend on
+        [ -n "${!var:-}" ] && settings+="$var=${!var} "
+    done
     {
-        echo "# $(date +%F), $device, tree at $commit: $*"
+        echo "# $(date +%F), $device, tree at $commit: $settings$*"
         timeout "$limit" "$@"
         echo "exit status $?"
     } > "$log" 2>&1

@@ -19,6 +19,9 @@ import tinyserve_sim.data.geometry as geometry  # noqa: E402
 ROUNDS, REPS = 3, 20
 OLD, NEW = (4096, 2048, 1024, 512), (4096, 2048, 1024, 512, 256)
 HEADS = ((32, 32), (32, 8), (64, 8))
+#: Session 8's wave rule, for every plan: 90% of the waves' places busy, one wave or more, or
+#: three waves (session 12 relaxed one wave to 70%; this experiment restates the rule it ran under).
+SESSION_8 = geometry.WaveRule("session 8", one_wave_percent=90)
 SHAPES = [(1, 2048), (1, 8192), (1, 16384), (2, 4096), (4, 2048), (4, 4096), (8, 1536), (8, 2048), (8, 3072), (16, 3072)]
 
 
@@ -31,7 +34,7 @@ def rule(partitions, plan, Hq, Hkv, lens):
 
     def fills(part):
         blocks = tiles * Hkv * (len(lens) if part is None else int((-(-lens // part)).sum()))
-        return geometry.fills_waves(blocks, slots)
+        return geometry.wave_verdict(blocks, slots, SESSION_8)[0]
 
     if lens.max() <= 2 * lens.mean() and fills(None):
         return "one_pass"

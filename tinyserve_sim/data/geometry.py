@@ -327,15 +327,6 @@ def wave_verdict(
     return False, f"{head}: a part-empty wave idles too many"
 
 
-def fills_waves(blocks: int, slots: int) -> bool:
-    """The verdict of :func:`wave_verdict` alone.
-
-    >>> fills_waves(512, 528), fills_waves(1024, 660), fills_waves(2048, 660)   # 0.97, 1.55 and 3.1 waves
-    (True, False, True)
-    """
-    return wave_verdict(blocks, slots)[0]
-
-
 @dataclass(frozen=True)
 class SplitCandidate:
     """One grid that :func:`choose_split` weighed: what it would launch, and the verdict.

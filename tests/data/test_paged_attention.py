@@ -559,3 +559,16 @@ def test_the_wave_rule_refuses_a_careless_call(call, words):
 
     with pytest.raises(KernelInputError, match=words):
         call(geometry)
+
+
+def test_a_rule_with_no_test_for_longer_grids_says_so_in_words():
+    """``WaveRule`` may leave out both tests for grids longer than one wave; such a grid is
+    then refused, and the verdict says why rather than printing ``None``."""
+    from tinyserve_sim.cli.plan import _rule_text
+    from tinyserve_sim.data.geometry import WaveRule, wave_verdict
+
+    rule = WaveRule("single waves only", more_waves_percent=None, many_waves=None)
+    accepted, why = wave_verdict(1100, 528, rule)
+    assert not accepted and why.endswith("single waves only takes no grid of more than one wave")
+    assert wave_verdict(500, 528, rule)[0]
+    assert "None" not in why and _rule_text(rule).endswith("longer grids never")

@@ -55,7 +55,7 @@ def _rule_text(rule: WaveRule) -> str:
         longer.append(f"{rule.many_waves} waves or more")
     elif rule.more_waves_percent is not None:
         longer[-1] += ", however many"
-    return f"{rule.name}: one wave {rule.one_wave_percent}% busy; longer grids {' or '.join(longer)}"
+    return f"{rule.name}: one wave {rule.one_wave_percent}% busy; longer grids {' or '.join(longer) or 'never'}"
 
 
 def _lengths(batch: int, context: int, lengths: Optional[str]) -> np.ndarray:

@@ -322,6 +322,8 @@ def wave_verdict(
         return True, f"{head}: {rule.many_waves} waves or more, the last one matters little"
     if rule.more_waves_percent is not None and 100 * work >= rule.more_waves_percent * waves * slots:
         return True, f"{head}: at least {rule.more_waves_percent}%"
+    if rule.more_waves_percent is None and rule.many_waves is None:
+        return False, f"{head}: {rule.name} takes no grid of more than one wave"
     if rule.more_waves_percent is None:
         return False, f"{head}: under {rule.many_waves} waves, which {rule.name} needs"
     return False, f"{head}: a part-empty wave idles too many"

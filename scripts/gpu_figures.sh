@@ -41,14 +41,18 @@ while [ $# -gt 0 ]; do
 done
 case $part in validate|bench|flex|third-party) ;; *) usage ;; esac
 
-command -v nvidia-smi >/dev/null || { echo "gpu_figures.sh: no nvidia-smi here: this script needs a CUDA GPU" >&2; exit 2; }
-device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0)
+# Careless input: one line, exit status 2, before anything runs.
+stop() { echo "gpu_figures.sh: $*" >&2; exit 2; }
+[[ $tag =~ ^[A-Za-z0-9._-]+$ ]] || stop "--tag '$tag': use letters, digits, '.', '_' and '-' only (it is part of file names)"
+mkdir -p "$out" 2>/dev/null && [ -d "$out" ] && [ -w "$out" ] || stop "--out $out: cannot write there"
+command -v nvidia-smi >/dev/null || stop "no nvidia-smi here: this script needs a CUDA GPU"
+device=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>&1) && [ -n "$device" ] \
+    || stop "nvidia-smi found no GPU: ${device%%$'\n'*}"
 card=$(echo "$device" | awk '{print tolower($2)}')   # "NVIDIA H100 80GB HBM3" -> h100
 if [ -z "$commit" ]; then
     commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit with uncommitted changes"
 fi
-mkdir -p "$out"
 export PYTHONUNBUFFERED=1 CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/cupy-cache}
 failed=0
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
                                 reason="needs bash and coreutils' timeout")
 
 
-def _bin(tmp_path: Path, card: str | None, python_status: int = 0) -> Path:
+def _bin(tmp_path: Path, card: str | None, python_status: int = 0, smi_status: int = 0) -> Path:
     """A folder for PATH: the tools above, and fakes of nvidia-smi (when ``card``) and python3."""
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -32,15 +32,16 @@ def _bin(tmp_path: Path, card: str | None, python_status: int = 0) -> Path:
         (folder / tool).symlink_to(found)
     fakes = {"python3": f'echo "python3 $*"\nexit {python_status}\n'}
     if card is not None:
-        fakes["nvidia-smi"] = f'echo "{card}"\n'
+        fakes["nvidia-smi"] = f'echo "{card}"\nexit {smi_status}\n'
     for name, body in fakes.items():
         (folder / name).write_text("#!/bin/bash\n" + body)
         (folder / name).chmod(0o755)
     return folder
 
 
-def _run(tmp_path: Path, args: list[str], card: str | None = "NVIDIA H100 80GB HBM3", python_status: int = 0):
-    env = {"PATH": str(_bin(tmp_path, card, python_status)), "HOME": str(tmp_path)}
+def _run(tmp_path: Path, args: list[str], card: str | None = "NVIDIA H100 80GB HBM3", python_status: int = 0,
+         smi_status: int = 0):
+    env = {"PATH": str(_bin(tmp_path, card, python_status, smi_status)), "HOME": str(tmp_path)}
     return subprocess.run([shutil.which("bash"), str(SCRIPT), *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=60)
 
@@ -114,3 +115,31 @@ def test_the_validate_part_names_its_test_settings_in_each_header(tmp_path):
     assert "TS_GPU_MAX_EXAMPLES=2 compute-sanitizer --tool memcheck" in headers["h100_t4_memcheck.log"]
     assert "HYPOTHESIS_PROFILE=thorough TS_GPU_MAX_EXAMPLES=334 python3 -m pytest" in headers["h100_t4_thorough_seed2.log"]
     assert headers["h100_t4_thorough_seed2.log"].endswith("--hypothesis-seed=2")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [(["bench", "--out", "{file}/logs"], "cannot write there"),
+     (["bench", "--tag", "a/b"], "--tag 'a/b'"),
+     (["bench", "--tag", ""], "--tag ''")],
+)
+def test_a_careless_option_is_one_line_and_exit_2_before_anything_runs(tmp_path, args, says):
+    plain = tmp_path / "plain"
+    plain.write_text("not a folder")
+    args = [a.replace("{file}", str(plain)) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "logs")]
+    done = _run(tmp_path, args + ["--commit", "abc1234"])
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0]
+    assert done.stdout == "" and not (tmp_path / "logs").exists()
+
+
+def test_nvidia_smi_that_finds_no_gpu_is_one_line_and_exit_2(tmp_path):
+    done = _run(tmp_path, ["bench", "--out", str(tmp_path / "logs"), "--commit", "abc1234"],
+                card="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver", smi_status=9)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "found no GPU" in lines[0] and "NVIDIA-SMI has failed" in lines[0]
+    assert not list((tmp_path / "logs").glob("*.log"))

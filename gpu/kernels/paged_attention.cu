@@ -24,12 +24,6 @@
 // Per chunk (online softmax, as FlashAttention / FlashDecoding):
 //   A. logits: each row computes q.k for its tokens (lane partials with fused
 //      multiply-adds, then a reduce-scatter butterfly), into shared memory.
-//      TPT plans (token_per_thread: float16 GQA-8 at head dim 64 and 128) instead
-//      give each token to NT / CHUNK threads, a share of the heads each, and a
-//      dot product is one chain of fused multiply-adds over d (the twin's
-//      lanes = 1): no butterfly, each key converted once per thread that reads it,
-//      the queries read from shared memory (all lanes of a warp read the same
-//      address: a broadcast). Their keys are stored swizzled (below).
 //   B. chunk max -> m_new, alpha = exp(m_old - m_new)      (one warp per head)
 //   C. p = exp(x - m_new), in place in shared memory
 //   D. each row: l_r, acc_r *= alpha; then l_r += p_j, acc_r = fma(p_j, v_j, acc_r)
@@ -68,7 +62,7 @@ __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
 
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN, bool TPT>
+template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN>
 __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
@@ -95,11 +89,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     static_assert(SLICE % 32 == 0 && ROWS >= 1 && CHUNK % ROWS == 0, "slices are whole warps");
     static_assert(CHUNK % CROWS == 0 && CHUNK % 32 == 0 && HB <= MAX_HEADS, "geometry");
     static_assert(CHUNK <= NT, "thread t < CHUNK computes token t's row offset");
-    static_assert(HT * EPL <= (TPT ? 64 : 32), "accumulators (and, unless TPT, the query) in registers");
-    // TPT: a token's heads split evenly among NT / CHUNK threads; whole 128-byte groups of
-    // 8 vectors per token row, for the swizzle of the keys.
-    static_assert(!TPT || (EVEN && HS == 1 && NT % CHUNK == 0 && HB % (NT / CHUNK) == 0 && (LANES * VPL) % 8 == 0),
-                  "token-per-thread geometry");
+    static_assert(HT * EPL <= 32, "accumulators and query in registers");
 
     // ---- shared memory: staged K and V tiles first (16-byte aligned) ----------
     extern __shared__ uint4 smem_u4[];
@@ -168,11 +158,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     // The copies: all 128 threads as CROWS rows of LANES lanes, each lane its
     // own vectors of every CROWS-th token of the chunk. Padding tokens (past b)
     // are not copied; their stale shared memory is never used for a result.
-    // TPT keys are swizzled: vector v of token j is stored at v ^ (j & 7) of its row, so that
-    // eight threads reading vector v of eight consecutive tokens (a row of 256 or 128 bytes
-    // each) hit eight different 16-byte bank groups, not one. Values are not (their reads,
-    // a row's lanes across one token, are conflict-free as they are).
-    auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0, bool swizzle) {
+    auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0) {
         const char* src = reinterpret_cast<const char*>(cache);
         const int crow = tid / LANES;
         const bool full = c0 + CHUNK <= b;
@@ -186,14 +172,13 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
                 if (!EVEN && off < 0) continue;
                 // L1 (the plan's l1_copies, MHA): through L1, so that the copies reach L2 as
                 // whole lines; else around it (.cg). The same bytes either way.
-                const int slot = swizzle ? (off / VEC) ^ (j & 7) : off / VEC;
-                cp_async16_cached<L1>(dst + j * num_vecs + slot, src + bases[j] + off * static_cast<int>(sizeof(T)));
+                cp_async16_cached<L1>(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
             }
         }
         cp_async_commit();
     };
 
-    float qr[HT][EPL];   // this lane's query elements of the slice's heads (unused when TPT)
+    float qr[HT][EPL];   // this lane's query elements of the slice's heads
     float acc[HT][EPL];  // this row's running sum of p * v
     float lrow[HT];      // and of p
 #pragma unroll
@@ -205,20 +190,18 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     if (tid < CHUNK && a + tid < b) base_s[tid] = token_base(a + tid);
     int next_entry = load_entry(a + CHUNK + tid);  // the second chunk's, ahead of time
     __syncthreads();
-    if constexpr (!TPT) {
 #pragma unroll
-        for (int g = 0; g < HT; ++g)
+    for (int g = 0; g < HT; ++g)
 #pragma unroll
-            for (int i = 0; i < VPL; ++i)
+        for (int i = 0; i < VPL; ++i)
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    const int off = vec_off(i);
-                    qr[g][i * VEC + e] = off >= 0 ? q_s[(slice * HT + g) * head_dim + off + e] : 0.0f;
-                }
-    }
+            for (int e = 0; e < VEC; ++e) {
+                const int off = vec_off(i);
+                qr[g][i * VEC + e] = off >= 0 ? q_s[(slice * HT + g) * head_dim + off + e] : 0.0f;
+            }
     // The pipeline starts: K and V of the first chunk.
-    copy_tile(k_s, key_cache, base_s, a, TPT);
-    copy_tile(v_s, value_cache, base_s, a, false);
+    copy_tile(k_s, key_cache, base_s, a);
+    copy_tile(v_s, value_cache, base_s, a);
 
     // One chunk of the online softmax. FULL: every token of the chunk is real
     // (c0 + CHUNK <= b), so no token needs a bounds check or a padding select;
@@ -237,67 +220,40 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         if (more && tid < CHUNK && c0 + CHUNK + tid < b) next_bases[tid] = base_of(next_entry, c0 + CHUNK + tid);
         next_entry = load_entry(c0 + 2 * CHUNK + tid);
         // ---- A. logits -------------------------------------------------
-        if constexpr (TPT) {
-            // One token per NT / CHUNK threads; this thread: token j, heads h0 .. h0 + HPT - 1.
-            constexpr int HPT = HB / (NT / CHUNK);
-            constexpr int NV = LANES * VPL;      // vectors of a token row (EVEN)
-            constexpr int DIM = NV * VEC;        // head_dim, as a constant
-            const int j = tid % CHUNK;
-            const int h0 = (tid / CHUNK) * HPT;  // the same for a whole warp: q loads broadcast
-            float part[HPT];
 #pragma unroll
-            for (int h = 0; h < HPT; ++h) part[h] = 0.0f;
+        for (int kk = 0; kk < TPR; ++kk) {
+            const int j = kk * ROWS + row;
+            float kf[VPL][VEC];
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {       // d = 0 .. D-1 in order: the twin's chain
-                float kf[VEC];
-                to_float(k_s[j * NV + (v ^ (j & 7))], kf, T());  // the swizzled slot of vector v
+            for (int i = 0; i < VPL; ++i) {
+                const int off = vec_off(i);
+                const uint4 raw = (EVEN || off >= 0) ? k_s[j * num_vecs + off / VEC] : make_uint4(0u, 0u, 0u, 0u);
+                to_float(raw, kf[i], T());
+            }
+            float part[HT];  // one partial dot product per head, sequential over this lane's elements
 #pragma unroll
-                for (int h = 0; h < HPT; ++h) {
-                    float qv[VEC];
-                    load_heads<VEC>(q_s + (h0 + h) * DIM + v * VEC, qv);
+            for (int g = 0; g < HT; ++g) {
+                part[g] = 0.0f;
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) part[h] = __fmaf_rn(qv[e], kf[e], part[h]);
+                for (int i = 0; i < VPL; ++i)
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e)  // one fused multiply-add, one rounding (twin: fma_f32)
+                        part[g] = __fmaf_rn(qr[g][i * VEC + e], kf[i][e], part[g]);
+            }
+            // Sum the LANES partials of every head with a reduce-scatter butterfly
+            // (masks LANES/2, ..., 1): the tree is the twin's halving_sum.
+            int head;
+            const float* tot = ts_reduce_scatter_sum<LANES, HT>(part, lane, head);
+            if ((lane & (LANES / ts_min(LANES, HT) - 1)) == 0) {
+#pragma unroll
+                for (int c = 0; c < ts_max(1, HT / LANES); ++c) {
+                    const int h = slice * HT + head + c;
+                    if (h < hcount) x_s[j * HB + h] = real(j) ? tot[c] * scale : TS_NEG_INF;
                 }
             }
-#pragma unroll
-            for (int h = 0; h < HPT; ++h)
-                if (h0 + h < hcount) x_s[j * HB + h0 + h] = real(j) ? part[h] * scale : TS_NEG_INF;
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < TPR; ++kk) {
-                const int j = kk * ROWS + row;
-                float kf[VPL][VEC];
-#pragma unroll
-                for (int i = 0; i < VPL; ++i) {
-                    const int off = vec_off(i);
-                    const uint4 raw = (EVEN || off >= 0) ? k_s[j * num_vecs + off / VEC] : make_uint4(0u, 0u, 0u, 0u);
-                    to_float(raw, kf[i], T());
-                }
-                float part[HT];  // one partial dot product per head, sequential over this lane's elements
-#pragma unroll
-                for (int g = 0; g < HT; ++g) {
-                    part[g] = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < VPL; ++i)
-#pragma unroll
-                        for (int e = 0; e < VEC; ++e)  // one fused multiply-add, one rounding (twin: fma_f32)
-                            part[g] = __fmaf_rn(qr[g][i * VEC + e], kf[i][e], part[g]);
-                }
-                // Sum the LANES partials of every head with a reduce-scatter butterfly
-                // (masks LANES/2, ..., 1): the tree is the twin's halving_sum.
-                int head;
-                const float* tot = ts_reduce_scatter_sum<LANES, HT>(part, lane, head);
-                if ((lane & (LANES / ts_min(LANES, HT) - 1)) == 0) {
-#pragma unroll
-                    for (int c = 0; c < ts_max(1, HT / LANES); ++c) {
-                        const int h = slice * HT + head + c;
-                        if (h < hcount) x_s[j * HB + h] = real(j) ? tot[c] * scale : TS_NEG_INF;
-                    }
-                }
-            }
-        }  // not TPT
+        }
         __syncthreads();  // logits complete; nobody reads k_s any more
-        if (more) copy_tile(k_s, key_cache, next_bases, c0 + CHUNK, TPT);  // the next chunk's K, in flight from now
+        if (more) copy_tile(k_s, key_cache, next_bases, c0 + CHUNK);  // the next chunk's K, in flight from now
         // ---- B+C. chunk max, rescale factor, probabilities: warp w owns heads
         //          w, w+4, ...; no block barrier between max and exp ------
         for (int g = warp; g < hcount; g += NWARPS) {
@@ -357,7 +313,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
             }
         }
         __syncthreads();  // x_s and v_s are rewritten next
-        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK, false);  // the next chunk's V
+        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK);  // the next chunk's V
     };
 
     for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {

@@ -105,8 +105,8 @@ def _twin(case: AttentionCase, variant: str) -> np.ndarray:
     "dtype, head_dim, group",
     [(np.float16, 128, 4), (np.float16, 128, 8), (np.float16, 64, 8), (np.float32, 128, 8), (np.float16, 64, 1),
      (np.float32, 96, 3), (np.float16, 256, 2), (np.float32, 8, 32)],
-    # GQA-4 at D 128; GQA-8 at D 128 and 64 (a thread per token for the logits) and in float32 (two
-    # slices); MHA; a partial head tile; D 256; tiles x slices
+    # GQA-4 at D 128; GQA-8 at D 128 and 64 (two slices of 4 heads) and in float32 (one slice of 8);
+    # MHA; a partial head tile; D 256; tiles x slices
 )
 def test_fixed_shapes_equal_the_twin(variant, dtype, head_dim, group):
     # 300 tokens: several chunks (32, 64 or 128 tokens by the plan), the last one partial; a

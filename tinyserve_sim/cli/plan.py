@@ -117,7 +117,6 @@ def plan_command(
         f"a thread block: {plan.lanes} lanes x {plan.rows} token rows, {plan.heads_per_block} of the "
         f"{heads // kv_heads} query heads of a KV head, chunks of {plan.chunk} tokens, "
         f"{plan.shared_memory_bytes / 1024:.1f} KiB of shared memory"
-        + ("; the logits a thread per token (one chain over d)" if plan.token_per_thread else "")
     )
     _say(
         f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"

@@ -37,9 +37,6 @@ SMALL_ROW_BYTES = 256
 #: 1 KiB of it reserved per block): a 128-token chunk is taken only within it (a large GQA
 #: group's logits and scratch can push a tiny-row plan past it; then 64 tokens).
 FOUR_BLOCKS_SHARED_MEMORY = 56 * 1024
-#: The GQA group whose float16 plans at head dim 64 and 128 compute the logits a thread per
-#: token (:attr:`AttentionPlan.token_per_thread`).
-TOKEN_PER_THREAD_GROUP = 8
 
 Variant = Literal["one_pass", "split_k", "auto"]
 
@@ -61,8 +58,7 @@ class AttentionPlan:
         vecs_per_lane: vectors each lane owns (1 or 2).
         rows: token rows of one slice (``128 // lanes // head_slices``).
         head_tile: query heads of one slice (their accumulators and queries
-            live in registers: ``head_tile * vecs_per_lane * vec <= 32``; 64 with
-            ``token_per_thread``, whose queries stay in shared memory).
+            live in registers: ``head_tile * vecs_per_lane * vec <= 32``).
         head_slices: slices of the block (1, 2 or 4; a slice is whole warps).
         chunk: tokens per online-softmax step: 128, 64 or 32 as rows grow (see
             :data:`TINY_ROW_BYTES`).
@@ -71,13 +67,6 @@ class AttentionPlan:
             head per KV head), where it was measured faster (kernel notes, session 11).
             It moves no bit; it changes which grids ``variant="auto"`` accepts
             (:func:`wave_verdict`).
-        token_per_thread: the logits are computed one thread per token (its heads split
-            among ``128 // chunk`` threads), each dot product one chain over ``d = 0 ..
-            D-1``: the order of ``lanes = 1``, no butterfly. Only the logits; the
-            accumulation of ``p v`` keeps ``rows`` x ``lanes``. For float16 GQA-8 at head
-            dim 64 and 128 (:data:`TOKEN_PER_THREAD_GROUP`), where the two slices of four
-            heads converted every key twice and spent a quarter of their instructions on
-            the butterflies (kernel notes, session 14).
     """
 
     head_dim: int
@@ -89,21 +78,10 @@ class AttentionPlan:
     head_slices: int = 1
     chunk: int = 64
     l1_copies: bool = False
-    token_per_thread: bool = False
 
     @property
     def num_vecs(self) -> int:
         return self.head_dim // self.vec
-
-    @property
-    def logit_lanes(self) -> int:
-        """Threads whose partial sums make one logit: ``lanes``, or 1 (``token_per_thread``)."""
-        return 1 if self.token_per_thread else self.lanes
-
-    @property
-    def logit_vecs_per_lane(self) -> int:
-        """Vectors of one logit's partial sum: ``vecs_per_lane``, or all of them (``token_per_thread``)."""
-        return self.num_vecs if self.token_per_thread else self.vecs_per_lane
 
     @property
     def heads_per_block(self) -> int:
@@ -147,11 +125,9 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
     >>> make_plan(128, np.float16, 4)     # GQA-4 at head dim 128: one slice of 4 heads
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False, token_per_thread=False)
-    >>> make_plan(128, np.float16, 8)     # GQA-8: a thread per token for the logits, one slice of 8 heads
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=8, head_slices=1, chunk=64, l1_copies=False, token_per_thread=True)
-    >>> make_plan(128, np.float32, 4)     # float32 GQA-4: 4 elements a lane, so 4 heads' queries fit beside them
-    AttentionPlan(head_dim=128, vec=4, lanes=32, vecs_per_lane=1, rows=4, head_tile=4, head_slices=1, chunk=32, l1_copies=False, token_per_thread=False)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False)
+    >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False)
     >>> make_plan(128, np.float16, 1).l1_copies   # MHA: copies through L1
     True
     >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows
@@ -188,17 +164,11 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     max_slices = min(4, NUM_THREADS // max(lanes, WARP))
     while head_slices < max_slices and head_tile * head_slices < group_size:
         head_slices *= 2
-    # Float16 GQA-8 at head dim 64 or 128: the logits a thread per token, so one slice of
-    # 8 heads, whose 64 accumulators fit once the queries leave the registers.
-    token_per_thread = itemsize == 2 and group_size == TOKEN_PER_THREAD_GROUP and num_vecs in (8, 16)
-    if token_per_thread:
-        head_tile, head_slices = TOKEN_PER_THREAD_GROUP, 1
     rows = NUM_THREADS // lanes // head_slices
     row_bytes = head_dim * itemsize
     chunk = 128 if row_bytes <= TINY_ROW_BYTES else 64 if row_bytes <= SMALL_ROW_BYTES else 32
     # MHA (one query head per KV head): keys and values through L1 (``l1_copies``).
-    plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk, bool(group_size == 1),
-                         token_per_thread)
+    plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk, bool(group_size == 1))
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
         plan = replace(plan, chunk=64)
     return plan

@@ -37,10 +37,7 @@ chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
    multiply then an add). The ``lanes`` partial sums are added by a
    reduce-scatter butterfly with masks ``lanes/2, lanes/4, ..., 1``
    (:func:`~tinyserve_sim.data.exact_math.halving_sum`: lane ``i`` plus lane
-   ``i + lanes/2`` first). Then ``x = dot * scale``. Plans with
-   ``token_per_thread`` (float16 GQA-8 at head dim 64 and 128) give a logit to one
-   thread: one lane, a single chain over ``d = 0 .. D-1``, no butterfly
-   (:attr:`~tinyserve_sim.data.geometry.AttentionPlan.logit_lanes`).
+   ``i + lanes/2`` first). Then ``x = dot * scale``.
 2. **Chunk max** ``m_new = fmax(m, max_j x_j)`` (max is exact in any order;
    only the sign of a zero could differ, and no later result can observe it).
 3. ``alpha = exp(m - m_new)``, ``p_j = exp(x_j - m_new)`` with the shared exp.
@@ -97,8 +94,7 @@ def _partition(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One partition per (sequence, KV head): returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
     S, Hkv, G, D = q.shape
-    rows, vec = plan.rows, plan.vec
-    lanes = plan.logit_lanes  # the threads of one logit: plan.lanes, or 1 (token_per_thread)
+    rows, lanes, vec = plan.rows, plan.lanes, plan.vec
     # A float16 x float16 product is exact in float32 (22 significant bits), so for float16 caches
     # the kernel's fused multiply-add in the logits rounds exactly like a multiply then an add, and
     # the twin may use the cheaper form. For float32 it must emulate the single rounding.
@@ -128,7 +124,7 @@ def _partition(
         v = vc[slots, heads].astype(F32)
         # 1. logits: per-lane sequential partial sums, then a butterfly.
         part = np.zeros((S, Hkv, G, width, lanes), dtype=F32)
-        for i in range(plan.logit_vecs_per_lane):
+        for i in range(plan.vecs_per_lane):
             vec_id = lane_ids + i * lanes
             owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
             for e in range(vec):

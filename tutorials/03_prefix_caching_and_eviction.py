@@ -166,3 +166,6 @@ print(f"cache statistics: {final.cache_hits} hits, {final.cache_misses} misses, 
 # how the free-queue policy (`"fifo"` or `"lifo"`) orders the plain free blocks.
 # To try your own cases, [write a trace](../../how-to/write-a-trace/) with
 # `"prefix_caching": true` and step through it with `tinyserve-sim trace`.
+#
+# Next: [paged attention from NumPy to CUDA](../04_paged_attention_numpy_to_cuda/), where
+# the block tables lead the attention kernel to the keys and values themselves.

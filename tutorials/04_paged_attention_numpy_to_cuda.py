@@ -41,9 +41,12 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## The control plane decides where tokens go
 #
-# Three requests of different lengths share a pool of 24 blocks of 8 tokens. We free the
-# middle one and grow the others, so that their block tables are scattered over memory:
-# the kernel must follow the tables.
+# Three requests of different lengths share a pool of 24 blocks of 8 tokens. We add them
+# one after the other, then grow the first and the last: each takes its new blocks from
+# the free queue, after the blocks of the others, so its block table jumps over memory.
+# The kernel must follow the tables. We also free the middle one: with the default
+# first-in, first-out free queue its blocks go to the back of the queue, so no request
+# reuses them here; they are the gap in the picture.
 
 # %%
 BLOCK_SIZE, NUM_BLOCKS = 8, 24
@@ -195,4 +198,5 @@ if gpu is not None:
 #   is checked against the twin, bit for bit.
 #
 # The [data-plane concept page](../../concepts/data-plane/) explains the layout and the
-# bit-exactness rules. Next: [hunting a kernel bug with Hypothesis](../06_hunting_a_kernel_bug/).
+# bit-exactness rules. Next: [query-aware selection](../05_query_aware_selection/), where
+# attention reads only the pages that matter most to the query.

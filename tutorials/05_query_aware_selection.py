@@ -231,8 +231,11 @@ for g in range(spec.num_q_heads):
 # %% [markdown]
 # And the bytes: dense attention reads every key and value; sparse attention reads the
 # selected ones **plus all the metadata**. With 16-token pages the metadata is 1/16 of the
-# keys and values, so at a 1/8 budget no implementation can beat `1 / (1/8 + 1/16) = 5.3x`,
-# not 8x: that is the *byte ceiling* on the speed-up.
+# keys and values. The ratio of the two is the *byte ceiling* on the speed-up: no
+# implementation can beat it. When every selected page is full, as at this step (1,024
+# tokens in 64 full pages), a 1/8 budget gives `1 / (1/8 + 1/16) = 5.33x`, not 8x. When the
+# newest page is only partly filled, the selection reads fewer tokens than the budget, so
+# the ceiling is a little higher: see step 1 and the budget sweep below.
 
 # %%
 print(f"dense: {record.dense_bytes:,} bytes")

@@ -177,3 +177,6 @@ if gpu is not None:
 #   counterexample and shrinks it.
 # - The shrunk case points at the bug: here, the first length with a partial last block.
 # - Pin found cases with `@example`, so that a derandomized CI keeps checking them.
+#
+# Next: [reproducing the memory-waste claim](../07_memory_waste_claim/), where we leave the
+# kernels for the serving system and measure where its KV memory goes.

@@ -7,7 +7,7 @@
 # them: we generate one workload, serve it with four memory managers, and split
 # the memory of every step into token states, reservation, internal and
 # external fragmentation (defined in the concept page
-# [Memory waste: reservation vs paging](../concepts/memory-waste.md)). Then we
+# [Memory waste: reservation vs paging](../../concepts/memory-waste/)). Then we
 # let time run: the same managers at a steady request rate, where the memory a
 # manager wastes becomes latency.
 
@@ -71,7 +71,10 @@ for name, s in results.items():
 #   its first step (*reservation*), and the buddy allocator rounds every range up
 #   to a power of two and leaves holes that a waiting request cannot use
 #   (*external* fragmentation). The next cell prints its waste and how it splits.
-# - **Paged** memory wastes only the empty slots of each sequence's last block.
+# - **Paged** memory wastes the empty slots of each sequence's last block
+#   (reservation until the next tokens fill them), plus a little *external*
+#   fragmentation: the free blocks too few to admit the next waiting prompt, and
+#   the 1% of blocks kept free as a safety margin (vLLM's watermark).
 
 # %%
 oracle, paged = results["oracle"], results["paged-16"]
@@ -108,7 +111,7 @@ Picture(draw_shares(list(results.values()), "Where the KV memory goes (ShareGPT-
 # A saturated server shows how much memory each manager wastes. A server at a
 # steady load shows what that costs: the fewer requests fit in memory, the
 # longer the queue. The scheduler's time model (`opt-13b-a100`, the paper's
-# setting; see [Serving time](../concepts/serving-time.md)) gives each step a
+# setting; see [Serving time](../../concepts/serving-time/)) gives each step a
 # duration from the work it does, so a run yields each request's latency per
 # output token. Below, 500 seconds of requests arriving at 1.5 per second, with
 # vLLM's cap of 256 sequences per batch.
@@ -134,10 +137,13 @@ for name in MANAGERS:
 #   and external fragmentation, and idle; *waste* is the three middle ones.
 # - Reservation wastes memory three ways: slots reserved for future tokens,
 #   slots no token will fill, and holes the allocator cannot use. Paging wastes
-#   at most one partly filled block per sequence.
+#   at most one partly filled block per sequence, plus the few free blocks that
+#   cannot admit the next request.
 # - Memory sets the batch; the time model turns the batch into latency and
 #   throughput, and a smaller batch means a lower request rate sustained.
 #
-# **Next**: [Serving time](../concepts/serving-time.md) explains the time model
-# and the latency-against-load sweep; the [claims page](../claims.md) runs every
-# check of the seed's claims and of the vLLM paper, each with its conditions.
+# **Next**: [continuous batching](../08_continuous_batching/) follows the
+# scheduler behind these runs one step at a time. [Serving time](../../concepts/serving-time/)
+# explains the time model and the latency-against-load sweep; the
+# [claims page](../../claims/) runs every check of the seed's claims and of the vLLM
+# paper, each with its conditions.

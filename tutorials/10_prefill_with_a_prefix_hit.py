@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 10. Prefill over a prefix-cache hit: the work it saves, the bits it keeps
 #
-# In [tutorial 3](03_prefix_caching_and_eviction.py) a second request with the same
+# In [tutorial 3](../03_prefix_caching_and_eviction/) a second request with the same
 # system prompt found its blocks in the **prefix cache**. That saves memory. It also
 # saves *compute*: the cached tokens' keys and values are already there, so the
 # server runs attention only for the tokens after them, which read the cached keys.
@@ -119,7 +119,7 @@ print("question tokens, hit vs cold, identical bit for bit:", same)
 # %% [markdown]
 # Why can a kernel promise that? Each (token, query head) row is computed on its own,
 # walking the keys in fixed tiles of 64 from position 0, in a documented order of float32
-# operations ([kernel page](../kernels/paged_prefill_attention.md)). Which other rows share
+# operations ([kernel page](../../kernels/paged_prefill_attention/)). Which other rows share
 # its thread block, and whether the keys before it were computed in this step or found in
 # the cache, changes nothing in that order. A tile that lies wholly after a row's position
 # is an exact no-op for it: every probability is 0 and every rescale factor exactly 1.

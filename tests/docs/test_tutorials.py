@@ -13,9 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
-# Task C rewrites tutorial 7's last cell (it writes its plot to a temporary folder); once it
-# shows the plot inline like the others, empty this set.
-WRITES_A_TEMP_FOLDER = {"07_memory_waste_claim"}
 
 
 def test_tutorials_exist():
@@ -34,8 +31,6 @@ def test_tutorial_runs(path, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    if path.stem in WRITES_A_TEMP_FOLDER:
-        return
     # A tutorial prints no temporary path and leaves nothing behind (TMPDIR and cwd are tmp_path).
     assert str(tmp_path) not in result.stdout and "/tmp/" not in result.stdout, result.stdout[-2000:]
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())

@@ -113,6 +113,12 @@ def simulate_command(
         memories = [make_memory(name, slots, prefix_caching) for name in names]
     except SimError as exc:
         raise fail(f"--managers: {exc}") from None
+    spec = WorkloadSpec(dataset, requests, rate if rate > 0 else math.inf, n, beam_width, system_prompt,
+                        seed=seed)
+    try:
+        workload = generate(spec)
+    except SimError as exc:  # e.g. a rate so low that the arrivals leave the simulated clock
+        raise fail(f"--rate: {exc}") from None
     output_folder(out, "--out")
     if save_trace is not None:
         output_file(save_trace, "--save-trace")
@@ -120,9 +126,6 @@ def simulate_command(
             if isinstance(memory, PagedMemory):
                 memories[i] = PagedMemory(slots, memory.block_size, prefix_caching, record_trace=True)
                 break
-    spec = WorkloadSpec(dataset, requests, rate if rate > 0 else math.inf, n, beam_width, system_prompt,
-                        seed=seed)
-    workload = generate(spec)
     config = SchedulerConfig(max_running_seqs=max_seqs or MAX_COUNT, time_model=timer)
     window = "all" if rate > 0 else "saturated"
 

@@ -44,25 +44,84 @@ tables and ``(Hkv, 1)`` for per-head ones (:meth:`DecodeBatch.row_strides`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyserve_sim.control.checks import check_block_size, check_row_ids
+from tinyserve_sim.control.checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_block_size,
+    check_int,
+    check_row_ids,
+    short_repr,
+)
 from tinyserve_sim.control.checks import frozen as _frozen
 from tinyserve_sim.control.checks import host_array as _host_array
 from tinyserve_sim.control.checks import no_slots as _no_slots
+from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.control.records import SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from tinyserve_sim.control.formats import FlashInferBatch, VllmBatch
-    from tinyserve_sim.control.manager import BlockManager
 
 #: Value of the unused entries of a block table (never read by a kernel).
 PAD_BLOCK = -1
+#: The range of the int32 arrays (block tables, lengths).
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def int_array(name: str, values: Any, low: int, high: int, dtype: type) -> np.ndarray:
+    """``values`` (a list or array of integers) as a 1-D ``dtype`` array, if every value is in
+    ``low .. high``; else :class:`InvalidArgumentError` naming ``name``. The range is checked
+    before the cast, so nothing is rounded or wraps around (a bool is not an integer here).
+
+    >>> int_array("seq_lens", [2**32 + 1], 1, INT32_MAX, np.int32)
+    Traceback (most recent call last):
+    ...
+    tinyserve_sim.errors.InvalidArgumentError: seq_lens must be in 1..2,147,483,647, got 4,294,967,297
+    """
+    a = _host_array(name, values)
+    if a.ndim != 1:
+        raise InvalidArgumentError(f"{name} must be a 1-D list of integers, got {short_repr(values)}")
+    if not a.size:
+        return a.astype(dtype)
+    if a.dtype.kind not in "iu" and not (a.dtype == object and all(_is_integer(v) for v in a)):
+        raise InvalidArgumentError(f"{name} must hold integers, got {short_repr(values)}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < low or hi > high:
+        raise InvalidArgumentError(f"{name} must be in {low:,}..{high:,}, got {lo if lo < low else hi:,}")
+    return a.astype(dtype)
+
+
+def _is_integer(value: object) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_arg(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int if it is a Python or NumPy integer (not a bool) in ``low .. high``."""
+    return check_int(int(value) if isinstance(value, np.integer) else value, name, low, high)
+
+
+def seq_id_list(seq_ids: object) -> list[SeqId]:
+    """``seq_ids`` (a list, tuple or other iterable of sequence ids, not a str) as a list."""
+    if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable):
+        raise InvalidArgumentError(f"seq_ids must be a list of sequence ids, got {short_repr(seq_ids)}")
+    try:
+        return list(seq_ids)
+    except TypeError:  # iterable in name only (a 0-d NumPy array)
+        raise InvalidArgumentError(f"seq_ids must be a list of sequence ids, got {short_repr(seq_ids)}") from None
+
+
+def check_manager(manager: object) -> BlockManager:
+    """``manager`` if it is a :class:`~tinyserve_sim.control.manager.BlockManager`."""
+    if not isinstance(manager, BlockManager):
+        raise InvalidArgumentError(f"manager must be a BlockManager, got {type(manager).__name__}")
+    return manager
 
 
 def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = None) -> np.ndarray:
@@ -72,17 +131,21 @@ def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = 
     array([[ 4,  2],
            [ 7, -1]], dtype=int32)
     """
-    width = max((len(t) for t in tables), default=0)
-    if max_blocks is None:
-        max_blocks = max(width, 1)
+    if isinstance(tables, (str, bytes)) or not isinstance(tables, (Sequence, np.ndarray)):
+        raise InvalidArgumentError(f"tables must be a list of block tables (lists of block ids), got {short_repr(tables)}")
+    rows = [int_array(f"block table {i}", table, INT32_MIN, INT32_MAX, np.int32) for i, table in enumerate(tables)]
+    width = max((row.size for row in rows), default=0)
+    max_blocks = max(width, 1) if max_blocks is None else _int_arg("max_blocks", max_blocks, 1, INT32_MAX)
     if width > max_blocks:
         raise InvalidArgumentError(f"a block table has {width} entries, more than max_blocks={max_blocks}")
-    out = np.full((len(tables), max_blocks), PAD_BLOCK, dtype=np.int32)
-    for i, table in enumerate(tables):
-        try:
-            out[i, : len(table)] = table
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidArgumentError(f"block table {i} is not a list of int32 block ids: {table!r}") from None
+    return _pack_rows(rows, max_blocks)
+
+
+def _pack_rows(rows: Sequence[Sequence[int]], max_blocks: int) -> np.ndarray:
+    """The packing itself, for rows already known to be int32 block ids that fit ``max_blocks``."""
+    out = np.full((len(rows), max_blocks), PAD_BLOCK, dtype=np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
     return out
 
 
@@ -145,7 +208,8 @@ class DecodeBatch:
         the one a decode step has just written. Pass a step's
         ``record.slot_mapping`` to describe exactly what that step wrote.
         """
-        ids = manager.seq_ids() if seq_ids is None else list(seq_ids)
+        check_manager(manager)
+        ids = manager.seq_ids() if seq_ids is None else seq_id_list(seq_ids)
         tables = [manager.block_table(seq) for seq in ids]  # raises UnknownSequenceError first
         lens = [manager.num_tokens(seq) for seq in ids]
         if slot_mapping is None:
@@ -153,9 +217,9 @@ class DecodeBatch:
             slot_mapping = [table[(n - 1) // bs] * bs + (n - 1) % bs for table, n in zip(tables, lens)]
         return cls(
             manager.block_size,
-            pack_block_tables(tables),
+            _pack_rows(tables, max(1, max(map(len, tables), default=0))),  # a manager's tables need no checks
             np.asarray(lens, dtype=np.int32),
-            np.asarray(slot_mapping, dtype=np.int64).reshape(-1),
+            int_array("slot_mapping", slot_mapping, INT64_MIN, INT64_MAX, np.int64),
             tuple(ids),
         )
 
@@ -169,17 +233,18 @@ class DecodeBatch:
     ) -> DecodeBatch:
         """A batch from ragged block tables and lengths (no manager needed).
 
+        Checked before anything is cast: block ids and lengths must fit int32
+        (lengths from 1), slots int64; a value that would wrap around is refused.
+
         >>> DecodeBatch.from_tables([[4, 2], [7]], [5, 1], block_size=4).block_tables
         array([[ 4,  2],
                [ 7, -1]], dtype=int32)
         """
-        lens = _host_array("seq_lens", seq_lens)
-        if lens.ndim != 1 or len(lens) != len(tables) or (lens.size and lens.dtype.kind not in "iu"):
-            raise InvalidArgumentError(f"seq_lens must list one integer length per table ({len(tables)})")
-        slots = _host_array("slot_mapping", slot_mapping)
-        if slots.size and slots.dtype.kind not in "iu":
-            raise InvalidArgumentError("slot_mapping must hold integer slots")
-        return cls(block_size, pack_block_tables(tables), lens.astype(np.int32), slots.astype(np.int64).reshape(-1))
+        packed = pack_block_tables(tables)
+        lens = int_array("seq_lens", seq_lens, 1, INT32_MAX, np.int32)
+        if len(lens) != len(packed):
+            raise InvalidArgumentError(f"seq_lens must list one length per table ({len(packed)}), got {len(lens)}")
+        return cls(block_size, packed, lens, int_array("slot_mapping", slot_mapping, INT64_MIN, INT64_MAX, np.int64))
 
     def with_head_tables(self, block_tables: np.ndarray, seq_lens: np.ndarray) -> DecodeBatch:
         """The same batch with one table per (sequence, KV head): ``[S, Hkv, W]`` and ``[S, Hkv]``.
@@ -247,6 +312,12 @@ class DecodeBatch:
     def blocks_used(self, row: int, head: int | None = None) -> np.ndarray:
         """The blocks row ``row`` (of head ``head`` with a head axis) really uses:
         its first ``ceil(seq_len / block_size)`` table entries."""
+        row = _int_arg("row", row, 0, self.num_seqs - 1)
+        if self.per_head != (head is not None):
+            tables = "one table per KV head: name the head" if self.per_head else "one table per sequence: name no head"
+            raise InvalidArgumentError(f"the batch has {tables}, got head={short_repr(head)}")
+        if head is not None:
+            head = _int_arg("head", head, 0, self.block_tables.shape[1] - 1)
         table = self.block_tables[row] if head is None else self.block_tables[row, head]
         length = int(self.seq_lens[row] if head is None else self.seq_lens[row, head])
         return table[: -(-length // self.block_size)]
@@ -254,6 +325,7 @@ class DecodeBatch:
     def head_tables(self, num_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
         """Tables ``[S, Hkv, W]`` and lengths ``[S, Hkv]`` for every KV head (a read-only broadcast
         when the batch has no head axis: every head reads its sequence's table)."""
+        num_kv_heads = _int_arg("num_kv_heads", num_kv_heads, 1, INT32_MAX)
         if self.per_head:
             if self.block_tables.shape[1] != num_kv_heads:
                 raise InvalidArgumentError(

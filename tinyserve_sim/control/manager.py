@@ -6,7 +6,7 @@ operation returns a :class:`~tinyserve_sim.control.records.OpRecord` describing 
 it did, including the work the *data plane* must do next: the slots to write
 (``slot_mapping``) and the copy-on-write block copies (``copies``).
 
-The five operations, as a server uses them:
+The seven operations, as a server uses them:
 
 ``add(seq, prompt)``
     A new request arrives. Reuse cached prefix blocks if prefix caching is on,
@@ -639,7 +639,10 @@ class BlockManager:
             isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable)
         ):
             raise InvalidArgumentError(f"decode needs a list of sequence ids, got {short_repr(seq_ids)}")
-        ids = tuple(seq_ids)
+        try:
+            ids = tuple(seq_ids)
+        except TypeError:  # iterable in name only (a 0-d NumPy array)
+            raise InvalidArgumentError(f"decode needs a list of sequence ids, got {short_repr(seq_ids)}") from None
         if not ids:
             raise InvalidArgumentError("decode needs at least one sequence")
         # Three passes in C: look every id up, check their types, look for a repeat.

@@ -50,17 +50,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinyserve_sim.control.batch import DecodeBatch, pack_block_tables
-from tinyserve_sim.control.checks import check_block_size, check_row_ids
+from tinyserve_sim.control.batch import (
+    INT32_MAX,
+    DecodeBatch,
+    check_manager,
+    int_array,
+    pack_block_tables,
+    seq_id_list,
+)
+from tinyserve_sim.control.checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_block_size,
+    check_row_ids,
+)
 from tinyserve_sim.control.checks import frozen as _frozen
 from tinyserve_sim.control.checks import host_array as _host_array
 from tinyserve_sim.control.checks import no_slots as _no_slots
-from tinyserve_sim.control.records import SeqId
+from tinyserve_sim.control.records import OpRecord, SeqId
 from tinyserve_sim.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from tinyserve_sim.control.manager import BlockManager
-    from tinyserve_sim.control.records import OpRecord
 
 
 
@@ -152,27 +163,18 @@ class PrefillBatch:
         >>> b.query_start_loc, b.prefix_lens
         (array([0, 2, 5], dtype=int32), array([4, 0], dtype=int32))
         """
-        lens = _host_array("seq_lens", seq_lens)
-        qlens = _host_array("query_lens", query_lens)
+        packed = pack_block_tables(tables)
+        lens = int_array("seq_lens", seq_lens, 1, INT32_MAX, np.int32)
+        qlens = int_array("query_lens", query_lens, 0, INT32_MAX, np.int64)
         for name, a in (("seq_lens", lens), ("query_lens", qlens)):
-            if a.ndim != 1 or len(a) != len(tables) or (a.size and a.dtype.kind not in "iu"):
-                raise InvalidArgumentError(f"{name} must list one integer per table ({len(tables)})")
-        if qlens.size and int(qlens.min()) < 0:
-            raise InvalidArgumentError("query_lens must be non-negative")
-        starts = np.zeros(len(tables) + 1, dtype=np.int64)
-        starts[1:] = np.cumsum(qlens.astype(np.int64))
-        if starts[-1] > np.iinfo(np.int32).max or (lens.size and int(lens.max()) > np.iinfo(np.int32).max):
-            raise InvalidArgumentError("token counts must fit int32")
-        slots = _host_array("slot_mapping", slot_mapping)
-        if slots.size and slots.dtype.kind not in "iu":
-            raise InvalidArgumentError("slot_mapping must hold integer slots")
-        return cls(
-            block_size,
-            pack_block_tables(tables),
-            lens.astype(np.int32),
-            starts.astype(np.int32),
-            slots.astype(np.int64).reshape(-1),
-        )
+            if len(a) != len(packed):
+                raise InvalidArgumentError(f"{name} must list one integer per table ({len(packed)}), got {len(a)}")
+        starts = np.zeros(len(packed) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(qlens)
+        if starts[-1] > INT32_MAX:
+            raise InvalidArgumentError(f"the query_lens add up to {int(starts[-1]):,} tokens, more than int32 holds")
+        slots = int_array("slot_mapping", slot_mapping, INT64_MIN, INT64_MAX, np.int64)
+        return cls(block_size, packed, lens, starts.astype(np.int32), slots)
 
     @classmethod
     def from_manager(
@@ -191,17 +193,18 @@ class PrefillBatch:
         >>> PrefillBatch.from_manager(m, {"a": 2}).slot_mapping      # tokens 4 and 5
         array([4, 5])
         """
+        check_manager(manager)
         if query_lens is not None and not isinstance(query_lens, Mapping):
             raise InvalidArgumentError(f"query_lens must map a seq id to a token count, got {type(query_lens).__name__}")
         if seq_ids is not None:
-            ids = list(seq_ids)
+            ids = seq_id_list(seq_ids)
         elif query_lens is not None:
             ids = list(query_lens)
         else:
             ids = manager.seq_ids()
+        tables = [manager.block_table(seq) for seq in ids]  # raises UnknownSequenceError first (an unhashable id too)
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("a sequence appears twice in one prefill batch")
-        tables = [manager.block_table(seq) for seq in ids]  # raises UnknownSequenceError first
         lens = [manager.num_tokens(seq) for seq in ids]
         qlens = []
         for seq, n in zip(ids, lens):
@@ -228,12 +231,19 @@ class PrefillBatch:
         (the next chunk of a chunked prefill) all of its tokens.
         """
         # One record or several (an OpRecord is itself a named tuple: test for the record first).
-        recs = [records] if hasattr(records, "slot_mapping") else list(records)
+        if isinstance(records, OpRecord):
+            recs = [records]
+        elif isinstance(records, (list, tuple)):
+            recs = list(records)
+        else:
+            raise InvalidArgumentError(f"records must be an OpRecord or a list of them, got {type(records).__name__}")
         query_lens: dict[SeqId, int] = {}
         for rec in recs:
-            if getattr(rec, "op", None) not in ("add", "append"):
+            if not isinstance(rec, OpRecord):
+                raise InvalidArgumentError(f"records must be OpRecords, got {type(rec).__name__}")
+            if rec.op not in ("add", "append"):
                 raise InvalidArgumentError(
-                    f"a prefill batch is built from add or append records, got {getattr(rec, 'op', type(rec).__name__)!r}"
+                    f"a prefill batch is built from add or append records, got {rec.op!r}"
                 )
             if rec.seq_id in query_lens:
                 raise InvalidArgumentError(f"two records of {rec.seq_id!r} in one prefill batch")

@@ -44,37 +44,20 @@ from tinyserve_sim.data.backends import Backend, get_backend
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
 from tinyserve_sim.data.prefill_step import PrefillStep, prefill_work
+from tinyserve_sim.data.selection_checks import check_block_list
 from tinyserve_sim.data.validation import (
-    CACHE_DTYPES,
-    HEAD_DIM_MULTIPLE,
-    MAX_HEAD_DIM,
+    cache_dtype,
     check_block_mapping,
+    check_head_dim,
     check_reshape_and_cache,
     check_scale,
+    index_array,
+    positive_int,
 )
 from tinyserve_sim.errors import KernelInputError
 
 #: How ``reshape_and_cache`` keeps the page metadata up to date.
 METADATA_UPDATES = ("fused", "separate")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise KernelInputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _index_array(name: str, a: Any, shape_hint: str) -> np.ndarray:
-    """A small host index array (int64), from an array or a list of integers."""
-    try:
-        arr = np.asarray(a.get() if hasattr(a, "get") else a)
-    except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
-        raise KernelInputError(f"{name} must be an integer array {shape_hint}, got {type(a).__name__}") from None
-    if arr.size and arr.dtype.kind not in "iu":
-        raise KernelInputError(f"{name} must hold integers {shape_hint}, got dtype {arr.dtype}")
-    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
-        raise KernelInputError(f"{name} holds a value too large for int64")
-    return np.ascontiguousarray(arr.astype(np.int64))
 
 
 class KVCache:
@@ -111,19 +94,13 @@ class KVCache:
         metadata_update: str = "fused",
     ) -> None:
         shape = (
-            _positive_int("num_blocks", num_blocks),
-            _positive_int("block_size", block_size),
-            _positive_int("num_kv_heads", num_kv_heads),
-            _positive_int("head_dim", head_dim),
+            positive_int("num_blocks", num_blocks),
+            positive_int("block_size", block_size),
+            positive_int("num_kv_heads", num_kv_heads),
+            positive_int("head_dim", head_dim),
         )
-        if shape[3] % HEAD_DIM_MULTIPLE or shape[3] > MAX_HEAD_DIM:
-            raise KernelInputError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim}")
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            dt = None
-        if dt not in CACHE_DTYPES:
-            raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
+        check_head_dim(shape[3])
+        dt = cache_dtype(dtype)
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise KernelInputError(f"fill must be a real number, got {type(fill).__name__}")
         nbytes = 2 * int(np.prod(shape, dtype=object)) * dt.itemsize
@@ -174,14 +151,7 @@ class KVCache:
         With page metadata, the blocks the record allocated (other than
         copy-on-write destinations, which receive their source's metadata)
         are reset to empty between the copies and the writes."""
-        if not hasattr(record, "slot_mapping"):
-            raise KernelInputError(f"record must be an OpRecord (with copies and a slot_mapping), got {type(record).__name__}")
-        copies = _index_array("record.copies", getattr(record, "copies", ()), "[P, 2]")
-        if copies.size == 0:
-            copies = copies.reshape(0, 2)
-        if copies.ndim != 2 or copies.shape[1] != 2:
-            raise KernelInputError(f"record.copies must be (src, dst) pairs, got shape {copies.shape}")
-        slots = _index_array("record.slot_mapping", record.slot_mapping, "[T]")
+        copies, allocated, slots = self._record_parts(record)
         if slots.size:
             if keys is None or values is None:
                 raise KernelInputError(f"the operation writes {slots.size} tokens but no keys/values were given")
@@ -192,11 +162,31 @@ class KVCache:
             self.copy_blocks(copies)
         if self.has_page_metadata:
             destinations = set(copies[:, 1].tolist())
-            fresh = [blk for blk in getattr(record, "allocated", ()) if blk not in destinations]
+            fresh = [blk for blk in allocated.tolist() if blk not in destinations]
             if fresh:
                 self.backend.reset_page_metadata(np.asarray(fresh, dtype=np.int64), self.key_min, self.key_max)
         if slots.size:
             self.reshape_and_cache(keys, values, slots)
+
+    def _record_parts(self, record: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A record's ``copies`` ``[P, 2]``, ``allocated`` ``[B]`` and ``slot_mapping`` ``[T]``
+        as int64 host arrays, each checked against this cache (block ids in range, no copy
+        conflict). Writes nothing: :meth:`apply` calls it before its first write."""
+        if not hasattr(record, "slot_mapping"):
+            raise KernelInputError(f"record must be an OpRecord (with copies and a slot_mapping), got {type(record).__name__}")
+        copies = index_array("record.copies", getattr(record, "copies", ()), "[P, 2]")
+        if copies.size == 0:
+            copies = copies.reshape(0, 2)
+        if copies.ndim != 2 or copies.shape[1] != 2:
+            raise KernelInputError(f"record.copies must be (src, dst) pairs, got shape {copies.shape}")
+        try:
+            check_block_mapping(copies, self.shape[0])
+        except KernelInputError as exc:  # the same error (CopyConflictError stays one), naming the record
+            raise type(exc)(f"record.copies: {exc}") from None
+        allocated = index_array("record.allocated", getattr(record, "allocated", ()), "[B]")
+        check_block_list(allocated, self.shape[0], "record.allocated")
+        slots = index_array("record.slot_mapping", record.slot_mapping, "[T]")
+        return copies, allocated, slots
 
     def _on_backend(self, name: str, a: Any) -> Any:
         try:
@@ -208,7 +198,7 @@ class KVCache:
         """Write ``keys``/``values`` ``[T, Hkv, D]`` at ``slot_mapping`` (integers, negative = skip),
         and fold the keys into the page metadata if the cache keeps it."""
         b = self.backend
-        slots = _index_array("slot_mapping", slot_mapping, "[T]")
+        slots = index_array("slot_mapping", slot_mapping, "[T]")
         keys, values = self._on_backend("keys", keys), self._on_backend("values", values)
         if not self.has_page_metadata:
             b.reshape_and_cache(keys, values, self.key_cache, self.value_cache, slots)
@@ -221,7 +211,7 @@ class KVCache:
 
     def copy_blocks(self, block_mapping: Any) -> None:
         """Copy whole blocks, ``block_mapping`` ``[P, 2]`` of ``(src, dst)`` integers (and their metadata)."""
-        mapping = _index_array("block_mapping", block_mapping, "[P, 2]")
+        mapping = index_array("block_mapping", block_mapping, "[P, 2]")
         self.backend.copy_blocks(self.key_cache, self.value_cache, mapping)
         if self.has_page_metadata:
             self.backend.copy_page_metadata(self.key_min, self.key_max, mapping)
@@ -303,7 +293,7 @@ class KVCache:
         for rec in recs:
             if not hasattr(rec, "slot_mapping"):
                 raise KernelInputError(f"records must be OpRecords, got {type(rec).__name__}")
-        slots = [_index_array("record.slot_mapping", rec.slot_mapping, "[T]") for rec in recs]
+        slots = [index_array("record.slot_mapping", rec.slot_mapping, "[T]") for rec in recs]
         all_slots = np.concatenate(slots) if slots else np.empty(0, np.int64)
         if not isinstance(batch, PrefillBatch):
             raise KernelInputError(f"batch must be a PrefillBatch, got {type(batch).__name__}")
@@ -319,8 +309,7 @@ class KVCache:
         check_paged_prefill_attention(query, self.key_cache, self.value_cache, batch)
         check_scale(1.0 if scale is None else scale)
         for rec in recs:
-            copies = _index_array("record.copies", getattr(rec, "copies", ()), "[P, 2]")
-            check_block_mapping(copies.reshape(-1, 2), self.shape[0])
+            self._record_parts(rec)  # copies and allocated blocks
         start = 0
         for rec, s in zip(recs, slots):
             part = slice(start, start + s.size)

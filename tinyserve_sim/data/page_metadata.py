@@ -52,7 +52,17 @@ from tinyserve_sim.data.selection_checks import (
     check_page_metadata,
     check_update_page_metadata,
 )
-from tinyserve_sim.data.validation import check_block_mapping, check_reshape_and_cache
+from tinyserve_sim.data.validation import (
+    cache_dtype,
+    check_block_mapping,
+    check_head_dim,
+    check_host_arrays,
+    check_reshape_and_cache,
+    check_writable,
+    index_array,
+    positive_int,
+)
+from tinyserve_sim.errors import KernelInputError
 
 
 def empty_page_metadata(
@@ -60,12 +70,31 @@ def empty_page_metadata(
 ) -> tuple[np.ndarray, np.ndarray]:
     """New host metadata for a cache where every block is empty: ``(+inf..., -inf...)``.
 
+    The arguments follow the cache's rules (:class:`~tinyserve_sim.data.cache.KVCache`):
+    positive integers, ``head_dim`` a multiple of 8 up to 256, float16 or float32;
+    anything else is a :class:`~tinyserve_sim.errors.KernelInputError`.
+
     >>> key_min, key_max = empty_page_metadata(2, 1, 8)
     >>> key_min[0, 0, :3], key_max[0, 0, :3]
     (array([inf, inf, inf], dtype=float16), array([-inf, -inf, -inf], dtype=float16))
     """
-    shape = (num_blocks, num_kv_heads, head_dim)
-    return np.full(shape, np.inf, dtype=dtype), np.full(shape, -np.inf, dtype=dtype)
+    shape = (
+        positive_int("num_blocks", num_blocks),
+        positive_int("num_kv_heads", num_kv_heads),
+        positive_int("head_dim", head_dim),
+    )
+    check_head_dim(shape[2])
+    dt = cache_dtype(dtype)
+    try:
+        return np.full(shape, np.inf, dtype=dt), np.full(shape, -np.inf, dtype=dt)
+    except (MemoryError, ValueError) as exc:
+        raise KernelInputError(f"page metadata of shape {shape} cannot be allocated: {exc}") from None
+
+
+def _check_writable_metadata(key_min: np.ndarray, key_max: np.ndarray) -> None:
+    """The twins write the metadata in place: it must be writable."""
+    check_writable("key_min", key_min)
+    check_writable("key_max", key_max)
 
 
 def _positive_zero(a: np.ndarray) -> np.ndarray:
@@ -81,10 +110,13 @@ def reset_page_metadata(blocks: np.ndarray, key_min: np.ndarray, key_max: np.nda
     written into it: whatever it held before belongs to a sequence that is gone.
 
     Raises:
-        KernelInputError: bad metadata shape/dtype, a block id out of range.
+        KernelInputError: not NumPy arrays, bad metadata shape/dtype, read-only
+            metadata, a block id out of range.
     """
+    check_host_arrays(blocks=blocks, key_min=key_min, key_max=key_max)
     num_blocks = check_page_metadata(key_min, key_max)[0]
     b = check_block_list(blocks, num_blocks)
+    _check_writable_metadata(key_min, key_max)
     key_min[b] = np.inf
     key_max[b] = -np.inf
 
@@ -107,9 +139,12 @@ def update_page_metadata(
     gives the same values (zeros are stored as ``+0.0``, see the module doc).
 
     Raises:
-        KernelInputError: shapes/dtypes, a slot out of range or written twice.
+        KernelInputError: not NumPy arrays, shapes/dtypes, read-only metadata, a slot
+            out of range or written twice.
     """
+    check_host_arrays(key=key, slot_mapping=slot_mapping, key_min=key_min, key_max=key_max)
     slots, block_size = check_update_page_metadata(key, slot_mapping, key_min, key_max, block_size)
+    _check_writable_metadata(key_min, key_max)
     keep = slots >= 0
     if not keep.any():
         return
@@ -131,8 +166,10 @@ def copy_page_metadata(key_min: np.ndarray, key_max: np.ndarray, block_mapping: 
     read and written: :class:`~tinyserve_sim.errors.CopyConflictError`).
     On the GPU it is the very ``copy_blocks`` kernel, run on the metadata arrays.
     """
+    check_host_arrays(key_min=key_min, key_max=key_max, block_mapping=block_mapping)
     num_blocks = check_page_metadata(key_min, key_max)[0]
     m = check_block_mapping(block_mapping, num_blocks)
+    _check_writable_metadata(key_min, key_max)
     if m.shape[0]:
         key_min[m[:, 1]] = key_min[m[:, 0]]
         key_max[m[:, 1]] = key_max[m[:, 0]]
@@ -153,9 +190,14 @@ def reshape_and_cache_with_metadata(
     metadata; the twin simply does the two steps (the results are exact, so
     the order cannot matter). Every input is checked before anything changes.
     """
+    check_host_arrays(key=key, value=value, key_cache=key_cache, value_cache=value_cache,
+                      slot_mapping=slot_mapping, key_min=key_min, key_max=key_max)
     slots = check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
     check_metadata_matches_cache(key_min, key_cache)
     check_update_page_metadata(key, slots, key_min, key_max, int(key_cache.shape[1]))
+    check_writable("key_cache", key_cache)
+    check_writable("value_cache", value_cache)
+    _check_writable_metadata(key_min, key_max)
     reshape_and_cache(key, value, key_cache, value_cache, slots)
     update_page_metadata(key, slots, key_min, key_max, int(key_cache.shape[1]))
 
@@ -167,13 +209,29 @@ def page_metadata_from_cache(key_cache: np.ndarray, block_fill: Any) -> tuple[np
     Not a kernel: the definition the incremental updates must agree with (the
     tests compare the two after random traces), and a way to inspect a cache.
 
-    >>> kc = np.array([[[[1.0, -2.0]]], [[[3.0, 0.5]]]], np.float32).reshape(1, 2, 1, 2)
-    >>> page_metadata_from_cache(kc, [2])
-    (array([[[ 1., -2.]]], dtype=float32), array([[[3. , 0.5]]], dtype=float32))
+    Raises:
+        KernelInputError: ``key_cache`` is not a ``[num_blocks, block_size, Hkv, D]``
+            host cache, or ``block_fill`` is not ``num_blocks`` integers in ``0..block_size``.
+
+    >>> kc = np.zeros((1, 2, 1, 8), np.float32)           # one block of two tokens
+    >>> kc[0, :, 0, :2] = [[1.0, -2.0], [3.0, 0.5]]
+    >>> key_min, key_max = page_metadata_from_cache(kc, [2])
+    >>> key_min[0, 0, :2], key_max[0, 0, :2]
+    (array([ 1., -2.], dtype=float32), array([3. , 0.5], dtype=float32))
     """
-    num_blocks, _, num_kv_heads, head_dim = key_cache.shape
-    fill = np.asarray(block_fill, dtype=np.int64).reshape(num_blocks)
+    check_host_arrays(key_cache=key_cache)
+    if key_cache.ndim != 4:
+        raise KernelInputError(
+            f"key_cache must have 4 dims [num_blocks, block_size, num_kv_heads, head_dim], got shape {key_cache.shape}"
+        )
+    num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
     key_min, key_max = empty_page_metadata(num_blocks, num_kv_heads, head_dim, key_cache.dtype)
+    fill = index_array("block_fill", block_fill, f"[{num_blocks}]")
+    if fill.shape != (num_blocks,):
+        raise KernelInputError(f"block_fill must hold one token count per block ({num_blocks}), got {fill.size}")
+    if fill.size and not 0 <= int(fill.min()) <= int(fill.max()) <= block_size:
+        bad = int(fill.min()) if fill.min() < 0 else int(fill.max())
+        raise KernelInputError(f"block_fill must be in 0..{block_size} (tokens per block), got {bad}")
     for b in range(num_blocks):
         n = int(fill[b])
         if n:

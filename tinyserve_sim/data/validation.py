@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
 
 #: Cache element types the kernels are built for.
@@ -31,6 +32,48 @@ MAX_HEAD_DIM = 256
 
 #: Largest split-K partition (tokens): it must fit the kernels' int32 token arithmetic.
 MAX_PARTITION_SIZE = 1 << 30
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise KernelInputError(f"{name} must be a positive integer, got {short_repr(value)}")
+    return int(value)
+
+
+def check_head_dim(head_dim: int) -> None:
+    """``head_dim`` is a multiple of :data:`HEAD_DIM_MULTIPLE` in ``8 .. MAX_HEAD_DIM``."""
+    if head_dim % HEAD_DIM_MULTIPLE or not 0 < head_dim <= MAX_HEAD_DIM:
+        raise KernelInputError(
+            f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim}"
+        )
+
+
+def cache_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype, if it is one of :data:`CACHE_DTYPES`."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # not a dtype at all ("foo", 8.0)
+        dt = None
+    if dt not in CACHE_DTYPES:
+        raise KernelInputError(f"dtype must be float16 or float32, got {short_repr(dtype)}")
+    return dt
+
+
+def index_array(name: str, a: Any, shape_hint: str) -> np.ndarray:
+    """A small host index array (int64), from an array or a list of integers.
+
+    Integers only (no floats, no bools), none too large for int64, so nothing is
+    rounded or wraps around; ``shape_hint`` (``"[T]"``) completes the message."""
+    try:
+        arr = np.asarray(a.get() if hasattr(a, "get") else a)
+    except Exception:  # noqa: BLE001 - ragged lists, objects: one clear error
+        raise KernelInputError(f"{name} must be an integer array {shape_hint}, got {type(a).__name__}") from None
+    if arr.size and arr.dtype.kind not in "iu":
+        raise KernelInputError(f"{name} must hold integers {shape_hint}, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise KernelInputError(f"{name} holds a value too large for int64")
+    return np.ascontiguousarray(arr.astype(np.int64))
 
 
 def check_array(name: str, a: Any) -> None:
@@ -169,10 +212,7 @@ def check_caches(key_cache: Any, value_cache: Any) -> tuple[int, int, int, int]:
     num_blocks, block_size, num_kv_heads, head_dim = (int(s) for s in key_cache.shape)
     if min(num_blocks, block_size, num_kv_heads) < 1:
         raise KernelInputError(f"cache shape {tuple(key_cache.shape)} has an empty dimension")
-    if head_dim % HEAD_DIM_MULTIPLE or not 0 < head_dim <= MAX_HEAD_DIM:
-        raise KernelInputError(
-            f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim}"
-        )
+    check_head_dim(head_dim)
     return num_blocks, block_size, num_kv_heads, head_dim
 
 

@@ -51,6 +51,10 @@ SYSTEM_TOKEN_BASE = 1_000_000
 MAX_REQUESTS = 10_000_000
 MAX_WIDTH = 64  # samples or beams per request
 MAX_LEN = 1_000_000  # tokens per sequence (request ids keep 10,000,000 token ids apart)
+#: The latest arrival time, in seconds (about 32 years). Below it a float64 time still
+#: resolves microseconds, the precision of the step logs; a tiny rate spreads its
+#: arrivals past it (rate=1e-300: 1e300 seconds between arrivals) and is refused.
+MAX_ARRIVAL_TIME = 1e9
 
 
 @dataclass(frozen=True)
@@ -244,7 +248,11 @@ def calibrate_mu(target_mean: float, sigma: float, cap: int, prompt_mu: float = 
 
 
 def generate(spec: WorkloadSpec) -> Workload:
-    """Generate the workload ``spec`` describes (same spec and seed, same requests)."""
+    """Generate the workload ``spec`` describes (same spec and seed, same requests).
+
+    Raises :class:`InvalidArgumentError` for an impossible spec, or for a rate so low
+    that the last arrival comes after :data:`MAX_ARRIVAL_TIME`.
+    """
     spec.check()
     preset = PRESETS[spec.dataset]
     rng = np.random.default_rng(spec.seed)
@@ -258,6 +266,11 @@ def generate(spec: WorkloadSpec) -> Workload:
         arrivals = np.zeros(count)
     else:
         arrivals = np.cumsum(rng.exponential(1.0 / spec.rate, count))
+        if not arrivals[-1] <= MAX_ARRIVAL_TIME:  # NaN and inf included
+            raise InvalidArgumentError(
+                f"rate {spec.rate:g} requests/s spreads {count:,} arrivals over {arrivals[-1]:.3g} s; "
+                f"the last arrival must come within {MAX_ARRIVAL_TIME:g} s (about 32 years): use a higher rate"
+            )
 
     prompts = _draw_lengths(rng, mu_p, preset.sigma_prompt, count, prompt_cap)
     # The system prompt is part of the prompt: make room for at least one own token.

@@ -57,7 +57,7 @@ def test_demo_walks_every_step_and_renders(tmp_path) -> None:
     scenario = SELECTION_SCENARIOS["query-aware-selection"]
     steps = scenario.spec.decode_steps
     assert f"decode step {steps - 1}:" in result.output and "query changes topic" in result.output
-    assert "fast-tier hit rate (lru, 18 pages)" in result.output
+    assert "fast-tier hit rate (lru, 15 pages)" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"step-{i:03d}.png" for i in range(steps)]
 
 

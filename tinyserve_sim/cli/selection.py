@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,14 +18,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tinyserve_sim.cli.common import console, fail, output_folder, progress, writing
+from tinyserve_sim.cli.common import console, fail, output_file, output_folder, progress, writing
+from tinyserve_sim.cli.simulate import check_count
 from tinyserve_sim.errors import SimError
 from tinyserve_sim.selection.hit_rates import HitRateRow
 from tinyserve_sim.selection.scenarios import SELECTION_SCENARIOS, get_selection_scenario
 from tinyserve_sim.selection.session import SelectionConfig, SelectionRun, SelectionSession
 from tinyserve_sim.selection.sweep import DEFAULT_BUDGETS, budget_sweep
 from tinyserve_sim.selection.tiers import POLICIES
-from tinyserve_sim.selection.workloads import AttentionWorkloadSpec, generate_attention_workload
+from tinyserve_sim.selection.workloads import MAX_ELEMENTS, AttentionWorkloadSpec, generate_attention_workload
+
+#: Formats ``--plot`` can write (matplotlib picks the format from the file's suffix).
+PLOT_SUFFIXES = (".svg", ".png")
 
 select_app = typer.Typer(
     help="Query-aware cache selection: score pages, keep the best, count what the fast tier moves.",
@@ -99,6 +104,22 @@ def _check_pictures(picture_format: str, render: Optional[Path]) -> None:
         output_folder(render, "--render")
 
 
+def _check_plot(plot: Optional[Path]) -> None:
+    """``--plot``: an .svg or .png file in a folder that is created if missing and accepts files."""
+    if plot is None:
+        return
+    if plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise fail(f"--plot {plot}: the file name must end in .svg or .png")
+    output_folder(plot.parent, "--plot")
+    output_file(plot, "--plot")
+
+
+def _check_run_flags(steps: int, seed: int) -> None:
+    """The flags the workload spec cannot name: a study needs a decode step; seeds are non-negative."""
+    check_count(steps, "--steps", 1, MAX_ELEMENTS)
+    check_count(seed, "--seed", 0, 2**63 - 1)
+
+
 def demo_command(
     scenario: Annotated[str, typer.Option(help=f"Which scenario: {', '.join(SELECTION_SCENARIOS)}.")] = "query-aware-selection",
     render: Annotated[Optional[Path], typer.Option(help="Also draw one picture per step into this folder.")] = None,
@@ -142,8 +163,18 @@ def run_command(
     picture_format: Annotated[str, typer.Option("--format", help="Picture format: svg or png.")] = "svg",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the totals as JSON.")] = None,
 ) -> None:
-    """Run selection on a workload you describe, step by step, and print the totals."""
+    """Run selection on a workload you describe, step by step, and print the totals.
+
+    Every flag is checked before the run starts. A workload whose keys or queries would hold
+    more than 2**26 (67,108,864) elements is refused at once (sequences x (context + steps) x
+    KV heads x head dim for the keys; steps x sequences x query heads x head dim for the queries).
+    """
+    _check_run_flags(steps, seed)
+    if not (math.isfinite(capacity) and capacity > 0):
+        raise fail(f"--capacity must be a positive, finite multiple of the pages one step keeps, got {capacity}")
     _check_pictures(picture_format, render)
+    if json_out is not None:
+        output_file(json_out, "--json")
     try:
         spec = AttentionWorkloadSpec(num_seqs=seqs, context_len=context, decode_steps=steps, num_kv_heads=kv_heads,
                                      num_q_heads=q_heads, head_dim=head_dim, topic_stay=topic_stay, seed=seed)
@@ -164,7 +195,8 @@ def run_command(
             "mean_recall": run.mean_recall, "min_recall": run.min_recall, "mean_rel_error": run.mean_rel_error,
             "hit_rates": run.hit_rates,
         }
-        json_out.write_text(json.dumps(payload, indent=2))
+        with writing(json_out, "--json"):
+            json_out.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
 
 
@@ -177,7 +209,14 @@ def sweep_command(
     plot: Annotated[Optional[Path], typer.Option(help="Also draw the sweep into this file (.svg or .png).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
 ) -> None:
-    """Recall, output error and the byte ceiling for budgets 1/2 down to 1/32 of the context."""
+    """Recall, output error and the byte ceiling for budgets 1/2 down to 1/32 of the context.
+
+    Every flag is checked before the sweep starts (the workload limit is `select run`'s).
+    """
+    _check_run_flags(steps, seed)
+    _check_plot(plot)
+    if json_out is not None:
+        output_file(json_out, "--json")
     try:
         spec = AttentionWorkloadSpec(num_seqs=seqs, context_len=context, decode_steps=steps, seed=seed)
         rows = budget_sweep(spec, DEFAULT_BUDGETS, block_size)
@@ -194,11 +233,12 @@ def sweep_command(
     if plot is not None:
         from tinyserve_sim.render.selection import draw_budget_sweep
 
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        draw_budget_sweep(rows).savefig(plot, dpi=110)
+        with writing(plot, "--plot"):
+            draw_budget_sweep(rows).savefig(plot, dpi=110)
         console.print(f"wrote {plot}")
     if json_out is not None:
-        json_out.write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+        with writing(json_out, "--json"):
+            json_out.write_text(json.dumps([r.to_dict() for r in rows], indent=2))
         console.print(f"wrote {json_out}")
 
 
@@ -211,6 +251,7 @@ def policies_command(
 
     if size not in CLAIM_STEPS or not size:
         raise fail(f"--size must be one of quick, default, full, got {size!r}")
+    _check_plot(plot)
     with progress() as bar:
         bar.add_task("simulating", total=None)
         rows = hit_rate_experiment(size)
@@ -218,8 +259,8 @@ def policies_command(
     if plot is not None:
         from tinyserve_sim.render.selection import draw_hit_rates
 
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        draw_hit_rates(rows).savefig(plot, dpi=110)
+        with writing(plot, "--plot"):
+            draw_hit_rates(rows).savefig(plot, dpi=110)
         console.print(f"wrote {plot}")
 
 

@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.data.exact_math import pairwise_sum, sequential_sum
-from tinyserve_sim.data.validation import CACHE_DTYPES, to_host
+from tinyserve_sim.data.validation import CACHE_DTYPES, check_array, to_host
 from tinyserve_sim.errors import KernelInputError
 
 F32 = np.float32
@@ -57,13 +58,21 @@ W_COMPLEXITY, W_REQUIREMENT, W_HISTORY, HISTORY_SCALE = F32(0.4), F32(0.3), F32(
 
 
 def _finite32(name: str, value: Any) -> np.float32:
-    v = F32(value)
+    """``value`` as the float32 the kernel receives: a real number (not a bool), finite as a float32."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise KernelInputError(f"{name} must be a real number, got {short_repr(value)}")
+    try:
+        with np.errstate(over="ignore"):
+            v = F32(value)
+    except OverflowError:  # a Python int too large for any float
+        v = F32(np.inf)
     if not np.isfinite(v):
-        raise KernelInputError(f"{name} must be finite, got {value}")
+        raise KernelInputError(f"{name} must be finite as a float32, got {short_repr(value)}")
     return v
 
 
 def _vector(name: str, a: Any, dtype: type, n: int | None = None) -> np.ndarray:
+    check_array(name, a)
     if np.dtype(a.dtype) != np.dtype(dtype) or a.ndim != 1:
         raise KernelInputError(f"{name} must be 1-D {np.dtype(dtype)}, got {a.dtype} {tuple(a.shape)}")
     if n is not None and a.shape[0] != n:
@@ -73,8 +82,16 @@ def _vector(name: str, a: Any, dtype: type, n: int | None = None) -> np.ndarray:
     return a
 
 
+def _no_nan(name: str, a: np.ndarray) -> None:
+    """A small host vector holds no NaN (NaN compares false with every threshold: it would pass silently)."""
+    nan = np.isnan(a)
+    if nan.any():
+        raise KernelInputError(f"{name} must not hold NaN, got NaN at {name}[{int(np.argmax(nan))}]")
+
+
 def check_query_analysis(queries: Any, low_threshold: Any, high_threshold: Any) -> tuple[np.float32, np.float32]:
     """Check ``query_analysis`` inputs (shared with the GPU launcher)."""
+    check_array("queries", queries)
     if queries.ndim != 2 or np.dtype(queries.dtype) not in CACHE_DTYPES:
         raise KernelInputError(
             f"queries must be float16/float32 [positions, hidden], got {queries.dtype} {tuple(queries.shape)}"
@@ -98,7 +115,11 @@ def query_analysis(
         queries: ``[N, hidden]``, float16 or float32: one row per position
             (reshape ``[S, Hq, D]`` to ``[S, Hq * D]`` for a decode step).
         low_threshold, high_threshold: the requirement is 2 when the complexity
-            is above ``high_threshold``, 1 when above ``low_threshold``, else 0.
+            is above ``high_threshold``, 1 when above ``low_threshold``, else 0
+            (finite real numbers, ``low_threshold <= high_threshold``).
+
+    The queries are not scanned on the host (they may be large, on a device): a
+    NaN element gives its position a NaN complexity and requirement 0.
 
     Order of operations: thread ``t`` of the position's 128 sums ``q_d * q_d``
     for ``d = t, t + 128, ...`` sequentially; the 128 partial sums are added by
@@ -131,6 +152,7 @@ def check_cache_selection(complexity: Any, requirement: Any, history: Any, thres
     r = to_host(requirement)
     if r.size and (int(r.min()) < 0 or int(r.max()) > 2):
         raise KernelInputError("requirement values must be 0, 1 or 2")
+    _no_nan("complexity", to_host(complexity))
     return _finite32("threshold", threshold)
 
 
@@ -139,7 +161,8 @@ def cache_selection(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The seed's selection score (float32 ``[N]``) and the cache blocks granted (int32 ``[N]``, 0..4).
 
-    ``score = (complexity * 0.4 + requirement * 0.3) + (history / 100) * 0.3``,
+    ``score = (complexity * 0.4 + requirement * 0.3) + (history / 100) * 0.3``
+    (a NaN complexity is rejected),
     each operation float32, left to right as the seed's C expression. Granted:
     ``min(requirement + 1, 4)`` when ``score > threshold``, 1 when ``score >
     threshold * 0.5``, else 0.
@@ -169,6 +192,11 @@ def check_adaptive_cache_management(
     a = to_host(allocation)
     if a.size and (int(a.min()) < 0 or int(a.max()) > MAX_ALLOCATION):
         raise KernelInputError(f"allocation values must be in 0..{MAX_ALLOCATION}")
+    h = to_host(hit_rates)
+    outside = ~((h >= 0) & (h <= 1))  # NaN is outside too
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise KernelInputError(f"hit_rates must be in [0, 1], got hit_rates[{i}] = {h[i]}")
     if isinstance(frequency_threshold, bool) or not isinstance(frequency_threshold, (int, np.integer)):
         raise KernelInputError(f"frequency_threshold must be an integer, got {frequency_threshold!r}")
     if not -(2**24) <= int(frequency_threshold) <= 2**24:
@@ -185,7 +213,8 @@ def adaptive_cache_management(
 ) -> np.ndarray:
     """Each cache block's new allocation (int32 ``[B]``, 0..4); the inputs are not modified.
 
-    Raise by one (at most 4) when ``hit_rate < hit_rate_threshold`` and
+    Hit rates must lie in ``[0, 1]`` (NaN is rejected: it compares false with
+    both thresholds). Raise by one (at most 4) when ``hit_rate < hit_rate_threshold`` and
     ``frequency > frequency_threshold``; else lower by one (at least 0) when
     ``hit_rate > hit_rate_threshold * 1.5`` and ``frequency <
     frequency_threshold * 0.5`` (float32 comparisons, as in the seed).

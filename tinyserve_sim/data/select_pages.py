@@ -37,7 +37,12 @@ from __future__ import annotations
 import numpy as np
 
 from tinyserve_sim.control.batch import PAD_BLOCK, DecodeBatch
-from tinyserve_sim.data.selection_checks import check_select_pages, pages_in_budget
+from tinyserve_sim.data.selection_checks import (
+    check_compact_tables,
+    check_select_pages,
+    int_scalar,
+    pages_in_budget,
+)
 from tinyserve_sim.errors import KernelInputError
 
 
@@ -95,9 +100,13 @@ def compact_tables(batch: DecodeBatch, logical: np.ndarray) -> DecodeBatch:
     block_tables[s, (h,) logical[s, h, j]]`` and ``lens[s, h] = (k - 1) *
     block_size + (tokens in the row's last page)``. When ``logical`` lists every
     page, the rows are the original tables: dense attention, bit for bit.
+
+    Raises:
+        KernelInputError: ``logical`` is not an integer ``[S, Hkv, K']`` array whose rows list
+            pages of their sequence in increasing order, then ``-1`` padding; a bad batch.
     """
+    tables, lens, logical = check_compact_tables(batch, logical)
     S, Hkv, width = logical.shape
-    tables, lens = batch.head_tables(Hkv)
     bs = batch.block_size
     new_tables = np.full((S, Hkv, width), PAD_BLOCK, dtype=np.int32)
     new_lens = np.zeros((S, Hkv), dtype=np.int32)
@@ -134,7 +143,9 @@ def selected_lengths(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) 
     >>> selected_lengths(batch, 1, budget_tokens=64).tolist()    # 3 * 16 + 8; 5 (one page, kept)
     [[56], [5]]
     """
-    _, lens = batch.head_tables(num_kv_heads)
+    if not isinstance(batch, DecodeBatch):
+        raise KernelInputError(f"batch must be a DecodeBatch, got {type(batch).__name__}")
+    _, lens = batch.head_tables(int_scalar("num_kv_heads", num_kv_heads, 1))
     return selected_lengths_of(lens, batch.block_size, budget_tokens)
 
 
@@ -145,7 +156,10 @@ def selected_lengths_of(lens: np.ndarray, block_size: int, budget_tokens: int) -
     [40, 36]
     """
     K = pages_in_budget(budget_tokens, block_size)
-    lens = np.asarray(lens)
+    try:
+        lens = np.asarray(lens)
+    except (ValueError, TypeError):  # a ragged list
+        raise KernelInputError(f"lengths must be an array of non-negative integers, got {type(lens).__name__}") from None
     if lens.dtype.kind not in "iu" or (lens.size and lens.min() < 0):
         raise KernelInputError(f"lengths must be non-negative integers, got {lens.dtype} {lens.ravel()[:4].tolist()}")
     lens = lens.astype(np.int64)

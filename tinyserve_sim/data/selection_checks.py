@@ -25,6 +25,7 @@ from tinyserve_sim.data.validation import (
     CACHE_DTYPES,
     HEAD_DIM_MULTIPLE,
     MAX_HEAD_DIM,
+    check_array,
     check_contiguous,
     check_positive_lengths,
     check_rows_fit,
@@ -40,7 +41,7 @@ SCORE_DTYPE = np.dtype(np.float32)
 MAX_GROUP_ELEMENTS = 32768
 
 
-def _int_scalar(name: str, value: Any, minimum: int) -> int:
+def int_scalar(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int (a Python or NumPy integer, not a bool) of at least ``minimum``."""
     if isinstance(value, np.integer):
         value = int(value)
@@ -50,6 +51,7 @@ def _int_scalar(name: str, value: Any, minimum: int) -> int:
 def check_page_metadata(key_min: Any, key_max: Any) -> tuple[int, int, int]:
     """Check a metadata pair; return ``(num_blocks, num_kv_heads, head_dim)``."""
     for name, a in (("key_min", key_min), ("key_max", key_max)):
+        check_array(name, a)
         if a.ndim != 3:
             raise KernelInputError(
                 f"{name} must have 3 dims [num_blocks, num_kv_heads, head_dim], got shape {tuple(a.shape)}"
@@ -74,6 +76,7 @@ def check_page_metadata(key_min: Any, key_max: Any) -> tuple[int, int, int]:
 
 def check_block_list(blocks: Any, num_blocks: int, name: str = "blocks") -> np.ndarray:
     """An int64 ``[B]`` list of block ids, each in ``0 .. num_blocks - 1`` (repeats allowed)."""
+    check_array(name, blocks)
     if np.dtype(blocks.dtype) != np.dtype(np.int64):
         raise KernelInputError(f"{name} must be int64, got {blocks.dtype}")
     b = to_host(blocks)
@@ -89,7 +92,9 @@ def check_update_page_metadata(
 ) -> tuple[np.ndarray, int]:
     """Check ``update_page_metadata`` inputs; return ``(slot_mapping on the host, block_size)``."""
     num_blocks, num_kv_heads, head_dim = check_page_metadata(key_min, key_max)
-    block_size = _int_scalar("block_size", block_size, 1)
+    block_size = int_scalar("block_size", block_size, 1)
+    check_array("key", key)
+    check_array("slot_mapping", slot_mapping)
     if key.ndim != 3 or tuple(key.shape[1:]) != (num_kv_heads, head_dim):
         raise KernelInputError(f"key must have shape [T, {num_kv_heads}, {head_dim}], got {tuple(key.shape)}")
     if key.dtype != key_min.dtype:
@@ -134,6 +139,7 @@ def check_batch_tables(batch: Any, num_kv_heads: int, num_blocks: int) -> tuple[
 def check_page_scores(query: Any, key_min: Any, key_max: Any, batch: Any) -> tuple[np.ndarray, np.ndarray]:
     """Check ``page_scores`` inputs; return the batch's tables ``[S, Hkv, W]`` and lengths ``[S, Hkv]``."""
     num_blocks, num_kv_heads, head_dim = check_page_metadata(key_min, key_max)
+    check_array("query", query)
     if query.ndim != 3 or query.shape[2] != head_dim:
         raise KernelInputError(f"query must have shape [S, Hq, {head_dim}], got {tuple(query.shape)}")
     if query.dtype != key_min.dtype:
@@ -158,7 +164,8 @@ def check_page_scores(query: Any, key_min: Any, key_max: Any, batch: Any) -> tup
 def pages_in_budget(budget_tokens: Any, block_size: int) -> int:
     """How many pages a budget of ``budget_tokens`` tokens pays for: ``budget_tokens // block_size``,
     at least 2 (the attention sink and the newest page are always kept)."""
-    budget = _int_scalar("budget_tokens", budget_tokens, 1)
+    budget = int_scalar("budget_tokens", budget_tokens, 1)
+    block_size = int_scalar("block_size", block_size, 1)
     pages = budget // block_size
     if pages < 2:
         raise KernelInputError(
@@ -170,6 +177,7 @@ def pages_in_budget(budget_tokens: Any, block_size: int) -> int:
 
 def check_select_pages(scores: Any, batch: Any, budget_tokens: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """Check ``select_pages`` inputs; return ``(tables [S, Hkv, W], lengths [S, Hkv], pages K)``."""
+    check_array("scores", scores)
     if scores.ndim != 3 or np.dtype(scores.dtype) != SCORE_DTYPE:
         raise KernelInputError(f"scores must be float32 [S, Hkv, W], got {scores.dtype} {tuple(scores.shape)}")
     check_contiguous("scores", scores)
@@ -187,3 +195,36 @@ def check_select_pages(scores: Any, batch: Any, budget_tokens: Any) -> tuple[np.
     # The block ids themselves are checked by whoever reads the cache through them.
     tables, lens = check_batch_tables(batch, num_kv_heads, np.iinfo(np.int32).max)
     return tables, lens, pages
+
+
+def check_compact_tables(batch: Any, logical: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check ``compact_tables`` inputs; return the batch's tables ``[S, Hkv, W]``, its lengths
+    ``[S, Hkv]`` and ``logical`` as int64 on the host.
+
+    ``logical`` is an integer ``[S, Hkv, K']`` array whose rows list pages of their
+    sequence (``0 .. pages - 1``) in increasing order, then ``-1`` padding: what
+    ``select_page_indices`` returns. The message names the first culprit.
+    """
+    check_array("logical", logical)
+    if logical.ndim != 3 or np.dtype(logical.dtype).kind not in "iu":
+        raise KernelInputError(
+            f"logical must be an integer array [S, Hkv, K'], got {logical.dtype} {tuple(logical.shape)}"
+        )
+    if not isinstance(batch, DecodeBatch):
+        raise KernelInputError(f"batch must be a DecodeBatch, got {type(batch).__name__}")
+    if logical.shape[0] != batch.num_seqs:
+        raise KernelInputError(f"logical has {logical.shape[0]} rows of sequences, the batch {batch.num_seqs}")
+    tables, lens = check_batch_tables(batch, int(logical.shape[1]), np.iinfo(np.int32).max)
+    idx = to_host(logical)
+    pages = (lens.astype(np.int64) + batch.block_size - 1) // batch.block_size  # [S, Hkv]
+    kept = idx >= 0
+    culprits = (idx < -1) | (idx >= pages[..., None])  # neither padding nor a page of the row
+    culprits[..., 1:] |= kept[..., 1:] & ~kept[..., :-1]  # a page after the padding
+    culprits[..., 1:] |= kept[..., 1:] & (idx[..., 1:] <= idx[..., :-1])  # not increasing
+    if culprits.any():
+        s, h, j = (int(i) for i in np.argwhere(culprits)[0])
+        raise KernelInputError(
+            f"logical[{s}, {h}, {j}] = {int(idx[s, h, j])}: a row lists pages of its sequence "
+            f"(0..{int(pages[s, h]) - 1}) in increasing order, then -1 padding"
+        )
+    return tables, lens, idx.astype(np.int64)

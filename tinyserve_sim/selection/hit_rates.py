@@ -26,16 +26,24 @@ within a few percent of LRU, no eviction policy can improve the hit rate by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tinyserve_sim.selection.session import SelectionConfig, replay_tiers, run_selection
-from tinyserve_sim.selection.tiers import belady_hit_rate
-from tinyserve_sim.selection.workloads import AttentionWorkloadSpec, generate_attention_workload
+from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.errors import ConfigError
+from tinyserve_sim.selection.session import SelectionConfig, check_policy_names, replay_tiers, run_selection
+from tinyserve_sim.selection.tiers import MAX_CAPACITY, belady_hit_rate, check_decay
+from tinyserve_sim.selection.workloads import AttentionWorkloadSpec, check_measurable, generate_attention_workload
 
 #: The policies compared, and the pair the claim compares.
 STUDY_POLICIES: tuple[str, ...] = ("lru", "lfu", "score-aware")
 BASELINE, CHALLENGER = "lru", "score-aware"
+
+
+def _relative(rate: float, baseline: float) -> float:
+    """``rate / baseline - 1``; NaN when the baseline is 0 (no relative change is defined)."""
+    return rate / baseline - 1.0 if baseline else math.nan
 
 
 @dataclass(frozen=True)
@@ -64,13 +72,14 @@ class HitRateRow:
 
     @property
     def improvement(self) -> float:
-        """Relative hit-rate improvement of score-aware over LRU: ``hit(score-aware) / hit(lru) - 1``."""
-        return self.hit_rates[CHALLENGER] / self.hit_rates[BASELINE] - 1.0
+        """Relative hit-rate improvement of score-aware over LRU: ``hit(score-aware) / hit(lru) - 1``
+        (NaN when LRU hit nothing)."""
+        return _relative(self.hit_rates[CHALLENGER], self.hit_rates[BASELINE])
 
     @property
     def headroom(self) -> float:
-        """The most any policy could improve on LRU: ``belady / hit(lru) - 1``."""
-        return self.belady / self.hit_rates[BASELINE] - 1.0
+        """The most any policy could improve on LRU: ``belady / hit(lru) - 1`` (NaN when LRU hit nothing)."""
+        return _relative(self.belady, self.hit_rates[BASELINE])
 
     @property
     def condition(self) -> str:
@@ -86,12 +95,30 @@ def hit_rate_study(
     score_decay: float = 0.5,
     policies: Sequence[str] = STUDY_POLICIES,
 ) -> list[HitRateRow]:
-    """One row per (workload, budget, capacity): the hit rate of each policy and the optimum."""
+    """One row per (workload, budget, capacity): the hit rate of each policy and the optimum.
+
+    Every argument is checked before anything runs: WorkloadError for a spec that is not an
+    :class:`AttentionWorkloadSpec` with decode steps, ConfigError for the rest.
+    """
+    for name, values in (("specs", specs), ("budgets", budgets), ("capacities", capacities)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise ConfigError(f"{name} must be a sequence, got {short_repr(values)}")
+    for spec in specs:
+        check_measurable(spec)
+    configs = [SelectionConfig(block_size=block_size, budget=budget, policies=(), capacity=1.0, quality=False)
+               for budget in budgets]
+    for factor in capacities:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= MAX_CAPACITY:
+            raise ConfigError(
+                f"a capacity factor must be positive and at most {MAX_CAPACITY:,} (a fast tier's most pages), "
+                f"got {short_repr(factor)}"
+            )
+    check_decay(score_decay)
+    policies = check_policy_names(policies)
     rows = []
     for spec in specs:
         workload = generate_attention_workload(spec)
-        for budget in budgets:
-            config = SelectionConfig(block_size=block_size, budget=budget, policies=(), capacity=1.0, quality=False)
+        for budget, config in zip(budgets, configs):
             run = run_selection(workload, config)
             per_step = run.capacity  # capacity 1.0x: the most pages one step selects
             requests = [report.requested for report in run.steps]

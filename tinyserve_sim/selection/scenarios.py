@@ -43,14 +43,14 @@ SELECTION_SCENARIOS: dict[str, SelectionScenario] = {
     for s in (
         SelectionScenario(
             "query-aware-selection",
-            "Score every page, keep the best quarter, and keep them in a fast tier of 18 pages.",
+            "Score every page, keep the best quarter, and keep them in a fast tier of 15 pages.",
             "One sequence of 383 prompt tokens decodes 8 tokens. At each step every page of each KV head "
             "gets an upper bound on q.k from its key min/max; the head keeps its first page (the sink), "
             "its newest page, and the 4 best others: 96 of about 390 tokens. The kept pages must be in a "
-            "fast tier of 18 pages; a missing one is copied in (a miss), evicting another by LRU or by "
-            "score. Watch the step where the query changes topic: new needle pages are kept, and copied in.",
+            "fast tier of 15 pages; a missing one is copied in (a miss), evicting another by LRU or by "
+            "score (they part ways at step 7, where LRU misses a page it had evicted). Watch the step where the query changes topic: new needle pages are kept, and copied in.",
             _SMALL,
-            SelectionConfig(block_size=16, budget=0.25, capacity=1.5, policies=("lru", "score-aware")),
+            SelectionConfig(block_size=16, budget=0.25, capacity=1.25, policies=("lru", "score-aware")),
         ),
         SelectionScenario(
             "tight-fast-tier",

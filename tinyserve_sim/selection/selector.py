@@ -26,7 +26,9 @@ Bytes: dense attention reads every token's key and value; sparse attention
 reads the selected tokens' keys and values *plus* every page's metadata (a
 minimum and a maximum per channel, ``2 / block_size`` of the keys). With
 16-token pages and a 1/8 budget that is ``1/8 + 1/16`` of the dense bytes: a
-ceiling of 5.3x, not 8x, on the speed-up of any implementation.
+ceiling of 5.3x, not 8x, on the speed-up of any implementation (a little more
+when the newest page is only partly filled, so fewer tokens than the budget are
+read).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.checks import INT64_MAX, check_block_size, check_int, short_repr
 from tinyserve_sim.errors import InvalidArgumentError
 
 #: Why a page was kept: bit flags of :attr:`SelectionRecord.reasons`.
@@ -194,17 +197,27 @@ def selection_reasons(batch: DecodeBatch, sparse: DecodeBatch, num_kv_heads: int
     return reasons
 
 
+def check_budget(budget: Any, error: type[Exception] = InvalidArgumentError) -> float | int:
+    """``budget`` if it is a positive integer (tokens) or a real number in ``(0, 1]`` (a share);
+    else ``error`` naming it."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise error(f"budget must be a number of tokens or a fraction in (0, 1], got {short_repr(budget)}")
+    if isinstance(budget, (int, np.integer)):
+        check_int(int(budget), "a token budget", 1, INT64_MAX, error)
+    elif not 0.0 < float(budget) <= 1.0:
+        raise error(f"a fractional budget must be in (0, 1], got {budget}")
+    return budget
+
+
 def budget_in_tokens(budget: float | int, context_tokens: int, block_size: int) -> int:
     """A budget as tokens: an int is taken as it is; a float in ``(0, 1]`` is a share of
-    ``context_tokens``, rounded to whole pages (at least two: the sink and the newest page)."""
-    if isinstance(budget, bool):
-        raise InvalidArgumentError(f"budget must be a number of tokens or a fraction, got {budget!r}")
+    ``context_tokens``, rounded to whole pages (at least two: the sink and the newest page).
+    ``context_tokens`` and ``block_size`` are positive integers."""
+    check_budget(budget)
+    check_int(context_tokens, "context_tokens", 1, INT64_MAX)
+    check_block_size(block_size)
     if isinstance(budget, (int, np.integer)):
-        if budget < 1:
-            raise InvalidArgumentError(f"a token budget must be positive, got {budget}")
         return int(budget)
-    if not 0.0 < float(budget) <= 1.0:
-        raise InvalidArgumentError(f"a fractional budget must be in (0, 1], got {budget}")
     pages = max(2, round(float(budget) * context_tokens / block_size))
     return pages * block_size
 
@@ -226,8 +239,12 @@ def select_step(
         budget_tokens: tokens each (sequence, KV head) may read (see :func:`budget_in_tokens`).
         step: the step's index, for the record.
     """
-    if batch.per_head:
-        raise InvalidArgumentError("select_step starts from a dense batch (one table per sequence)")
+    if not isinstance(batch, DecodeBatch) or batch.per_head:
+        raise InvalidArgumentError("select_step starts from a dense DecodeBatch (one table per sequence)")
+    if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
+        raise InvalidArgumentError(
+            f"budget_tokens must be an integer (see budget_in_tokens), got {short_repr(budget_tokens)}"
+        )
     if not getattr(cache, "has_page_metadata", False):
         raise InvalidArgumentError("this KVCache keeps no page metadata: create it with page_metadata=True")
     backend = cache.backend

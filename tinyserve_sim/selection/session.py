@@ -37,18 +37,28 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.control.manager import BlockManager
 from tinyserve_sim.data.backends import Backend
 from tinyserve_sim.data.cache import KVCache
-from tinyserve_sim.errors import ConfigError, WorkloadError
+from tinyserve_sim.errors import ConfigError, InvalidArgumentError, WorkloadError
 from tinyserve_sim.selection.quality import StepQuality, step_quality
-from tinyserve_sim.selection.selector import SelectionRecord, budget_in_tokens, select_step
-from tinyserve_sim.selection.tiers import POLICIES, FastTier, TierRecord, TwoTierCache, make_policy
-from tinyserve_sim.selection.workloads import AttentionWorkload
+from tinyserve_sim.selection.selector import SelectionRecord, budget_in_tokens, check_budget, select_step
+from tinyserve_sim.selection.tiers import (
+    MAX_CAPACITY,
+    POLICIES,
+    FastTier,
+    TierRecord,
+    TwoTierCache,
+    check_decay,
+    make_policy,
+)
+from tinyserve_sim.selection.workloads import MAX_ELEMENTS, AttentionWorkload
 
 #: A fast-tier page: (physical block, KV head).
 PageKey = tuple[int, int]
@@ -82,13 +92,30 @@ class SelectionConfig:
     move_data: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ConfigError(f"block_size must be a positive integer, got {self.block_size!r}")
-        for name in self.policies:
-            if name not in POLICIES:
-                raise ConfigError(f"unknown eviction policy {name!r}; choose from {', '.join(POLICIES)}")
-        if isinstance(self.capacity, bool) or not self.capacity > 0:
-            raise ConfigError(f"capacity must be positive, got {self.capacity!r}")
+        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
+            raise ConfigError(f"block_size must be a positive integer, got {short_repr(self.block_size)}")
+        check_budget(self.budget, ConfigError)
+        check_policy_names(self.policies)
+        capacity = self.capacity
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not 0 < capacity < math.inf:
+            raise ConfigError(
+                "capacity must be an int (pages) or a float (a multiple of the pages one step selects), "
+                f"positive and finite, got {short_repr(capacity)}"
+            )
+        check_decay(self.score_decay)
+        for name in ("quality", "move_data"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {short_repr(getattr(self, name))}")
+
+
+def check_policy_names(policies: Any) -> tuple[str, ...]:
+    """``policies`` as a tuple of registered policy names; ConfigError for anything else."""
+    if isinstance(policies, str) or not isinstance(policies, (tuple, list)):
+        raise ConfigError(f"policies must be a tuple of policy names, got {short_repr(policies)}")
+    for name in policies:
+        if not isinstance(name, str) or name not in POLICIES:
+            raise ConfigError(f"unknown eviction policy {short_repr(name)}; choose from {', '.join(POLICIES)}")
+    return tuple(policies)
 
 
 @dataclass(frozen=True)
@@ -123,21 +150,31 @@ class SelectionRun:
     steps: list[StepReport] = field(default_factory=list)
     hit_rates: dict[str, float] = field(default_factory=dict)
 
+    def _measured(self) -> list[StepQuality]:
+        """The steps' quality records; WorkloadError when no step measured any."""
+        measured = [r.quality for r in self.steps if r.quality is not None]
+        if not measured:
+            raise WorkloadError(
+                f"no quality to average: the run has {len(self.steps)} step(s) and none measured its quality "
+                "(run at least one decode step, with quality=True)"
+            )
+        return measured
+
     @property
     def mean_recall(self) -> float:
-        return float(np.mean([r.quality.mean_recall for r in self.steps if r.quality is not None]))
+        return float(np.mean([q.mean_recall for q in self._measured()]))
 
     @property
     def min_recall(self) -> float:
-        return float(min(r.quality.min_recall for r in self.steps if r.quality is not None))
+        return float(min(q.min_recall for q in self._measured()))
 
     @property
     def mean_rel_error(self) -> float:
-        return float(np.mean([r.quality.mean_rel_error for r in self.steps if r.quality is not None]))
+        return float(np.mean([q.mean_rel_error for q in self._measured()]))
 
     @property
     def max_rel_error(self) -> float:
-        return float(max(r.quality.max_rel_error for r in self.steps if r.quality is not None))
+        return float(max(q.max_rel_error for q in self._measured()))
 
     @property
     def dense_bytes(self) -> int:
@@ -150,10 +187,17 @@ class SelectionRun:
     @property
     def byte_ceiling(self) -> float:
         """Dense bytes / (selected + metadata bytes), over the whole run."""
+        if not self.steps:
+            raise WorkloadError("the run has no decode steps: it read no bytes, so it has no byte ceiling")
         return self.dense_bytes / self.sparse_bytes
 
     def bytes_moved(self, policy: str) -> int:
-        """Bytes copied into the fast tier under ``policy``."""
+        """Bytes copied into the fast tier under ``policy`` (one of the run's policies)."""
+        if not isinstance(policy, str) or policy not in self.config.policies:
+            raise InvalidArgumentError(
+                f"policy must be one of the run's policies ({', '.join(self.config.policies) or 'none'}), "
+                f"got {short_repr(policy)}"
+            )
         return sum(r.tiers[policy].bytes_moved for r in self.steps)
 
 
@@ -163,9 +207,21 @@ class SelectionSession:
     Args:
         workload: the keys, values and queries.
         config: budget, policies, capacity, backend.
+
+    Raises:
+        InvalidArgumentError: a workload or config of the wrong type.
+        ConfigError: a fast tier too small for one step, or a cache or fast tier larger than the
+            limits (:data:`~tinyserve_sim.selection.workloads.MAX_ELEMENTS` elements,
+            :data:`~tinyserve_sim.selection.tiers.MAX_CAPACITY` pages), checked before any allocation.
     """
 
     def __init__(self, workload: AttentionWorkload, config: SelectionConfig | None = None) -> None:
+        if not isinstance(workload, AttentionWorkload):
+            raise InvalidArgumentError(
+                f"workload must be an AttentionWorkload (see generate_attention_workload), got {short_repr(workload)}"
+            )
+        if config is not None and not isinstance(config, SelectionConfig):
+            raise InvalidArgumentError(f"config must be a SelectionConfig or None, got {short_repr(config)}")
         self.workload = workload
         self.config = config = config or SelectionConfig()
         spec = workload.spec
@@ -173,16 +229,12 @@ class SelectionSession:
         self.seq_ids = [f"s{i}" for i in range(spec.num_seqs)]
         pages_per_seq = -(-(spec.context_len + spec.decode_steps) // bs)
         num_blocks = spec.num_seqs * pages_per_seq
-        self.manager = BlockManager(num_blocks=num_blocks, block_size=bs)
-        dtype = np.dtype(spec.dtype)
-        shape = (num_blocks, bs, spec.num_kv_heads, spec.head_dim)
-        self.cache = KVCache(*shape, dtype=dtype, backend=config.backend, page_metadata=True)
-        # The slow tier: host memory. On the NumPy backend it is the cache itself; otherwise a
-        # host copy that receives the same writes.
-        self.host = self.cache if self.cache.backend.name == "numpy" else KVCache(*shape, dtype=dtype)
-        for s, seq in enumerate(self.seq_ids):
-            keys, values = workload.prompt(s)
-            self._apply(self.manager.add(seq, spec.context_len), keys, values)
+        cache_elements = num_blocks * bs * spec.num_kv_heads * spec.head_dim
+        if cache_elements > MAX_ELEMENTS:
+            raise ConfigError(
+                f"a cache of {num_blocks:,} pages of {bs:,} tokens ({cache_elements:,} elements for the keys) "
+                f"is more than {MAX_ELEMENTS:,}: use a smaller block_size"
+            )
         self.budget_tokens = budget_in_tokens(config.budget, spec.context_len, bs)
         most_pages = spec.num_seqs * spec.num_kv_heads * min(self.budget_tokens // bs, pages_per_seq)
         self.capacity = (
@@ -193,6 +245,26 @@ class SelectionSession:
             raise ConfigError(
                 f"a fast tier of {self.capacity} pages cannot hold the {most_pages} pages one step selects"
             )
+        if self.capacity > MAX_CAPACITY:
+            raise ConfigError(
+                f"capacity {short_repr(config.capacity)} asks for more than the {MAX_CAPACITY:,} pages a fast tier "
+                f"may hold (one step selects {most_pages:,})"
+            )
+        if config.move_data and self.capacity * bs * spec.head_dim > MAX_ELEMENTS:
+            raise ConfigError(
+                f"a fast tier of {self.capacity:,} pages of {bs:,} x {spec.head_dim} elements is more than "
+                f"{MAX_ELEMENTS:,} elements to copy pages into: lower the capacity"
+            )
+        self.manager = BlockManager(num_blocks=num_blocks, block_size=bs)
+        dtype = np.dtype(spec.dtype)
+        shape = (num_blocks, bs, spec.num_kv_heads, spec.head_dim)
+        self.cache = KVCache(*shape, dtype=dtype, backend=config.backend, page_metadata=True)
+        # The slow tier: host memory. On the NumPy backend it is the cache itself; otherwise a
+        # host copy that receives the same writes.
+        self.host = self.cache if self.cache.backend.name == "numpy" else KVCache(*shape, dtype=dtype)
+        for s, seq in enumerate(self.seq_ids):
+            keys, values = workload.prompt(s)
+            self._apply(self.manager.add(seq, spec.context_len), keys, values)
         page_bytes = 2 * bs * spec.head_dim * dtype.itemsize
         self.fast: dict[str, FastTier] = {}
         self.tiers: dict[str, TwoTierCache] = {}
@@ -300,6 +372,12 @@ def replay_tiers(
     replayed at any capacity: the hit rates compare policies on exactly the
     same stream of requests.
     """
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not all(
+        isinstance(report, StepReport) for report in steps
+    ):
+        raise InvalidArgumentError(f"steps must be a list of StepReport (a run's steps), got {short_repr(steps)}")
+    policies = check_policy_names(policies)
+    check_decay(score_decay)
     tiers = {}
     for name in policies:
         options = {"decay": score_decay} if name == "score-aware" else {}

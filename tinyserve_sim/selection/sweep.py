@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.errors import ConfigError
 from tinyserve_sim.selection.session import SelectionConfig, run_selection
-from tinyserve_sim.selection.workloads import AttentionWorkloadSpec, generate_attention_workload
+from tinyserve_sim.selection.workloads import AttentionWorkloadSpec, check_measurable, generate_attention_workload
 
 #: The budgets of the sweep: 1/2 down to 1/32 of the context.
 DEFAULT_BUDGETS: tuple[float, ...] = (1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -57,11 +59,19 @@ def budget_sweep(
     block_size: int = 16,
     backend: str = "numpy",
 ) -> list[SweepRow]:
-    """One :class:`SweepRow` per budget, on the workload ``spec`` describes (deterministic)."""
+    """One :class:`SweepRow` per budget, on the workload ``spec`` describes (deterministic).
+
+    Raises:
+        WorkloadError: ``spec`` is not an :class:`AttentionWorkloadSpec` with at least one decode step.
+        ConfigError: a budget or the block size is impossible (checked before anything runs).
+    """
+    check_measurable(spec)
+    if isinstance(budgets, (str, bytes)) or not isinstance(budgets, Sequence):
+        raise ConfigError(f"budgets must be a sequence of budgets, got {short_repr(budgets)}")
+    configs = [SelectionConfig(block_size=block_size, budget=b, policies=(), backend=backend) for b in budgets]
     workload = generate_attention_workload(spec)
     rows = []
-    for budget in budgets:
-        config = SelectionConfig(block_size=block_size, budget=budget, policies=(), backend=backend)
+    for budget, config in zip(budgets, configs):
         run = run_selection(workload, config)
         pages = sum(r.selection.pages_selected for r in run.steps) / max(len(run.steps), 1)
         rows.append(SweepRow(

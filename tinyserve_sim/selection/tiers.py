@@ -53,9 +53,59 @@ from typing import Any
 
 import numpy as np
 
+from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
 from tinyserve_sim.errors import ConfigError, InvalidArgumentError
 
 Page = Hashable
+
+#: The most pages a fast tier may hold (2**20): far more than any selection run of this
+#: simulator requests, and a slot table that stays small in memory.
+MAX_CAPACITY = 1 << 20
+
+
+# ------------------------------------------------------------------ argument checks
+def check_page(page: Any, what: str = "page") -> Page:
+    """``page`` if it can be a page key (hashable); else InvalidArgumentError."""
+    try:
+        hash(page)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be hashable (a tuple, not a list), got {short_repr(page)}") from None
+    return page
+
+
+def check_pages(pages: Any, what: str) -> list[Page]:
+    """``pages`` (an iterable of hashable pages, not a string) as a list, repeats removed, in order."""
+    if isinstance(pages, (str, bytes)):
+        raise InvalidArgumentError(f"{what} must be a collection of pages, not a string: wrap one page in a list")
+    try:
+        items = list(pages)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be an iterable of pages, got {short_repr(pages)}") from None
+    for page in items:
+        check_page(page, f"every page in {what}")
+    return list(dict.fromkeys(items))
+
+
+def check_score(value: Any, page: Page) -> float:
+    """A page's score as a float: a real number (not a bool), not NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(
+            f"the score of page {short_repr(page)} must be a real number, got {short_repr(value)}"
+        )
+    try:
+        score = float(value)
+    except OverflowError:  # a Python int too large for a float
+        score = math.inf if value > 0 else -math.inf
+    if math.isnan(score):
+        raise InvalidArgumentError(f"the score of page {short_repr(page)} is NaN")
+    return score
+
+
+def check_decay(decay: Any) -> float:
+    """The score-aware policy's decay: a real number in ``[0, 1)``; else ConfigError."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float, np.integer, np.floating)) or not 0 <= decay < 1:
+        raise ConfigError(f"decay must be a real number in [0, 1), got {short_repr(decay)}")
+    return float(decay)
 
 
 @dataclass
@@ -116,7 +166,7 @@ def make_policy(policy: str | EvictionPolicy, **options: Any) -> EvictionPolicy:
     """A policy instance from its name (``options`` go to its constructor) or the instance itself."""
     if isinstance(policy, EvictionPolicy):
         return policy
-    if policy not in POLICIES:
+    if not isinstance(policy, str) or policy not in POLICIES:
         raise ConfigError(f"unknown eviction policy {policy!r}; choose one of {', '.join(POLICIES)}")
     return POLICIES[policy](**options)
 
@@ -156,8 +206,7 @@ class ScoreAware(EvictionPolicy):
     uses_scores = True
 
     def __init__(self, decay: float = 0.5) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ConfigError(f"decay must be in [0, 1), got {decay}")
+        check_decay(decay)
         self.decay = decay
 
     def update_priority(self, old: float | None, score: float) -> float:
@@ -236,10 +285,12 @@ class TwoTierCache:
     steps: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.capacity, int) or isinstance(self.capacity, bool) or self.capacity < 1:
-            raise ConfigError(f"capacity must be a positive number of pages, got {self.capacity!r}")
-        if self.page_bytes < 0:
-            raise ConfigError(f"page_bytes must be >= 0, got {self.page_bytes}")
+        check_int(self.capacity, "capacity", 1, MAX_CAPACITY, ConfigError)
+        if isinstance(self.page_bytes, np.integer):
+            self.page_bytes = int(self.page_bytes)
+        check_int(self.page_bytes, "page_bytes", 0, INT64_MAX, ConfigError)
+        if self.on_load is not None and not callable(self.on_load):
+            raise ConfigError(f"on_load must be a function (page, slot) or None, got {short_repr(self.on_load)}")
         self.policy = make_policy(self.policy)
         self._pages: dict[Page, PageStats] = {}
         self._free_slots: list[int] = list(range(self.capacity - 1, -1, -1))  # pop() hands out slot 0 first
@@ -261,20 +312,20 @@ class TwoTierCache:
         return [p.page for p in sorted(self._pages.values(), key=lambda p: p.slot)]
 
     def __contains__(self, page: Page) -> bool:
-        return page in self._pages
+        return check_page(page) in self._pages
 
     def __len__(self) -> int:
         return len(self._pages)
 
     def slot_of(self, page: Page) -> int:
         """The fast-tier slot holding ``page``."""
-        if page not in self._pages:
+        if check_page(page) not in self._pages:
             raise InvalidArgumentError(f"page {page!r} is not in the fast tier")
         return self._pages[page].slot
 
     def stats(self, page: Page) -> PageStats:
         """A copy of what the tier knows about a resident page."""
-        if page not in self._pages:
+        if check_page(page) not in self._pages:
             raise InvalidArgumentError(f"page {page!r} is not in the fast tier")
         p = self._pages[page]
         return PageStats(p.page, p.slot, p.loaded_tick, p.last_tick, p.uses, p.priority)
@@ -284,7 +335,7 @@ class TwoTierCache:
         was handed to another sequence. Their slots become free; this is not an eviction and
         moves no bytes. Returns the pages that were resident."""
         dropped = []
-        for page in pages:
+        for page in check_pages(pages, "pages"):  # checked first: a bad page changes nothing
             stats = self._pages.pop(page, None)
             if stats is not None:
                 self._free_slots.append(stats.slot)
@@ -295,23 +346,30 @@ class TwoTierCache:
     def access(self, requested: Iterable[Page], scores: Mapping[Page, float] | None = None) -> TierRecord:
         """One decode step: make every requested page resident; return what happened.
 
-        ``scores`` (optional; read only by policies that use them) are this
+        ``scores`` (optional; checked always, read only by policies that use them) are this
         step's scores of some pages: each resident page's priority is updated
         first, so the policy sees this step's scores when it chooses what to
         evict, and a page that enters takes its score as its first priority.
         Raises :class:`~tinyserve_sim.errors.InvalidArgumentError`, changing
-        nothing, when more distinct pages are requested than the fast tier holds.
+        nothing, when more distinct pages are requested than the fast tier holds, or
+        when an input is malformed: ``requested`` not an iterable of hashable pages,
+        ``scores`` not a mapping, a score that is not a real number or is NaN.
+        Everything is checked before anything changes.
         """
-        wanted = list(dict.fromkeys(requested))  # distinct, in request order
+        wanted = check_pages(requested, "requested")  # distinct, in request order
         if len(wanted) > self.capacity:
             raise InvalidArgumentError(
                 f"{len(wanted)} pages requested in one step but the fast tier holds {self.capacity}: "
                 "raise the capacity or lower the selection budget"
             )
-        scores = scores if scores and self.policy.uses_scores else {}
+        if scores is not None and not isinstance(scores, Mapping):
+            raise InvalidArgumentError(f"scores must be a mapping page -> score, got {short_repr(scores)}")
+        scores = {page: check_score(value, page) for page, value in (scores or {}).items()}
+        if not self.policy.uses_scores:
+            scores = {}
         for stats in self._pages.values():
             if stats.page in scores:
-                stats.priority = self.policy.update_priority(stats.priority, float(scores[stats.page]))
+                stats.priority = self.policy.update_priority(stats.priority, scores[stats.page])
         wanted_set = set(wanted)
         hits, loads, evicted = [], [], []
         for page in wanted:
@@ -327,7 +385,7 @@ class TwoTierCache:
                     self._free_slots.append(victim.slot)
                     evicted.append((victim.page, victim.slot))
                 slot = self._free_slots.pop()
-                first = self.policy.update_priority(None, float(scores[page])) if page in scores else 0.0
+                first = self.policy.update_priority(None, scores[page]) if page in scores else 0.0
                 stats = PageStats(page, slot, self._tick, self._tick, 0, first)
                 self._pages[page] = stats
                 loads.append((page, slot))
@@ -363,7 +421,13 @@ def belady_hit_rate(requests: Sequence[Iterable[Page]], capacity: int) -> float:
     >>> belady_hit_rate([["a"], ["b"], ["c"], ["a"]], capacity=2)   # c evicts b, not a: a hits
     0.25
     """
-    steps = [list(dict.fromkeys(step)) for step in requests]
+    check_int(capacity, "capacity", 1, MAX_CAPACITY)
+    if isinstance(requests, (str, bytes)):
+        raise InvalidArgumentError("requests must be a list of steps (each a list of pages), not a string")
+    try:
+        steps = [check_pages(step, f"requests[{i}]") for i, step in enumerate(requests)]
+    except TypeError:
+        raise InvalidArgumentError(f"requests must be a list of steps, got {short_repr(requests)}") from None
     uses: dict[Page, list[int]] = {}
     for i, step in enumerate(steps):
         for page in step:

@@ -64,10 +64,29 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tinyserve_sim.control.checks import short_repr
 from tinyserve_sim.errors import WorkloadError
 
 #: Rotating channel pairs used for recency, at most (fewer when head_dim is small).
 MAX_ROTARY_PAIRS = 16
+#: The most elements the keys (``num_seqs * (context_len + decode_steps) * num_kv_heads * head_dim``)
+#: or the queries (``decode_steps * num_seqs * num_q_heads * head_dim``) of a workload may hold:
+#: 2**26, 512 MiB for each float64 array drawn while generating (keys and values, about
+#: 1.5 GiB at the peak). Larger runs are beyond a NumPy simulator that computes every step's
+#: dense attention in float64; the limit is checked before anything is allocated.
+MAX_ELEMENTS = 1 << 26
+
+
+def _check_index(what: str, value: object, count: int) -> int:
+    """``value`` as an int if it is an integer in ``0 .. count - 1``; else WorkloadError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+        raise WorkloadError(f"{what} {short_repr(value)} is outside 0 .. {count - 1}")
+    return int(value)
+
+
+def _is_real(value: object) -> bool:
+    """True for an int or a float (Python or NumPy), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -119,7 +138,7 @@ class AttentionWorkloadSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WorkloadError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("decode_steps", "sink_tokens", "needles_per_topic"):
+        for name in ("decode_steps", "sink_tokens", "needles_per_topic", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise WorkloadError(f"{name} must be a non-negative integer, got {value!r}")
@@ -127,12 +146,19 @@ class AttentionWorkloadSpec:
             raise WorkloadError(f"num_q_heads={self.num_q_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.dtype not in ("float16", "float32"):
             raise WorkloadError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
-        if not 0.0 <= self.topic_stay <= 1.0:
-            raise WorkloadError(f"topic_stay must be a probability, got {self.topic_stay}")
+        if not _is_real(self.topic_stay) or not 0.0 <= self.topic_stay <= 1.0:
+            raise WorkloadError(f"topic_stay must be a probability in [0, 1], got {short_repr(self.topic_stay)}")
         for name in ("sink_logit", "recency_logit", "needle_logit", "noise_logit", "query_noise"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise WorkloadError(f"{name} must be finite and >= 0, got {value}")
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise WorkloadError(f"{name} must be a finite number >= 0, got {short_repr(value)}")
+        keys = self.num_seqs * (self.context_len + self.decode_steps) * self.num_kv_heads * self.head_dim
+        queries = self.decode_steps * self.num_seqs * self.num_q_heads * self.head_dim
+        if max(keys, queries) > MAX_ELEMENTS:
+            raise WorkloadError(
+                f"the workload is too large: its keys hold {keys:,} elements and its queries {queries:,}; "
+                f"at most {MAX_ELEMENTS:,} each (fewer sequences, a shorter context or fewer decode steps)"
+            )
         if self.head_dim < 1 + self.num_topics + 2 * 2:
             raise WorkloadError(
                 f"head_dim={self.head_dim} leaves no room for a sink, {self.num_topics} topic(s) and "
@@ -204,13 +230,13 @@ class AttentionWorkload:
 
     def prompt(self, seq: int) -> tuple[np.ndarray, np.ndarray]:
         """The prompt's keys and values of sequence ``seq``: ``[context_len, Hkv, D]`` each."""
+        seq = _check_index("sequence", seq, self.spec.num_seqs)
         n = self.spec.context_len
         return self.keys[seq, :n], self.values[seq, :n]
 
     def decode_token(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The new token of every sequence at decode step ``step``: keys, values ``[S, Hkv, D]``, query ``[S, Hq, D]``."""
-        if not 0 <= step < self.spec.decode_steps:
-            raise WorkloadError(f"decode step {step} is outside 0 .. {self.spec.decode_steps - 1}")
+        step = _check_index("decode step", step, self.spec.decode_steps)
         t = self.spec.context_len + step
         return self.keys[:, t], self.values[:, t], self.queries[step]
 
@@ -219,6 +245,9 @@ class AttentionWorkload:
 
         ``"sink"``: the first tokens; ``"needle"``: the needles of the step's topic;
         ``"recent"``: the last ``window`` tokens."""
+        seq = _check_index("sequence", seq, self.spec.num_seqs)
+        kv_head = _check_index("KV head", kv_head, self.spec.num_kv_heads)
+        step = _check_index("decode step", step, self.spec.decode_steps)
         n = self.length_at(step)
         topic = int(self.topics[step, seq])
         return {
@@ -226,6 +255,16 @@ class AttentionWorkload:
             "needle": np.sort(self.needles[seq, kv_head, topic]),
             "recent": np.arange(max(0, n - self.spec.window), n),
         }
+
+
+def check_measurable(spec: object) -> AttentionWorkloadSpec:
+    """``spec`` if it is an :class:`AttentionWorkloadSpec` with at least one decode step (a study
+    averages over steps); else WorkloadError."""
+    if not isinstance(spec, AttentionWorkloadSpec):
+        raise WorkloadError(f"spec must be an AttentionWorkloadSpec, got {short_repr(spec)}")
+    if spec.decode_steps < 1:
+        raise WorkloadError("the workload has no decode steps: a study needs at least one to measure")
+    return spec
 
 
 def _topic_path(rng: np.random.Generator, steps: int, topics: int, stay: float) -> np.ndarray:
@@ -241,6 +280,8 @@ def _topic_path(rng: np.random.Generator, steps: int, topics: int, stay: float) 
 
 def generate_attention_workload(spec: AttentionWorkloadSpec) -> AttentionWorkload:
     """Draw a workload from ``spec`` (deterministic for a given spec, seed included)."""
+    if not isinstance(spec, AttentionWorkloadSpec):
+        raise WorkloadError(f"spec must be an AttentionWorkloadSpec, got {short_repr(spec)}")
     rng = np.random.default_rng(spec.seed)
     S, Hkv, G, D = spec.num_seqs, spec.num_kv_heads, spec.group_size, spec.head_dim
     n_total = spec.context_len + spec.decode_steps

@@ -34,7 +34,14 @@ from tinyserve_sim.errors import (
     KernelInputError,
     UnknownSequenceError,
 )
+from tinyserve_sim.data import exact_math
+from tinyserve_sim.data.block_allocation import check_racing_allocation
+from tinyserve_sim.data.geometry import choose_split
+from tinyserve_sim.serving.catalog import make_memory
+from tinyserve_sim.serving.compaction import plan_compaction
 from tinyserve_sim.serving.generator import WorkloadSpec, generate
+from tinyserve_sim.serving.scheduler import Scheduler, simulate
+from tinyserve_sim.serving.timing import get_time_model
 
 F16 = np.float16
 
@@ -333,3 +340,38 @@ def test_simulate_refuses_a_rate_too_low_in_one_line(tmp_path: Path):
     assert result.returncode == 2, result.stderr.decode()[-500:]
     assert len(lines) == 1 and lines[0].startswith("error: --rate:"), lines
     assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+# ------------------------------------------------------------------ remaining public helpers
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        pytest.param(lambda: exact_math.pairwise_sum(np.ones(0, np.float32)), "power-of-two length, got 0", id="pairwise-empty"),
+        pytest.param(lambda: exact_math.halving_sum(np.float32(1)), "axis -1 is not an axis", id="halving-0d"),
+        pytest.param(lambda: exact_math.sequential_sum(np.ones(4, np.float32), axis=5), "axis 5", id="sequential-axis"),
+        pytest.param(lambda: exact_math.pairwise_sum(np.ones(3, np.float32)), "power-of-two length, got 3", id="pairwise-3"),
+        pytest.param(lambda: exact_math.exp_f32("a"), "exp_f32 needs real numbers", id="exp-str"),
+        pytest.param(lambda: check_racing_allocation([True, False], None), "1-D bool array", id="racing-junk"),
+        pytest.param(lambda: choose_split(None, 32, 8, np.array([100])), "AttentionPlan", id="choose-split-no-plan"),
+    ],
+)
+def test_exact_math_and_geometry_helpers_name_bad_input(call, match):
+    with pytest.raises(KernelInputError, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        pytest.param(lambda w: get_time_model(None), "named by a string", id="time-model-none"),
+        pytest.param(lambda w: Scheduler(w, None), "memory must be a KV memory manager", id="scheduler-memory"),
+        pytest.param(lambda w: Scheduler(None, make_memory("paged-16", 10_000)), "workload must be a Workload", id="scheduler-workload"),
+        pytest.param(lambda w: Scheduler(w, make_memory("paged-16", 10_000), "cfg"), "config must be a SchedulerConfig", id="scheduler-config"),
+        pytest.param(lambda w: simulate(w, "paged-16"), "memory must be a KV memory manager", id="simulate-name"),
+        pytest.param(lambda w: plan_compaction(None), "manager must be a BlockManager", id="compaction-none"),
+    ],
+)
+def test_serving_entry_points_name_bad_input(call, match):
+    workload = generate(WorkloadSpec(num_requests=4, seed=0))
+    with pytest.raises(InvalidArgumentError, match=match):
+        call(workload)

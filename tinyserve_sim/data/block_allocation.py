@@ -163,7 +163,14 @@ def check_racing_allocation(free_before: np.ndarray, result: np.ndarray) -> None
     out once; and a request got -1 only if no free block was left, i.e. the
     number of -1 results equals ``max(0, R - free blocks)``.
     """
+    free_before, result = np.asarray(free_before), np.asarray(result)
+    if free_before.dtype != np.bool_ or free_before.ndim != 1 or result.dtype.kind not in "iu" or result.ndim != 1:
+        raise KernelInputError(
+            f"check_racing_allocation needs a 1-D bool array and a 1-D integer array, got "
+            f"{free_before.dtype} {free_before.shape} and {result.dtype} {result.shape}"
+        )
     got = result[result >= 0]
+    assert (got < free_before.size).all(), "a block id past the pool was handed out"
     assert np.unique(got).size == got.size, "a block was handed out twice"
     assert free_before[got].all(), "a block that was not free was handed out"
     assert (result >= -1).all(), "results must be block ids or -1"

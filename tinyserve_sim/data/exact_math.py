@@ -34,6 +34,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from tinyserve_sim.control.checks import is_int
+from tinyserve_sim.errors import KernelInputError
+
 F32 = np.float32
 
 # Constants as exact float32 values, written in hexadecimal so that the C
@@ -66,6 +69,28 @@ EXP_MIN_K = -125
 EXP_MAX_K = 127
 
 
+def _as_f32(x: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
+    """``x`` as a float32 array, or a :class:`~tinyserve_sim.errors.KernelInputError` naming ``what``."""
+    try:
+        return np.asarray(x, dtype=F32)
+    except (TypeError, ValueError):
+        raise KernelInputError(f"{what} needs real numbers, got {type(x).__name__}") from None
+
+
+def _sum_axis(a: npt.ArrayLike, axis: int, what: str, power_of_two: bool) -> npt.NDArray[np.float32]:
+    """``a`` as float32 with ``axis`` moved last, after checking that the sum is defined:
+    a real array with that axis (for the trees, a power of two long along it; a sequential
+    sum of nothing is its starting ``+0.0``)."""
+    a = _as_f32(a, what)
+    if not is_int(axis) or not -a.ndim <= axis < a.ndim:
+        raise KernelInputError(f"{what}: axis {axis!r} is not an axis of an array of {a.ndim} dimensions")
+    a = np.moveaxis(a, axis, -1)
+    n = a.shape[-1]
+    if power_of_two and (n == 0 or n & (n - 1)):
+        raise KernelInputError(f"{what} needs a power-of-two length, got {n}")
+    return a
+
+
 def exp_f32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Deterministic float32 ``exp``, bit-identical to ``ts_exp`` in CUDA.
 
@@ -88,7 +113,7 @@ def exp_f32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     Inputs above ~88.4 saturate to +inf slightly earlier than a libm would;
     softmax only ever calls it on values <= 0.
     """
-    x = np.asarray(x, dtype=F32)
+    x = _as_f32(x, "exp_f32")
     with np.errstate(invalid="ignore", over="ignore"):
         kf = np.rint(x * LOG2E)
         r = x - kf * LN2_HI  # the product is exact: the same value as fma(-k, LN2_HI, x)
@@ -246,10 +271,7 @@ def pairwise_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.f
     (each lane adds its partner's value; float addition is commutative, so
     both partners get identical bits).
     """
-    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
-    n = a.shape[-1]
-    if n & (n - 1):
-        raise ValueError(f"pairwise_sum needs a power-of-two length, got {n}")
+    a = _sum_axis(a, axis, "pairwise_sum", power_of_two=True)
     while a.shape[-1] > 1:
         a = a[..., 0::2] + a[..., 1::2]
     return a[..., 0]
@@ -261,7 +283,7 @@ def sequential_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np
     This is what one GPU thread does with ``acc = 0; for (...) acc += x;``.
     (``np.sum`` would use its own pairwise blocking, a different order.)
     """
-    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
+    a = _sum_axis(a, axis, "sequential_sum", power_of_two=False)
     acc = np.zeros(a.shape[:-1], dtype=F32)
     for i in range(a.shape[-1]):
         acc = acc + a[..., i]
@@ -277,10 +299,7 @@ def halving_sum(a: npt.NDArray[np.float32], axis: int = -1) -> npt.NDArray[np.fl
     ``n/2, n/4, ..., 1`` computes exactly this tree. It equals
     :func:`pairwise_sum` over the bit-reversed order of the elements.
     """
-    a = np.moveaxis(np.asarray(a, dtype=F32), axis, -1)
-    n = a.shape[-1]
-    if n & (n - 1):
-        raise ValueError(f"halving_sum needs a power-of-two length, got {n}")
+    a = _sum_axis(a, axis, "halving_sum", power_of_two=True)
     while a.shape[-1] > 1:
         half = a.shape[-1] // 2
         a = a[..., :half] + a[..., half:]

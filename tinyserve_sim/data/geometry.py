@@ -370,9 +370,9 @@ def split_candidates(
     if not 1 <= num_kv_heads <= num_heads or num_heads % num_kv_heads:
         raise KernelInputError(f"{num_heads} query heads cannot share {num_kv_heads} KV heads (a positive multiple is needed)")
     rows = _rows(lens, num_kv_heads)
+    rule = wave_rule(plan)  # first: it refuses anything but an AttentionPlan
     tiles = plan.head_tiles(num_heads // num_kv_heads)
     slots = REFERENCE_SMS * blocks_per_sm(plan)
-    rule = wave_rule(plan)
 
     def blocks(part: int | None) -> int:  # a row of n tokens has ceil(n / part) blocks per tile
         return tiles * (rows.size if part is None else int((-(-rows // part)).sum()))

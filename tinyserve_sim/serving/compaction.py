@@ -81,7 +81,9 @@ def plan_compaction(
         weights: a weight per block id (a list, or a mapping where missing ids
             weigh 0); default: each block's reference count (its readers per decode step).
     """
-    if strategy not in STRATEGIES:
+    if not isinstance(manager, BlockManager):
+        raise InvalidArgumentError(f"manager must be a BlockManager, got {type(manager).__name__}")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise InvalidArgumentError(f"unknown compaction strategy {strategy!r}; choose one of {STRATEGIES}")
     snap = manager.snapshot()
     n = snap.num_blocks

@@ -148,6 +148,16 @@ class Scheduler:
     ) -> None:
         """``observer(scheduler)``, if given, is called right after each step is recorded,
         before finished sequences are freed: it sees exactly the state the row describes."""
+        if not isinstance(workload, Workload):
+            raise InvalidArgumentError(f"workload must be a Workload (generate_workload), got {type(workload).__name__}")
+        if not all(hasattr(memory, attr) for attr in ("capacity_slots", "name")):
+            raise InvalidArgumentError(
+                f"memory must be a KV memory manager (make_memory('paged-16', capacity)), got {type(memory).__name__}"
+            )
+        if not isinstance(config, SchedulerConfig):
+            raise InvalidArgumentError(f"config must be a SchedulerConfig, got {type(config).__name__}")
+        if observer is not None and not callable(observer):
+            raise InvalidArgumentError(f"observer must be a function of the scheduler, got {type(observer).__name__}")
         self.workload = workload
         self.observer = observer
         self.memory = memory

@@ -455,6 +455,8 @@ DEFAULT_TIME_MODEL = "opt-13b-a100"
 
 def get_time_model(name_or_path: str) -> RooflineTime | ConstantTime:
     """A preset by name, ``constant-<ms>ms`` for any constant, or a JSON file (see :func:`load_time_model`)."""
+    if not isinstance(name_or_path, str):
+        raise InvalidArgumentError(f"a time model is named by a string, got {name_or_path!r}")
     if name_or_path in TIME_MODELS:
         return TIME_MODELS[name_or_path]
     if name_or_path.startswith("constant-") and name_or_path.endswith("ms"):

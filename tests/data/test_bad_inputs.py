@@ -77,7 +77,7 @@ def test_the_twins_want_host_arrays_and_writable_caches():
         (dict(dtype="not a dtype"), "dtype must be float16 or float32"),
         (dict(fill="zero"), "fill must be a real number"),
         (dict(backend=3), "backend must be"),
-        (dict(num_blocks=10**30), "cannot be allocated"),
+        (dict(num_blocks=10**30), "num_blocks must be a positive integer no larger than 9,223,372,036,854,775,807"),
         (dict(num_blocks=2**40), "cannot be allocated"),
     ],
 )

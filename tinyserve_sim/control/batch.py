@@ -102,11 +102,6 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _int_arg(name: str, value: object, low: int, high: int) -> int:
-    """``value`` as an int if it is a Python or NumPy integer (not a bool) in ``low .. high``."""
-    return check_int(int(value) if isinstance(value, np.integer) else value, name, low, high)
-
-
 def seq_id_list(seq_ids: object) -> list[SeqId]:
     """``seq_ids`` (a list, tuple or other iterable of sequence ids, not a str) as a list."""
     if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable):
@@ -135,7 +130,7 @@ def pack_block_tables(tables: Sequence[Sequence[int]], max_blocks: int | None = 
         raise InvalidArgumentError(f"tables must be a list of block tables (lists of block ids), got {short_repr(tables)}")
     rows = [int_array(f"block table {i}", table, INT32_MIN, INT32_MAX, np.int32) for i, table in enumerate(tables)]
     width = max((row.size for row in rows), default=0)
-    max_blocks = max(width, 1) if max_blocks is None else _int_arg("max_blocks", max_blocks, 1, INT32_MAX)
+    max_blocks = max(width, 1) if max_blocks is None else check_int(max_blocks, "max_blocks", 1, INT32_MAX)
     if width > max_blocks:
         raise InvalidArgumentError(f"a block table has {width} entries, more than max_blocks={max_blocks}")
     return _pack_rows(rows, max_blocks)
@@ -312,12 +307,12 @@ class DecodeBatch:
     def blocks_used(self, row: int, head: int | None = None) -> np.ndarray:
         """The blocks row ``row`` (of head ``head`` with a head axis) really uses:
         its first ``ceil(seq_len / block_size)`` table entries."""
-        row = _int_arg("row", row, 0, self.num_seqs - 1)
+        row = check_int(row, "row", 0, self.num_seqs - 1)
         if self.per_head != (head is not None):
             tables = "one table per KV head: name the head" if self.per_head else "one table per sequence: name no head"
             raise InvalidArgumentError(f"the batch has {tables}, got head={short_repr(head)}")
         if head is not None:
-            head = _int_arg("head", head, 0, self.block_tables.shape[1] - 1)
+            head = check_int(head, "head", 0, self.block_tables.shape[1] - 1)
         table = self.block_tables[row] if head is None else self.block_tables[row, head]
         length = int(self.seq_lens[row] if head is None else self.seq_lens[row, head])
         return table[: -(-length // self.block_size)]
@@ -325,7 +320,7 @@ class DecodeBatch:
     def head_tables(self, num_kv_heads: int) -> tuple[np.ndarray, np.ndarray]:
         """Tables ``[S, Hkv, W]`` and lengths ``[S, Hkv]`` for every KV head (a read-only broadcast
         when the batch has no head axis: every head reads its sequence's table)."""
-        num_kv_heads = _int_arg("num_kv_heads", num_kv_heads, 1, INT32_MAX)
+        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", 1, INT32_MAX)
         if self.per_head:
             if self.block_tables.shape[1] != num_kv_heads:
                 raise InvalidArgumentError(

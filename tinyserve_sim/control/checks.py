@@ -43,16 +43,22 @@ def is_int(value: object) -> bool:
 def check_int(
     value: object, what: str, low: int, high: int, error: type[Exception] = InvalidArgumentError
 ) -> int:
-    """``value`` if it is an int (not a bool) in ``low .. high``; else raise ``error`` naming ``what``.
+    """``value`` as an int if it is a Python or NumPy integer (not a bool) in ``low .. high``;
+    else raise ``error`` naming ``what``.
 
+    >>> check_int(np.int64(3), "num_blocks", 1, 100)
+    3
     >>> check_int(0, "num_blocks", 1, 100)
     Traceback (most recent call last):
     ...
     tinyserve_sim.errors.InvalidArgumentError: num_blocks must be a positive integer no larger than 100, got 0
     """
+    if isinstance(value, np.integer):
+        value = int(value)
     if not is_int(value) or not low <= value <= high:  # type: ignore[operator]
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer from {low:,}")
-        limit = f" no larger than {high:,}" if high < INT64_MAX else ""
+        too_large = is_int(value) and value > high  # type: ignore[operator]
+        limit = f" no larger than {high:,}" if high < INT64_MAX or too_large else ""
         raise error(f"{what} must be {kind}{limit}, got {short_repr(value)}")
     return int(value)  # type: ignore[arg-type]
 

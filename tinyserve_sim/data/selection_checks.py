@@ -43,8 +43,6 @@ MAX_GROUP_ELEMENTS = 32768
 
 def int_scalar(name: str, value: Any, minimum: int) -> int:
     """``value`` as an int (a Python or NumPy integer, not a bool) of at least ``minimum``."""
-    if isinstance(value, np.integer):
-        value = int(value)
     return check_int(value, name, minimum, INT64_MAX, KernelInputError)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
 
 #: Cache element types the kernels are built for.
@@ -36,9 +36,7 @@ MAX_PARTITION_SIZE = 1 << 30
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise KernelInputError(f"{name} must be a positive integer, got {short_repr(value)}")
-    return int(value)
+    return check_int(value, name, 1, INT64_MAX, KernelInputError)
 
 
 def check_head_dim(head_dim: int) -> None:

@@ -40,6 +40,11 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_real(value: object) -> bool:
+    """True for a Python or NumPy int or float that is not a bool (NaN and infinities included)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def check_int(
     value: object, what: str, low: int, high: int, error: type[Exception] = InvalidArgumentError
 ) -> int:

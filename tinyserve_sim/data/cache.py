@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.backends import Backend, get_backend
+from tinyserve_sim.control.checks import is_real
 from tinyserve_sim.control.prefill_batch import PrefillBatch
+from tinyserve_sim.data.backends import Backend, get_backend
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
 from tinyserve_sim.data.prefill_step import PrefillStep, prefill_work
 from tinyserve_sim.data.selection_checks import check_block_list
@@ -101,7 +102,7 @@ class KVCache:
         )
         check_head_dim(shape[3])
         dt = cache_dtype(dtype)
-        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
+        if not is_real(fill):
             raise KernelInputError(f"fill must be a real number, got {type(fill).__name__}")
         nbytes = 2 * int(np.prod(shape, dtype=object)) * dt.itemsize
         if metadata_update not in METADATA_UPDATES:

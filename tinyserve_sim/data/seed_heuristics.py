@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.control.checks import is_real, short_repr
 from tinyserve_sim.data.exact_math import pairwise_sum, sequential_sum
 from tinyserve_sim.data.validation import CACHE_DTYPES, check_array, to_host
 from tinyserve_sim.errors import KernelInputError
@@ -59,7 +59,7 @@ W_COMPLEXITY, W_REQUIREMENT, W_HISTORY, HISTORY_SCALE = F32(0.4), F32(0.3), F32(
 
 def _finite32(name: str, value: Any) -> np.float32:
     """``value`` as the float32 the kernel receives: a real number (not a bool), finite as a float32."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise KernelInputError(f"{name} must be a real number, got {short_repr(value)}")
     try:
         with np.errstate(over="ignore"):

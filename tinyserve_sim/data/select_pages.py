@@ -40,9 +40,9 @@ from tinyserve_sim.control.batch import PAD_BLOCK, DecodeBatch
 from tinyserve_sim.data.selection_checks import (
     check_compact_tables,
     check_select_pages,
-    int_scalar,
     pages_in_budget,
 )
+from tinyserve_sim.data.validation import positive_int
 from tinyserve_sim.errors import KernelInputError
 
 
@@ -145,7 +145,7 @@ def selected_lengths(batch: DecodeBatch, num_kv_heads: int, budget_tokens: int) 
     """
     if not isinstance(batch, DecodeBatch):
         raise KernelInputError(f"batch must be a DecodeBatch, got {type(batch).__name__}")
-    _, lens = batch.head_tables(int_scalar("num_kv_heads", num_kv_heads, 1))
+    _, lens = batch.head_tables(positive_int("num_kv_heads", num_kv_heads))
     return selected_lengths_of(lens, batch.block_size, budget_tokens)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.control.checks import INT64_MAX, check_int
 from tinyserve_sim.data.validation import (
     CACHE_DTYPES,
     HEAD_DIM_MULTIPLE,
@@ -30,6 +29,7 @@ from tinyserve_sim.data.validation import (
     check_positive_lengths,
     check_rows_fit,
     check_slots,
+    positive_int,
     to_host,
 )
 from tinyserve_sim.errors import KernelInputError
@@ -39,11 +39,6 @@ SCORE_DTYPE = np.dtype(np.float32)
 #: page_scores stages one GQA group's queries (as float32) in shared memory: at most
 #: this many elements (128 KiB), e.g. 128 query heads per KV head of 256 elements.
 MAX_GROUP_ELEMENTS = 32768
-
-
-def int_scalar(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int (a Python or NumPy integer, not a bool) of at least ``minimum``."""
-    return check_int(value, name, minimum, INT64_MAX, KernelInputError)
 
 
 def check_page_metadata(key_min: Any, key_max: Any) -> tuple[int, int, int]:
@@ -90,7 +85,7 @@ def check_update_page_metadata(
 ) -> tuple[np.ndarray, int]:
     """Check ``update_page_metadata`` inputs; return ``(slot_mapping on the host, block_size)``."""
     num_blocks, num_kv_heads, head_dim = check_page_metadata(key_min, key_max)
-    block_size = int_scalar("block_size", block_size, 1)
+    block_size = positive_int("block_size", block_size)
     check_array("key", key)
     check_array("slot_mapping", slot_mapping)
     if key.ndim != 3 or tuple(key.shape[1:]) != (num_kv_heads, head_dim):
@@ -162,8 +157,8 @@ def check_page_scores(query: Any, key_min: Any, key_max: Any, batch: Any) -> tup
 def pages_in_budget(budget_tokens: Any, block_size: int) -> int:
     """How many pages a budget of ``budget_tokens`` tokens pays for: ``budget_tokens // block_size``,
     at least 2 (the attention sink and the newest page are always kept)."""
-    budget = int_scalar("budget_tokens", budget_tokens, 1)
-    block_size = int_scalar("block_size", block_size, 1)
+    budget = positive_int("budget_tokens", budget_tokens)
+    block_size = positive_int("block_size", block_size)
     pages = budget // block_size
     if pages < 2:
         raise KernelInputError(

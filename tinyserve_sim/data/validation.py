@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
+from tinyserve_sim.control.checks import INT64_MAX, check_int, is_real, short_repr
 from tinyserve_sim.errors import CopyConflictError, KernelInputError
 
 #: Cache element types the kernels are built for.
@@ -298,7 +298,7 @@ def check_paged_attention(
 
 def check_scale(scale: Any) -> np.float32:
     """The softmax scale, as the float32 the kernel receives; must be a finite real number."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+    if not is_real(scale):
         raise KernelInputError(f"scale must be a real number, got {type(scale).__name__}")
     with np.errstate(over="ignore"):
         s = np.float32(scale)

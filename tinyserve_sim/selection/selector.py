@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.control.checks import INT64_MAX, check_block_size, check_int, short_repr
+from tinyserve_sim.control.checks import INT64_MAX, check_block_size, check_int, is_real, short_repr
 from tinyserve_sim.errors import InvalidArgumentError
 
 #: Why a page was kept: bit flags of :attr:`SelectionRecord.reasons`.
@@ -200,10 +200,10 @@ def selection_reasons(batch: DecodeBatch, sparse: DecodeBatch, num_kv_heads: int
 def check_budget(budget: Any, error: type[Exception] = InvalidArgumentError) -> float | int:
     """``budget`` if it is a positive integer (tokens) or a real number in ``(0, 1]`` (a share);
     else ``error`` naming it."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+    if not is_real(budget):
         raise error(f"budget must be a number of tokens or a fraction in (0, 1], got {short_repr(budget)}")
     if isinstance(budget, (int, np.integer)):
-        check_int(int(budget), "a token budget", 1, INT64_MAX, error)
+        check_int(budget, "a token budget", 1, INT64_MAX, error)
     elif not 0.0 < float(budget) <= 1.0:
         raise error(f"a fractional budget must be in (0, 1], got {budget}")
     return budget

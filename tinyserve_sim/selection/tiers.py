@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyserve_sim.control.checks import INT64_MAX, check_int, short_repr
+from tinyserve_sim.control.checks import INT64_MAX, check_int, is_real, short_repr
 from tinyserve_sim.errors import ConfigError, InvalidArgumentError
 
 Page = Hashable
@@ -88,7 +88,7 @@ def check_pages(pages: Any, what: str) -> list[Page]:
 
 def check_score(value: Any, page: Page) -> float:
     """A page's score as a float: a real number (not a bool), not NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise InvalidArgumentError(
             f"the score of page {short_repr(page)} must be a real number, got {short_repr(value)}"
         )
@@ -103,7 +103,7 @@ def check_score(value: Any, page: Page) -> float:
 
 def check_decay(decay: Any) -> float:
     """The score-aware policy's decay: a real number in ``[0, 1)``; else ConfigError."""
-    if isinstance(decay, bool) or not isinstance(decay, (int, float, np.integer, np.floating)) or not 0 <= decay < 1:
+    if not is_real(decay) or not 0 <= decay < 1:
         raise ConfigError(f"decay must be a real number in [0, 1), got {short_repr(decay)}")
     return float(decay)
 

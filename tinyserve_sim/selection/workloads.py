@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tinyserve_sim.control.checks import short_repr
+from tinyserve_sim.control.checks import is_real, short_repr
 from tinyserve_sim.errors import WorkloadError
 
 #: Rotating channel pairs used for recency, at most (fewer when head_dim is small).
@@ -82,11 +82,6 @@ def _check_index(what: str, value: object, count: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
         raise WorkloadError(f"{what} {short_repr(value)} is outside 0 .. {count - 1}")
     return int(value)
-
-
-def _is_real(value: object) -> bool:
-    """True for an int or a float (Python or NumPy), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -146,11 +141,11 @@ class AttentionWorkloadSpec:
             raise WorkloadError(f"num_q_heads={self.num_q_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.dtype not in ("float16", "float32"):
             raise WorkloadError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
-        if not _is_real(self.topic_stay) or not 0.0 <= self.topic_stay <= 1.0:
+        if not is_real(self.topic_stay) or not 0.0 <= self.topic_stay <= 1.0:
             raise WorkloadError(f"topic_stay must be a probability in [0, 1], got {short_repr(self.topic_stay)}")
         for name in ("sink_logit", "recency_logit", "needle_logit", "noise_logit", "query_noise"):
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
+            if not is_real(value) or not math.isfinite(value) or value < 0:
                 raise WorkloadError(f"{name} must be a finite number >= 0, got {short_repr(value)}")
         keys = self.num_seqs * (self.context_len + self.decode_steps) * self.num_kv_heads * self.head_dim
         queries = self.decode_steps * self.num_seqs * self.num_q_heads * self.head_dim

@@ -1,0 +1,170 @@
+"""The tensor-core model (``tinyserve_sim.data.tensor_core``) on the CPU: against an
+independent implementation of its rule in exact rational arithmetic, on hand-worked
+examples, and on its input checks. The GPU test (``tests/gpu/test_gpu_tensor_core.py``)
+compares it with the hardware."""
+
+from __future__ import annotations
+
+import math
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_dot, mma_m16n8k16
+from tinyserve_sim.errors import KernelInputError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tensor_core_strategies import KINDS, dot_rows, draw_tiles
+
+
+# ------------------------------------------------------------------ the rule, in rationals
+def _place(x: float, smallest: int) -> int:
+    """The exponent a float's fields encode: floor(log2 |x|), or the smallest normal
+    exponent for a subnormal."""
+    return max(math.frexp(x)[1] - 1, smallest)
+
+
+def _float32_toward_zero(s: Fraction) -> np.float32:
+    """The float32 nearest to ``s`` on the side of zero, found by stepping, not by formula."""
+    y = np.float32(float(s))  # near; then walk to the right side
+    while abs(Fraction(float(y))) > abs(s):
+        y = np.nextafter(y, np.float32(0))
+    while True:
+        away = np.nextafter(y, np.float32(math.copysign(np.inf, float(s)) if s != 0 else np.inf))
+        if np.isfinite(away) and abs(Fraction(float(away))) <= abs(s):
+            y = away
+        else:
+            return np.float32(y)
+
+
+def reference_dot(a: np.ndarray, b: np.ndarray, c: np.float32) -> np.float32:
+    """The module docstring's five steps, for finite inputs, with Fractions."""
+    terms = [(Fraction(float(c)), _place(float(c), -126) if c != 0 else None)]
+    for x, y in zip(a.tolist(), b.tolist()):
+        p = Fraction(x) * Fraction(y)  # step 1: exact
+        terms.append((p, _place(x, -14) + _place(y, -14) if p != 0 else None))  # step 2
+    places = [e for _, e in terms if e is not None]
+    if not places:  # every term zero: -0 only if all are negative zeros
+        negative = math.copysign(1, float(c)) < 0 and all(
+            math.copysign(1, x) * math.copysign(1, y) < 0 for x, y in zip(a.tolist(), b.tolist()))
+        return np.float32(-0.0 if negative else 0.0)
+    unit = Fraction(2) ** (max(places) - WINDOW_BITS)  # step 3
+    total = sum(math.trunc(t / unit) * unit for t, _ in terms)  # steps 3 and 4: cut toward zero, add
+    if total == 0:
+        return np.float32(0.0)
+    return _float32_toward_zero(total)  # step 5
+
+
+def _same(x: np.ndarray, y: np.ndarray) -> bool:
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    return bool(np.all((x.view(np.uint32) == y.view(np.uint32)) | (np.isnan(x) & np.isnan(y))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(dot_rows())
+def test_mma_dot_follows_its_rule_in_exact_arithmetic(row):
+    a, b, c = row
+    got = mma_dot(a, b, np.float32(c))
+    want = reference_dot(a, b, np.float32(c))
+    assert _same(got, want), f"a={a.tolist()} b={b.tolist()} c={c!r}: twin {got!r}, rule {want!r}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mma_m16n8k16_follows_its_rule_on_every_kind(kind):
+    a, b_t, c = draw_tiles(kind, 2, np.random.default_rng(7))
+    d = mma_m16n8k16(a, b_t, c)
+    for i in range(16):
+        for j in range(8):
+            want = reference_dot(a[1, i], b_t[1, j], c[1, i, j])
+            assert _same(d[1, i, j], want), (kind, i, j, d[1, i, j], want)
+
+
+# ------------------------------------------------------------------ worked by hand
+def _row(products: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.zeros(16, np.float16)
+    b = np.zeros(16, np.float16)
+    for k, (x, y) in enumerate(products):
+        a[k], b[k] = x, y
+    return a, b
+
+
+def test_small_terms_are_cut_before_they_are_added():
+    # c = 1 sets E = 0, so the unit is 2**-25. Four products of 3 * 2**-27 = 0.75 units
+    # are each cut to 0: d = 1. Exactly, they add 3 * 2**-25 = 0.75 ulp of 1.0, which
+    # float32 rounding to nearest (a chain of fma) would turn into 1 + 2**-23.
+    a, b = _row([(3 * 2.0**-14, 2.0**-13)] * 4)
+    assert mma_dot(a, b, np.float32(1.0)) == np.float32(1.0)
+    # The same 3 * 2**-25, as one product of kept bits, survives the cut...
+    a, b = _row([(3 * 2.0**-13, 2.0**-12)])
+    # ...and the final rounding toward zero takes 1 + 0.75 ulp down to 1.
+    assert mma_dot(a, b, np.float32(1.0)) == np.float32(1.0)
+    # One ulp's worth of kept bits is kept whole: 1 + 2**-23.
+    a, b = _row([(2.0**-11, 2.0**-12)])
+    assert mma_dot(a, b, np.float32(1.0)) == np.nextafter(np.float32(1.0), np.float32(2.0))
+
+
+def test_the_exponent_fields_not_the_value_set_the_window():
+    # Two products of 1.5 * 1.5 = 2.25: the fields say exponent 0 (a significand in [1, 4)
+    # may carry a bit), so the unit is 2**-25, not the 2**-24 that a window placed by the
+    # value 2.25 (exponent 1) would give. A term of 2**-25 survives: 4.5 + 2**-25 rounds
+    # toward zero to 4.5 in float32 anyway, so look at it through a cancellation instead.
+    a, b = _row([(1.5, 1.5), (-1.5, 1.5), (2.0**-13, 2.0**-12)])
+    assert mma_dot(a, b, np.float32(0.0)) == np.float32(2.0**-25)
+
+
+def test_integers_are_exact_and_order_does_not_matter():
+    a, b_t, c = draw_tiles("ints", 4, np.random.default_rng(3))
+    d = mma_m16n8k16(a, b_t, c)
+    exact = np.einsum("tik,tjk->tij", a.astype(np.float64), b_t.astype(np.float64)) + c
+    assert np.array_equal(d, exact.astype(np.float32))
+    rng = np.random.default_rng(4)
+    a, b_t, c = draw_tiles("anybits", 4, rng)
+    order = rng.permutation(16)
+    assert _same(mma_m16n8k16(a[..., order], b_t[..., order], c), mma_m16n8k16(a, b_t, c))
+
+
+def test_special_values_follow_ieee():
+    a, b = _row([(1.0, 1.0), (np.inf, 2.0)])
+    assert mma_dot(a, b, np.float32(3.0)) == np.inf
+    a, b = _row([(np.inf, 1.0), (-np.inf, 1.0)])
+    assert np.isnan(mma_dot(a, b, np.float32(0.0)))
+    a, b = _row([(np.inf, 0.0)])
+    assert np.isnan(mma_dot(a, b, np.float32(0.0)))
+    a, b = _row([(1.0, 1.0)])
+    assert mma_dot(a, b, np.float32(-np.inf)) == -np.inf
+    # Zeros: a zero sum is +0; only negative zeros everywhere give -0.
+    a, b = _row([(1.0, 1.0)])
+    assert np.signbit(mma_dot(a, b, np.float32(-1.0))) == False
+    a, b = _row([])
+    b[:] = np.float16(-0.0)
+    a[:] = np.float16(1.0)
+    assert np.signbit(mma_dot(a, b, np.float32(-0.0)))
+    assert not np.signbit(mma_dot(a, b, np.float32(0.0)))
+
+
+# ------------------------------------------------------------------ input checks
+@pytest.mark.parametrize(
+    ("a", "b_t", "c", "names"),
+    [
+        (np.zeros((1, 16, 16), np.float32), np.zeros((1, 8, 16), np.float16), np.zeros((1, 16, 8), np.float32), "a must be float16"),
+        (np.zeros((1, 16, 16), np.float16), np.zeros((1, 16, 8), np.float16), np.zeros((1, 16, 8), np.float32), "b_t must have shape"),
+        (np.zeros((1, 16, 16), np.float16), np.zeros((1, 8, 16), np.float16), np.zeros((1, 16, 8), np.float64), "c must be float32"),
+        (np.zeros((2, 16, 8), np.float16), np.zeros((2, 8, 16), np.float16), np.zeros((2, 16, 8), np.float32), "a must have shape"),
+        (np.zeros((2, 16, 16), np.float16), np.zeros((2, 8, 16), np.float16), np.zeros((1, 16, 8), np.float32), "c must have shape"),
+        ([[1.0]], np.zeros((1, 8, 16), np.float16), np.zeros((1, 16, 8), np.float32), "a must be float16"),
+    ],
+)
+def test_bad_inputs_raise_a_kernel_input_error(a, b_t, c, names):
+    with pytest.raises(KernelInputError, match=names):
+        mma_m16n8k16(a, b_t, c)
+
+
+@given(st.sampled_from([(15,), (4, 17), ()]))
+def test_mma_dot_needs_rows_of_16(shape):
+    with pytest.raises(KernelInputError):
+        mma_dot(np.zeros(shape, np.float16), np.zeros(shape, np.float16), np.zeros(shape[:-1], np.float32))

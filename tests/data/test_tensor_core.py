@@ -96,7 +96,7 @@ def _row(products: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
 def test_small_terms_are_cut_before_they_are_added():
     # c = 1 sets E = 0, so the unit is 2**-25. Four products of 3 * 2**-27 = 0.75 units
     # are each cut to 0: d = 1. Exactly, they add 3 * 2**-25 = 0.75 ulp of 1.0, which
-    # float32 rounding to nearest (a chain of fma) would turn into 1 + 2**-23.
+    # one rounding of the exact sum to nearest would turn into 1 + 2**-23.
     a, b = _row([(3 * 2.0**-14, 2.0**-13)] * 4)
     assert mma_dot(a, b, np.float32(1.0)) == np.float32(1.0)
     # The same 3 * 2**-25, as one product of kept bits, survives the cut...

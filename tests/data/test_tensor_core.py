@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_dot, mma_m16n8k16
+from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_chain, mma_dot, mma_m16n8k16
 from tinyserve_sim.errors import KernelInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -145,6 +145,35 @@ def test_special_values_follow_ieee():
     a[:] = np.float16(1.0)
     assert np.signbit(mma_dot(a, b, np.float32(-0.0)))
     assert not np.signbit(mma_dot(a, b, np.float32(0.0)))
+
+
+# ------------------------------------------------------------------ chains
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "spread", "subnormal", "prob"]))
+def test_mma_chain_is_a_loop_of_mma_dot(steps, seed, kind):
+    # Keys [3, 1, 5, D] against queries [1, 4, 1, D]: the broadcast a kernel's twin uses.
+    rng = np.random.default_rng(seed)
+    a = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 15 * 16 * steps].reshape(3, 1, 5, 16 * steps)
+    b = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 4 * 16 * steps].reshape(1, 4, 1, 16 * steps)
+    big_a, big_b = np.broadcast_arrays(a, b)
+    d = np.zeros(big_a.shape[:-1], np.float32)
+    for s in range(steps):
+        d = mma_dot(big_a[..., 16 * s : 16 * s + 16], big_b[..., 16 * s : 16 * s + 16], d)
+    assert _same(mma_chain(a, b), d)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "message"),
+    [
+        (np.zeros((2, 24), np.float16), np.zeros((2, 24), np.float16), "multiple of 16"),
+        (np.zeros((2, 16), np.float16), np.zeros((3, 16), np.float16), "broadcast"),
+        (np.full((1, 16), np.inf, np.float16), np.zeros((1, 16), np.float16), "finite"),
+        (np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float16), "float16"),
+    ],
+)
+def test_mma_chain_refuses_what_it_cannot_model(a, b, message):
+    with pytest.raises(KernelInputError, match=message):
+        mma_chain(a, b)
 
 
 # ------------------------------------------------------------------ input checks

@@ -33,7 +33,7 @@ from tinyserve_sim.data.validation import (
     check_reshape_and_cache,
     check_scale,
 )
-from tinyserve_sim.errors import KernelInputError
+from tinyserve_sim.errors import BackendUnavailableError, KernelInputError
 
 from .build import CTYPE as _CTYPE
 from .build import get_module, paged_attention_kernel_name, paged_attention_names
@@ -49,6 +49,20 @@ def _device(a: Any, name: str) -> cp.ndarray:
 def _index(a: Any) -> cp.ndarray:
     """A validated host index array, uploaded (or kept, if already on the GPU)."""
     return a if isinstance(a, cp.ndarray) else cp.asarray(a)
+
+
+#: Compute capabilities whose tensor cores ``tinyserve_sim.data.tensor_core`` models bit for bit.
+MODELLED_TENSOR_CORES = ("90",)
+
+
+def _require_modelled_tensor_cores() -> None:
+    """A plan with tensor-core logits promises the twin's bits only where the tensor cores'
+    rounding has been measured (SM 9.0: H100, H200); elsewhere, refuse rather than differ."""
+    cc = cp.cuda.Device().compute_capability
+    if cc not in MODELLED_TENSOR_CORES:
+        raise BackendUnavailableError(
+            f"this plan computes its logits on tensor cores, whose rounding is modelled for SM 9.0 "
+            f"(H100, H200) only; this GPU is SM {cc[:-1]}.{cc[-1]}")
 
 
 def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> cp.ndarray:
@@ -168,6 +182,8 @@ def prepare_paged_attention(
         lens_d = _rows_like(rows[1], batch.seq_lens, "rows[1] (the lengths)")
     if S == 0:
         return lambda: out
+    if plan.tensor_core_logits:
+        _require_modelled_tensor_cores()
     module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"

@@ -34,6 +34,7 @@
 #include <cuda_fp16.h>
 #include "cache_vectors.cuh"
 #include "exact_math.cuh"
+#include "tensor_core.cuh"
 
 namespace {
 
@@ -62,7 +63,7 @@ __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
 
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN>
+template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN, bool TC>
 __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
@@ -89,7 +90,13 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     static_assert(SLICE % 32 == 0 && ROWS >= 1 && CHUNK % ROWS == 0, "slices are whole warps");
     static_assert(CHUNK % CROWS == 0 && CHUNK % 32 == 0 && HB <= MAX_HEADS, "geometry");
     static_assert(CHUNK <= NT, "thread t < CHUNK computes token t's row offset");
-    static_assert(HT * EPL <= 32, "accumulators and query in registers");
+    static_assert(HT * EPL <= (TC ? 64 : 32), "accumulators and query in registers (TC: no query registers)");
+    // TC (the plan's tensor_core_logits): the logits by mma.sync m16n8k16, the keys as A
+    // (16 tokens x 16 dims), the block's query heads as B (16 dims x 8 heads, zeros past
+    // HB), a chain over the head dim in C. Float16, whole 16-dim steps, at most 8 heads.
+    constexpr int KD = LANES * VPL * VEC;      // head_dim when EVEN
+    static_assert(!TC || (EVEN && sizeof(T) == 2 && KD % 16 == 0 && (KD / VEC) % 8 == 0 && HB <= 8 && CHUNK % 16 == 0),
+                  "tensor-core logits: float16, head_dim a multiple of 16 (and 64 or more), at most 8 heads");
 
     // ---- shared memory: staged K and V tiles first (16-byte aligned) ----------
     extern __shared__ uint4 smem_u4[];
@@ -101,7 +108,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     long long* base_s = reinterpret_cast<long long*>(v_s + CHUNK * num_vecs);  // [2][CHUNK] row byte offsets
     float* q_s = reinterpret_cast<float*>(base_s + 2 * CHUNK);                 // [HB][D] query, as float
     float* x_s = q_s + HB * head_dim;           // [CHUNK][HB] logits, then p (a token's heads together)
-    float* red_s = x_s + HB * CHUNK;            // [NWARPS][HT][D] row-combine scratch
+    // [NWARPS][HT][D] row-combine scratch, used after the last chunk. TC plans put it over
+    // the K and V tiles, free by then (every copy waited for, every read behind a barrier):
+    // 4 HT D floats fit in 2 CHUNK D halves since 4 HT <= CHUNK.
+    float* red_s = TC ? reinterpret_cast<float*>(smem_u4) : x_s + HB * CHUNK;
+    static_assert(!TC || 4 * HT <= CHUNK, "the row-combine scratch fits over the tiles");
     __shared__ float m_s[MAX_HEADS], alpha_s[MAX_HEADS], lred_s[NWARPS][HT];
 
     const int tid = threadIdx.x;
@@ -158,7 +169,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     // The copies: all 128 threads as CROWS rows of LANES lanes, each lane its
     // own vectors of every CROWS-th token of the chunk. Padding tokens (past b)
     // are not copied; their stale shared memory is never used for a result.
-    auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0) {
+    // SWZ (TC's keys): token j's vector v lands at v ^ (j % 8), so that the eight rows an
+    // ldmatrix reads at once (eight tokens, the same 16 bytes of each) fall in eight
+    // different bank groups instead of one.
+    auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0, auto swz) {
+        constexpr bool SWZ = decltype(swz)::value;
         const char* src = reinterpret_cast<const char*>(cache);
         const int crow = tid / LANES;
         const bool full = c0 + CHUNK <= b;
@@ -172,7 +187,8 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
                 if (!EVEN && off < 0) continue;
                 // L1 (the plan's l1_copies, MHA): through L1, so that the copies reach L2 as
                 // whole lines; else around it (.cg). The same bytes either way.
-                cp_async16_cached<L1>(dst + j * num_vecs + off / VEC, src + bases[j] + off * static_cast<int>(sizeof(T)));
+                const int slot = SWZ ? (off / VEC) ^ (j % 8) : off / VEC;
+                cp_async16_cached<L1>(dst + j * num_vecs + slot, src + bases[j] + off * static_cast<int>(sizeof(T)));
             }
         }
         cp_async_commit();
@@ -190,18 +206,37 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     if (tid < CHUNK && a + tid < b) base_s[tid] = token_base(a + tid);
     int next_entry = load_entry(a + CHUNK + tid);  // the second chunk's, ahead of time
     __syncthreads();
+    if constexpr (!TC) {
 #pragma unroll
-    for (int g = 0; g < HT; ++g)
+        for (int g = 0; g < HT; ++g)
 #pragma unroll
-        for (int i = 0; i < VPL; ++i)
+            for (int i = 0; i < VPL; ++i)
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const int off = vec_off(i);
-                qr[g][i * VEC + e] = off >= 0 ? q_s[(slice * HT + g) * head_dim + off + e] : 0.0f;
+                for (int e = 0; e < VEC; ++e) {
+                    const int off = vec_off(i);
+                    qr[g][i * VEC + e] = off >= 0 ? q_s[(slice * HT + g) * head_dim + off + e] : 0.0f;
+                }
+    }
+    // TC: this lane's B fragments for every 16-dim step s: query head n = lane / 4 of the
+    // block, dims 16s + 2t, +1 and 16s + 2t + 8, +9 (t = lane % 4), two float16 per
+    // register, read from the staged queries (exact: they were float16). Zeros past hcount.
+    unsigned qb[TC ? KD / 16 : 1][2];
+    if constexpr (TC) {
+        const int n = (tid % 32) / 4, t4 = tid % 4;
+#pragma unroll
+        for (int st = 0; st < KD / 16; ++st)
+#pragma unroll
+            for (int hi = 0; hi < 2; ++hi) {
+                const int d0 = 16 * st + 2 * t4 + 8 * hi;
+                const float lo = n < HB ? q_s[n * KD + d0] : 0.0f;
+                const float up = n < HB ? q_s[n * KD + d0 + 1] : 0.0f;
+                qb[st][hi] = static_cast<unsigned>(__half_as_ushort(__float2half_rn(lo)))
+                             | (static_cast<unsigned>(__half_as_ushort(__float2half_rn(up))) << 16);
             }
+    }
     // The pipeline starts: K and V of the first chunk.
-    copy_tile(k_s, key_cache, base_s, a);
-    copy_tile(v_s, value_cache, base_s, a);
+    copy_tile(k_s, key_cache, base_s, a, ts_bool<TC>());
+    copy_tile(v_s, value_cache, base_s, a, ts_bool<false>());
 
     // One chunk of the online softmax. FULL: every token of the chunk is real
     // (c0 + CHUNK <= b), so no token needs a bounds check or a padding select;
@@ -220,6 +255,33 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         if (more && tid < CHUNK && c0 + CHUNK + tid < b) next_bases[tid] = base_of(next_entry, c0 + CHUNK + tid);
         next_entry = load_entry(c0 + 2 * CHUNK + tid);
         // ---- A. logits -------------------------------------------------
+        if constexpr (TC) {
+            // Warp w takes the 16-token groups w, w + 4, ...: per group, KD / 16 ldmatrix and
+            // mma.sync, the chain over the head dim in increasing steps (the twin's order).
+            const int l32 = tid % 32;
+            const int r8 = l32 % 8, mat = l32 / 8;  // this lane's ldmatrix row and matrix
+            for (int grp = warp; grp < CHUNK / 16; grp += NWARPS) {
+                const int tok = grp * 16 + r8 + (mat & 1) * 8;  // matrices 1 and 3: tokens 8-15
+                const uint4* krow = k_s + tok * num_vecs;
+                float dot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int st = 0; st < KD / 16; ++st) {
+                    unsigned afr[4];
+                    ts_ldmatrix_x4(krow + ((2 * st + (mat >> 1)) ^ r8), afr);  // matrices 2, 3: dims + 8
+                    ts_mma_16816(dot, afr, qb[st]);
+                }
+                // dot[2 hi + e]: token grp * 16 + l32 / 4 + 8 hi, head 2 (l32 % 4) + e.
+#pragma unroll
+                for (int hi = 0; hi < 2; ++hi) {
+                    const int j = grp * 16 + l32 / 4 + 8 * hi;
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int h = 2 * (l32 % 4) + e;
+                        if (h < hcount) x_s[j * HB + h] = real(j) ? dot[2 * hi + e] * scale : TS_NEG_INF;
+                    }
+                }
+            }
+        } else {
 #pragma unroll
         for (int kk = 0; kk < TPR; ++kk) {
             const int j = kk * ROWS + row;
@@ -252,8 +314,9 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
                 }
             }
         }
+        }
         __syncthreads();  // logits complete; nobody reads k_s any more
-        if (more) copy_tile(k_s, key_cache, next_bases, c0 + CHUNK);  // the next chunk's K, in flight from now
+        if (more) copy_tile(k_s, key_cache, next_bases, c0 + CHUNK, ts_bool<TC>());  // the next chunk's K, in flight from now
         // ---- B+C. chunk max, rescale factor, probabilities: warp w owns heads
         //          w, w+4, ...; no block barrier between max and exp ------
         for (int g = warp; g < hcount; g += NWARPS) {
@@ -313,7 +376,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
             }
         }
         __syncthreads();  // x_s and v_s are rewritten next
-        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK);  // the next chunk's V
+        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK, ts_bool<false>());  // the next chunk's V
     };
 
     for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {

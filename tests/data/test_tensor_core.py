@@ -147,6 +147,19 @@ def test_special_values_follow_ieee():
     assert not np.signbit(mma_dot(a, b, np.float32(0.0)))
 
 
+@pytest.mark.parametrize("factor", [2.0, -3.0, 2.0**-14, 2.0**-20, 65504.0, 1.0])
+@pytest.mark.parametrize("c", [0.0, -0.0, 1.5, -(2.0**-140)])
+def test_zero_products_with_any_other_factor_are_zero_terms(factor, c):
+    # A product with a zero factor is a zero term, whatever the other factor's exponent:
+    # d is c itself (a zero c gives +0, or -0 when every term is a negative zero).
+    a = np.full(16, factor, np.float16)
+    b = np.where(np.arange(16) % 2 == 0, np.float16(0.0), np.float16(-0.0))
+    want = reference_dot(a, b, np.float32(c))
+    got = mma_dot(a, b, np.float32(c))
+    assert _same(got, want) and _same(mma_chain(a[None], b[None]), np.float32(0.0)), (got, want)
+    assert _same(got, np.float32(c) if c != 0 else np.float32(0.0))
+
+
 # ------------------------------------------------------------------ chains
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 8), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "spread", "subnormal", "prob"]))

@@ -10,13 +10,20 @@ the output with the twin's. So the decode kernel's indexing, chunking, head slic
 reduce-scatter trees and split-K combine are checked on a machine without a GPU, in CI;
 races, timing and NVRTC's own code are left to the GPU tests and compute-sanitizer.
 ``TS_EMULATION_EXAMPLES=50`` runs more random cases than the default 6.
+
+The CPU has no tensor cores, so the emulation runs every plan with its logits on CUDA
+cores (``tensor_core_logits=False``, the plan of float32, MHA, head dims under 64 and
+groups of more than 8 heads a block), and the twin with it; the tensor-core logits of
+float16 GQA plans are checked on the GPU (``test_gpu_kernels.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_strategies import AttentionCase, attention_cases, fixed_attention_case, select_pages
 
-from tinyserve_sim.data import paged_attention
+from tinyserve_sim.data import geometry, paged_attention
 from tinyserve_sim.data.geometry import make_plan, partition_count
 from tinyserve_sim.gpu import build
 
@@ -74,7 +81,7 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     S, Hq, D = q.shape
     bs, Hkv = kc.shape[1], kc.shape[2]
     batch = case.batch
-    plan = make_plan(D, q.dtype, Hq // Hkv)
+    plan = replace(make_plan(D, q.dtype, Hq // Hkv), tensor_core_logits=False)
     split = variant == "split_k"
     main = build.paged_attention_kernel_name(plan, q.dtype, split)
     lib = emulate.load(_driver(main, build.CTYPE[np.dtype(q.dtype)]), "paged_attention")
@@ -96,8 +103,20 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _cuda_core_logits():
+    """Within the block, every plan computes its logits on CUDA cores, as the emulation does."""
+    original = geometry.make_plan
+    geometry.make_plan = lambda *args: replace(original(*args), tensor_core_logits=False)
+    try:
+        yield
+    finally:
+        geometry.make_plan = original
+
+
 def _twin(case: AttentionCase, variant: str) -> np.ndarray:
-    return paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    with _cuda_core_logits():
+        return paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
 
 
 @pytest.mark.parametrize("variant", ["one_pass", "split_k"])

@@ -67,6 +67,12 @@ class AttentionPlan:
             head per KV head), where it was measured faster (kernel notes, session 11).
             It moves no bit; it changes which grids ``variant="auto"`` accepts
             (:func:`wave_verdict`).
+        tensor_core_logits: the logits ``q . k`` on tensor cores (``mma.sync`` m16n8k16:
+            16 tokens x 16 dims of keys times 16 dims x 8 query heads, a chain over the head
+            dim), modelled bit for bit by :func:`~tinyserve_sim.data.tensor_core.mma_dot`.
+            Float16 only, head dims that are multiples of 16 from 64, at most 8 heads per
+            block. Changes the logits' bits (the twin follows); probabilities and ``P V``
+            stay on CUDA cores.
     """
 
     head_dim: int
@@ -78,6 +84,7 @@ class AttentionPlan:
     head_slices: int = 1
     chunk: int = 64
     l1_copies: bool = False
+    tensor_core_logits: bool = False
 
     @property
     def num_vecs(self) -> int:
@@ -110,14 +117,20 @@ class AttentionPlan:
         """Dynamic shared memory of one thread block, in the kernel's order: the staged K and
         V tiles (``chunk`` tokens of 16-byte vectors each), two buffers of token row offsets
         (int64), the block's queries as float, the logits (a token's heads together) and the
-        row-combine scratch (four warps' partial outputs).
+        row-combine scratch (four warps' partial outputs; over the tiles with
+        ``tensor_core_logits``).
 
         >>> make_plan(128, np.float16, 4).shared_memory_bytes   # Llama-style GQA-4, D 128
-        45056
+        36864
+        >>> make_plan(128, np.float32, 4).shared_memory_bytes   # the same on CUDA cores
+        44032
         """
         heads = self.heads_per_block
         tiles = 2 * self.chunk * self.num_vecs * 16
-        floats = heads * self.head_dim + heads * self.chunk + 4 * self.head_tile * self.head_dim
+        # Plans with tensor-core logits keep the row-combine scratch over the tiles (free
+        # after the last chunk); the others after the logits.
+        scratch = 0 if self.tensor_core_logits else 4 * self.head_tile * self.head_dim
+        floats = heads * self.head_dim + heads * self.chunk + scratch
         return tiles + 2 * self.chunk * 8 + 4 * floats
 
 
@@ -125,9 +138,11 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
     >>> make_plan(128, np.float16, 4)     # GQA-4 at head dim 128: one slice of 4 heads
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False, tensor_core_logits=True)
     >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False, tensor_core_logits=True)
+    >>> make_plan(128, np.float32, 8).tensor_core_logits, make_plan(128, np.float16, 1).tensor_core_logits
+    (False, False)
     >>> make_plan(128, np.float16, 1).l1_copies   # MHA: copies through L1
     True
     >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows
@@ -171,7 +186,26 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     plan = AttentionPlan(head_dim, vec, lanes, vecs_per_lane, rows, head_tile, head_slices, chunk, bool(group_size == 1))
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
         plan = replace(plan, chunk=64)
+    if uses_tensor_core_logits(plan, dtype, group_size):
+        plan = replace(plan, tensor_core_logits=True)
     return plan
+
+
+def uses_tensor_core_logits(plan: AttentionPlan, dtype: np.dtype | type, group_size: int) -> bool:
+    """Whether a plan takes its logits from the tensor cores (``tensor_core_logits``).
+
+    Float16 (the instruction's inputs), every lane owning all its vectors, head dims that are
+    whole 16-dim steps of at least 64 (eight 16-byte vectors a row, for the conflict-free
+    ldmatrix), at most 8 query heads a block (the instruction's n), and a GQA group of 2 or
+    more: measured on an H200 (kernel notes, session 15), 1.41x faster at GQA-8, 1.07x at
+    GQA-4, 1.02x at GQA-2; MHA keeps its CUDA-core logits (1 head of the instruction's 8).
+
+    >>> uses_tensor_core_logits(make_plan(192, np.float16, 8), np.float16, 8)   # 192 = 16 lanes x 1.5 vectors
+    False
+    """
+    even = plan.num_vecs == plan.lanes * plan.vecs_per_lane
+    return (np.dtype(dtype) == np.float16 and even and plan.head_dim % 16 == 0 and plan.head_dim >= 64
+            and plan.heads_per_block <= 8 and group_size >= 2)
 
 
 def partition_count(longest: int, partition_size: int) -> int:

@@ -38,6 +38,14 @@ chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
    reduce-scatter butterfly with masks ``lanes/2, lanes/4, ..., 1``
    (:func:`~tinyserve_sim.data.exact_math.halving_sum`: lane ``i`` plus lane
    ``i + lanes/2`` first). Then ``x = dot * scale``.
+
+   **On tensor cores** (``plan.tensor_core_logits``: float16 GQA plans, see
+   :func:`~tinyserve_sim.data.geometry.uses_tensor_core_logits`), the dot product is
+   instead a chain of ``mma.sync`` m16n8k16 instructions, one per 16 dimensions in
+   increasing order from ``+0`` (keys as A, the block's query heads as B), each adding its
+   16 exact products and the chain by the measured rule of
+   :mod:`~tinyserve_sim.data.tensor_core` (:func:`~tinyserve_sim.data.tensor_core.mma_chain`).
+   Then ``x = dot * scale`` as above. Nothing else changes.
 2. **Chunk max** ``m_new = fmax(m, max_j x_j)`` (max is exact in any order;
    only the sign of a zero could differ, and no later result can observe it).
 3. ``alpha = exp(m - m_new)``, ``p_j = exp(x_j - m_new)`` with the shared exp.
@@ -76,9 +84,49 @@ from tinyserve_sim.data.geometry import (
     plan_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
+from tinyserve_sim.data.tensor_core import mma_chain
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
 
 F32 = np.float32
+
+
+def _lane_dots(q: np.ndarray, k: np.ndarray, plan: AttentionPlan) -> np.ndarray:
+    """Step 1 on CUDA cores: per-lane sequential partial sums, then a butterfly.
+
+    ``q`` [S, Hkv, G, D] and ``k`` [S, Hkv, CH, D] float32 -> ``q . k`` [S, Hkv, G, CH].
+    """
+    S, Hkv, G, D = q.shape
+    lanes, vec = plan.lanes, plan.vec
+    # A float16 x float16 product is exact in float32 (22 significant bits), so for float16 caches
+    # the kernel's fused multiply-add rounds exactly like a multiply then an add, and the twin may
+    # use the cheaper form. For float32 it must emulate the single rounding.
+    exact_products = vec == 8
+    lane_ids = np.arange(lanes)
+    part = np.zeros((S, Hkv, G, k.shape[2], lanes), dtype=F32)
+    for i in range(plan.vecs_per_lane):
+        vec_id = lane_ids + i * lanes
+        owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
+        for e in range(vec):
+            d = np.minimum(vec_id * vec + e, D - 1)
+            qd, kd = q[:, :, :, None, d], k[:, :, None, :, d]  # [S,Hkv,G,1,lanes], [S,Hkv,1,CH,lanes]
+            if exact_products:
+                part = np.where(owned, part + qd * kd, part)
+            else:
+                part = np.where(owned, fma_f32(qd, kd, part), part)
+    return halving_sum(part, axis=-1)  # reduce-scatter butterfly
+
+
+def _tensor_core_dots(q: np.ndarray, k16: np.ndarray) -> np.ndarray:
+    """Step 1 on tensor cores (``plan.tensor_core_logits``): ``q . k`` as the kernel's chain
+    of ``mma.sync`` m16n8k16 (:func:`~tinyserve_sim.data.tensor_core.mma_chain`), dims
+    ``16s .. 16s + 15`` at step ``s``, from ``+0``.
+
+    ``q`` [S, Hkv, G, D] float32 (float16 values), ``k16`` [S, Hkv, CH, D] float16 ->
+    [S, Hkv, G, CH] float32.
+    """
+    keys = k16[:, :, None, :, :]  # [S, Hkv, 1, CH, D]
+    queries = q.astype(np.float16)[:, :, :, None, :]  # [S, Hkv, G, 1, D]; exact: the query was float16
+    return mma_chain(keys, queries)
 
 
 def _partition(
@@ -94,16 +142,10 @@ def _partition(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One partition per (sequence, KV head): returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
     S, Hkv, G, D = q.shape
-    rows, lanes, vec = plan.rows, plan.lanes, plan.vec
-    # A float16 x float16 product is exact in float32 (22 significant bits), so for float16 caches
-    # the kernel's fused multiply-add in the logits rounds exactly like a multiply then an add, and
-    # the twin may use the cheaper form. For float32 it must emulate the single rounding.
-    exact_products = kc.dtype == np.float16
+    rows = plan.rows
     m = np.full((S, Hkv, G), -np.inf, dtype=F32)
     l_rows = np.zeros((S, Hkv, G, rows), dtype=F32)
     acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
-    # Which elements each lane owns, vector by vector: d = (lane + i*lanes)*vec + e.
-    lane_ids = np.arange(lanes)
     chunk = plan.chunk
     longest = int(max(0, (end - start).max(initial=0)))
     n_chunks = (longest + chunk - 1) // chunk
@@ -122,19 +164,12 @@ def _partition(
         slots = tables[seqs, heads, t_safe // block_size] * block_size + t_safe % block_size  # [S, Hkv, CH]
         k = kc[slots, heads].astype(F32)  # [S, Hkv, CH, D]: KV head h reads its own row
         v = vc[slots, heads].astype(F32)
-        # 1. logits: per-lane sequential partial sums, then a butterfly.
-        part = np.zeros((S, Hkv, G, width, lanes), dtype=F32)
-        for i in range(plan.vecs_per_lane):
-            vec_id = lane_ids + i * lanes
-            owned = vec_id < plan.num_vecs  # lanes past the end own nothing here
-            for e in range(vec):
-                d = np.minimum(vec_id * vec + e, D - 1)
-                qd, kd = q[:, :, :, None, d], k[:, :, None, :, d]  # [S,Hkv,G,1,lanes], [S,Hkv,1,CH,lanes]
-                if exact_products:  # float16 x float16 is exact in float32: fma == multiply, then add
-                    part = np.where(owned, part + qd * kd, part)
-                else:
-                    part = np.where(owned, fma_f32(qd, kd, part), part)
-        x = halving_sum(part, axis=-1) * scale  # reduce-scatter butterfly: [S, Hkv, G, CH]
+        if plan.tensor_core_logits:
+            # 1'. logits on tensor cores: one mma.sync per 16 dims, a chain from +0 in
+            # increasing steps; each output adds its 16 products and the chain by mma_dot.
+            x = _tensor_core_dots(q, kc[slots, heads]) * scale
+        else:
+            x = _lane_dots(q, k, plan) * scale
         x = np.where(valid[:, :, None, :], x, F32(-np.inf))
         # 2.-3. running max, rescale factor, probabilities.
         with np.errstate(invalid="ignore"):

@@ -69,8 +69,10 @@ K = 16
 
 
 # ------------------------------------------------------------------ the rule
-#: The place of a zero term: below every real one, so that max() never picks it.
+#: The place of a zero factor: so far below every real place (at least -126) that a product
+#: with a zero factor, whatever the other factor's place, stays below ``_ANY_REAL_PLACE``.
 _NO_PLACE = -(2**20)
+_ANY_REAL_PLACE = -(2**19)
 
 
 def _places(x: np.ndarray, smallest: int) -> np.ndarray:
@@ -84,14 +86,14 @@ def _places(x: np.ndarray, smallest: int) -> np.ndarray:
 
 def _cut_and_add(products: np.ndarray, places: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Steps 3-5 for finite terms. ``products`` [..., k] float64 (exact), ``places`` [..., k]
-    their exponent fields (below ``_NO_PLACE`` where a product is zero), ``c`` [...] float32.
+    their exponent fields (below ``_ANY_REAL_PLACE`` where a product is zero), ``c`` [...] float32.
 
     Everything is exact in float64: a term cut to a multiple of ``2**unit`` is an integer
     times ``2**unit`` of at most 27 bits, and 17 of them add up to at most 32 bits.
     """
     c64 = c.astype(np.float64)
     top = np.maximum(places.max(axis=-1), _places(c64, -126))  # step 3: the largest place
-    all_zero = top <= _NO_PLACE
+    all_zero = top < _ANY_REAL_PLACE  # every term is zero
     unit = np.where(all_zero, 0, top - WINDOW_BITS)
     to_units = np.ldexp(1.0, -unit)  # 2**-unit: scaling by it is exact
     # Step 3: cut toward zero (trunc) in units of 2**unit; step 4: the exact sum. (+ 0.0:

@@ -23,7 +23,9 @@
 //
 // Per chunk (online softmax, as FlashAttention / FlashDecoding):
 //   A. logits: each row computes q.k for its tokens (lane partials with fused
-//      multiply-adds, then a reduce-scatter butterfly), into shared memory.
+//      multiply-adds, then a reduce-scatter butterfly), into shared memory. With TC
+//      (the plan's tensor_core_logits: float16 GQA), warps compute them instead with
+//      ldmatrix + mma.sync m16n8k16 over a swizzled K tile (see the TC branch below).
 //   B. chunk max -> m_new, alpha = exp(m_old - m_new)      (one warp per head)
 //   C. p = exp(x - m_new), in place in shared memory
 //   D. each row: l_r, acc_r *= alpha; then l_r += p_j, acc_r = fma(p_j, v_j, acc_r)

@@ -5,8 +5,8 @@
 // zero 25 bits below the largest exponent field, an exact sum, one rounding toward zero.
 // Measured on SM 9.0 (H200); a kernel that calls these must run on SM 9.0 only.
 //
-// The host emulation (tests/gpu/host_emulation) has no tensor cores: it does not build
-// the kernels' tensor-core paths.
+// The host emulation (tests/gpu/host_emulation/cuda_shim.h) has its own versions of the
+// two, done by a warp of std::threads with the model's arithmetic.
 #pragma once
 
 #ifndef TS_HOST_EMULATION
@@ -32,9 +32,4 @@ __device__ __forceinline__ void ts_mma_16816(float (&d)[4], const unsigned (&a)[
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-#else
-// Declared only, so that a kernel's tensor-core branch (discarded by `if constexpr` in
-// every instantiation the emulation builds) still names functions that exist.
-void ts_ldmatrix_x4(const void* smem_row, unsigned (&r)[4]);
-void ts_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
 #endif

@@ -3,9 +3,10 @@
 // Twin: tinyserve_sim/data/tensor_core.py (mma_m16n8k16), which models how the
 // instruction adds its products: exact products, aligned on the largest exponent
 // field, each cut toward zero 25 bits below it, summed exactly, rounded toward zero.
-// No kernel of the project uses tensor cores yet; this one exists so that the model
-// can be checked against the hardware (tests/gpu/test_gpu_tensor_core.py) before a
-// kernel relies on it.
+// The decode kernel's logits now use the instruction (paged_attention.cu, for plans
+// with tensor_core_logits; its twin calls mma_chain). This probe kernel still exists
+// so that the model itself can be checked against the hardware
+// (tests/gpu/test_gpu_tensor_core.py), on every new device, apart from any kernel.
 //
 // One warp per tile: D[16x8] = A[16x16] . B[16x8] + C[16x8]. A is row-major; B is
 // stored as its transpose B^T [8][16] (row j = column j of B, which is how the
@@ -18,6 +19,7 @@
 //   C, D: rows g and g + 8, columns 2t and 2t + 1 (4 floats).
 
 #include <cuda_fp16.h>
+#include "tensor_core.cuh"
 
 // Two float16 values in one 32-bit register, the first in the low half.
 __device__ __forceinline__ unsigned ts_pack_halves(const __half lo, const __half hi) {
@@ -50,16 +52,14 @@ extern "C" __global__ void tensor_core_mma_kernel(
     // C's fragment.
     const float c0 = C[g * 8 + 2 * t], c1 = C[g * 8 + 2 * t + 1];
     const float c2 = C[(g + 8) * 8 + 2 * t], c3 = C[(g + 8) * 8 + 2 * t + 1];
-    float d0, d1, d2, d3;
-    // The instruction itself (SASS: one HMMA.16816.F32).
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
-        : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1),
-          "f"(c0), "f"(c1), "f"(c2), "f"(c3));
-    D[g * 8 + 2 * t] = d0;
-    D[g * 8 + 2 * t + 1] = d1;
-    D[(g + 8) * 8 + 2 * t] = d2;
-    D[(g + 8) * 8 + 2 * t + 1] = d3;
+    // The instruction itself (tensor_core.cuh; SASS: one HMMA.16816.F32), accumulating into
+    // the C fragment.
+    const unsigned afr[4] = {a0, a1, a2, a3};
+    const unsigned bfr[2] = {b0, b1};
+    float dfr[4] = {c0, c1, c2, c3};
+    ts_mma_16816(dfr, afr, bfr);
+    D[g * 8 + 2 * t] = dfr[0];
+    D[g * 8 + 2 * t + 1] = dfr[1];
+    D[(g + 8) * 8 + 2 * t] = dfr[2];
+    D[(g + 8) * 8 + 2 * t + 1] = dfr[3];
 }

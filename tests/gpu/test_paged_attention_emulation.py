@@ -11,19 +11,18 @@ reduce-scatter trees and split-K combine are checked on a machine without a GPU,
 races, timing and NVRTC's own code are left to the GPU tests and compute-sanitizer.
 ``TS_EMULATION_EXAMPLES=50`` runs more random cases than the default 6.
 
-The CPU has no tensor cores, so the emulation runs every plan with its logits on CUDA
-cores (``tensor_core_logits=False``, the plan of float32, MHA, head dims under 64 and
-groups of more than 8 heads a block), and the twin with it; the tensor-core logits of
-float16 GQA plans are checked on the GPU (``test_gpu_kernels.py``).
+The CPU has no tensor cores: the shim does ``ldmatrix`` and ``mma.sync`` with a warp of
+threads and the measured rule of ``tinyserve_sim/data/tensor_core.py`` (ported to C++), so
+the tensor-core logits of float16 GQA plans (``tensor_core_logits``) are emulated too: their
+fragment indexing and the swizzled key tile are checked here, the rule itself against the
+hardware in ``test_gpu_tensor_core.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_strategies import AttentionCase, attention_cases, fixed_attention_case, select_pages
 
-from tinyserve_sim.data import geometry, paged_attention
+from tinyserve_sim.data import paged_attention
 from tinyserve_sim.data.geometry import make_plan, partition_count
 from tinyserve_sim.gpu import build
 
@@ -81,7 +80,7 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     S, Hq, D = q.shape
     bs, Hkv = kc.shape[1], kc.shape[2]
     batch = case.batch
-    plan = replace(make_plan(D, q.dtype, Hq // Hkv), tensor_core_logits=False)
+    plan = make_plan(D, q.dtype, Hq // Hkv)
     split = variant == "split_k"
     main = build.paged_attention_kernel_name(plan, q.dtype, split)
     lib = emulate.load(_driver(main, build.CTYPE[np.dtype(q.dtype)]), "paged_attention")
@@ -103,29 +102,18 @@ def emulated_paged_attention(case: AttentionCase, variant: str) -> np.ndarray:
     return out
 
 
-@contextlib.contextmanager
-def _cuda_core_logits():
-    """Within the block, every plan computes its logits on CUDA cores, as the emulation does."""
-    original = geometry.make_plan
-    geometry.make_plan = lambda *args: replace(original(*args), tensor_core_logits=False)
-    try:
-        yield
-    finally:
-        geometry.make_plan = original
-
-
 def _twin(case: AttentionCase, variant: str) -> np.ndarray:
-    with _cuda_core_logits():
-        return paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    return paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
 
 
 @pytest.mark.parametrize("variant", ["one_pass", "split_k"])
 @pytest.mark.parametrize(
     "dtype, head_dim, group",
     [(np.float16, 128, 4), (np.float16, 128, 8), (np.float16, 64, 8), (np.float32, 128, 8), (np.float16, 64, 1),
-     (np.float32, 96, 3), (np.float16, 256, 2), (np.float32, 8, 32)],
-    # GQA-4 at D 128; GQA-8 at D 128 and 64 (two slices of 4 heads) and in float32 (one slice of 8);
-    # MHA; a partial head tile; D 256; tiles x slices
+     (np.float32, 96, 3), (np.float16, 256, 2), (np.float32, 8, 32), (np.float16, 48, 4), (np.float16, 128, 16)],
+    # float16 GQA-4 at D 128, GQA-8 at D 128 and 64 (two slices of 4 heads), GQA-2 at D 256: logits on
+    # tensor cores; GQA-8 in float32 (one slice of 8); MHA; a partial head tile; tiles x slices; and
+    # float16 GQA on CUDA cores (D 48: under 64; 16 heads a block: more than the instruction's 8)
 )
 def test_fixed_shapes_equal_the_twin(variant, dtype, head_dim, group):
     # 300 tokens: several chunks (32, 64 or 128 tokens by the plan), the last one partial; a

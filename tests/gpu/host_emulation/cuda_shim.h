@@ -79,6 +79,101 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
     return r;
 }
 
+// Tensor cores (gpu/kernels/tensor_core.cuh): ldmatrix.x4 and mma.sync m16n8k16 done by
+// the warp's 32 threads together, through a per-warp scratch, with the arithmetic of the
+// measured rule of tinyserve_sim/data/tensor_core.py (a C++ port: exact products,
+// exponent fields, every term cut toward zero 25 bits below the largest, an exact sum in
+// double, one rounding toward zero). Emulated, the kernel's tensor-core path checks its
+// fragment indexing and swizzle on the CPU; the rule itself is checked against the
+// hardware by tests/gpu/test_gpu_tensor_core.py.
+namespace ts_emu {
+inline const void* ldm_rows[MAX_THREADS];
+inline unsigned mma_a[MAX_THREADS][4], mma_b[MAX_THREADS][2];
+
+inline double half_bits_to_double(unsigned short bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, 2);
+    return static_cast<double>(h);
+}
+// The exponent a float's fields encode: floor(log2 |x|), at least the smallest normal one.
+inline int place_of(double x, int smallest) {
+    int e;
+    std::frexp(x, &e);
+    return std::max(e - 1, smallest);
+}
+// d = a[0] b[0] + ... + a[15] b[15] + c by the rule (tensor_core.mma_dot).
+inline float mma_dot(const double (&a)[16], const double (&b)[16], float c) {
+    const double cd = c;
+    bool finite = std::isfinite(cd);
+    for (int k = 0; k < 16; ++k) finite = finite && std::isfinite(a[k]) && std::isfinite(b[k]);
+    if (!finite) {  // IEEE-754's special value
+        double s = cd;
+        for (int k = 0; k < 16; ++k) s += a[k] * b[k];
+        return static_cast<float>(s);
+    }
+    constexpr int NONE = -(1 << 20);
+    double p[16];
+    int top = cd != 0 ? place_of(cd, -126) : NONE;
+    for (int k = 0; k < 16; ++k) {
+        p[k] = a[k] * b[k];  // exact
+        if (p[k] != 0) top = std::max(top, place_of(a[k], -14) + place_of(b[k], -14));
+    }
+    if (top == NONE) {  // every term zero: -0 only if all are negative zeros
+        bool negative = std::signbit(cd);
+        for (int k = 0; k < 16; ++k) negative = negative && std::signbit(p[k]);
+        return negative ? -0.0f : 0.0f;
+    }
+    const double to_units = std::ldexp(1.0, 25 - top);  // 2**-(top - 25)
+    double total = std::trunc(cd * to_units);
+    for (int k = 0; k < 16; ++k) total += std::trunc(p[k] * to_units);
+    total += 0.0;  // a zero sum is +0
+    const double x = total / to_units;
+    float y = static_cast<float>(x);
+    if (std::fabs(static_cast<double>(y)) > std::fabs(x)) y = std::nextafterf(y, 0.0f);
+    return y;
+}
+}  // namespace ts_emu
+
+inline void ts_ldmatrix_x4(const void* smem_row, unsigned (&r)[4]) {
+    const unsigned t = threadIdx.x, w = t / 32, l = t % 32;
+    ts_emu::ldm_rows[t] = smem_row;
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    for (unsigned i = 0; i < 4; ++i) {  // matrix i, row l / 4, columns 2 (l % 4) and + 1
+        const auto* row = static_cast<const unsigned short*>(ts_emu::ldm_rows[w * 32 + i * 8 + l / 4]);
+        r[i] = static_cast<unsigned>(row[2 * (l % 4)]) | (static_cast<unsigned>(row[2 * (l % 4) + 1]) << 16);
+    }
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+}
+
+inline void ts_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned t = threadIdx.x, w = t / 32, l = t % 32;
+    for (int i = 0; i < 4; ++i) ts_emu::mma_a[t][i] = a[i];
+    for (int i = 0; i < 2; ++i) ts_emu::mma_b[t][i] = b[i];
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    // The element (row, k) of A, and (k, col) of B, from the lane that holds it.
+    auto half_of = [](unsigned reg, int k) { return static_cast<unsigned short>(k % 2 ? reg >> 16 : reg & 0xFFFFu); };
+    auto a_at = [&](int row, int k) {
+        const unsigned lane = (row % 8) * 4 + (k % 8) / 2;
+        return ts_emu::half_bits_to_double(half_of(ts_emu::mma_a[w * 32 + lane][(row >= 8) + 2 * (k >= 8)], k));
+    };
+    auto b_at = [&](int k, int col) {
+        const unsigned lane = col * 4 + (k % 8) / 2;
+        return ts_emu::half_bits_to_double(half_of(ts_emu::mma_b[w * 32 + lane][k >= 8], k));
+    };
+    float out[4];
+    for (int i = 0; i < 4; ++i) {  // this lane's outputs: rows l/4 and l/4 + 8, columns 2 (l % 4) and + 1
+        const int row = static_cast<int>(l / 4) + 8 * (i / 2), col = 2 * static_cast<int>(l % 4) + i % 2;
+        double av[16], bv[16];
+        for (int k = 0; k < 16; ++k) {
+            av[k] = a_at(row, k);
+            bv[k] = b_at(k, col);
+        }
+        out[i] = ts_emu::mma_dot(av, bv, d[i]);
+    }
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
 // cp.async: queued, done when a wait retires the group.
 inline void cp_async16(void* dst, const void* src, int src_bytes) { ts_emu::open_group.push_back({dst, src, src_bytes}); }
 inline void cp_async16(void* dst, const void* src) { cp_async16(dst, src, 16); }

@@ -1,16 +1,17 @@
 """What one tensor-core instruction computes, bit for bit: Hopper, float16 in, float32 out.
 
-Every kernel of this project runs on the float32 CUDA cores, because a twin has to
+The kernels of this project ran on the float32 CUDA cores only, because a twin has to
 reproduce every bit and the PTX ISA specifies neither the order nor the rounding of a
-tensor-core ``mma``. This module is the first step out of that corner (the kernel notes'
+tensor-core ``mma``. This module is the way out of that corner (the kernel notes'
 "Tensor cores: a possible next step"): a NumPy model of one instruction,
 
     mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32   D = A B + C
 
 (A 16 x 16 float16, B 16 x 8 float16, C and D 16 x 8 float32), checked against the GPU
-bit for bit (``tests/gpu/test_gpu_tensor_core.py``). No kernel of the project uses tensor
-cores yet; a kernel that does would call :func:`mma_m16n8k16` in its twin at the places
-where it issues the instruction, as the twins call ``fma_f32`` today.
+bit for bit (``tests/gpu/test_gpu_tensor_core.py``). The decode kernel's logits use it:
+``gpu/kernels/paged_attention.cu`` issues a chain of these instructions over the head dim
+for plans with ``tensor_core_logits`` (float16 GQA), and its twin calls :func:`mma_chain`
+at the same place, as the twins call ``fma_f32`` for every ``__fmaf_rn``.
 
 **The rule.** Each output is ``d = a[0] b[0] + ... + a[15] b[15] + c``, computed as:
 

@@ -189,6 +189,51 @@ def test_mma_chain_refuses_what_it_cannot_model(a, b, message):
         mma_chain(a, b)
 
 
+# ------------------------------------------------------------------ the float64 bound
+from tinyserve_sim.data.reference import _gamma, _logit_underflow, _magnitudes  # noqa: E402
+
+
+def _chain_error_and_bounds(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """|mma_chain - exact| and the two candidate bounds: gamma_{D+1} times sum |a b|, and
+    times sum m(a) m(b) (reference._magnitudes), each plus the underflow term."""
+    D = a.shape[-1]
+    exact = sum(Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a.tolist(), b.tolist()))
+    error = abs(Fraction(float(mma_chain(a, b))) - exact)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    tiny = _logit_underflow(1.0, D)
+    plain = _gamma(D + 1) * float(np.abs(a64) @ np.abs(b64)) + tiny
+    fields = _gamma(D + 1) * float(_magnitudes(a64, True) @ _magnitudes(b64, True)) + tiny
+    return float(error), plain, fields
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([16, 64, 128, 256]), st.integers(0, 2**32 - 1),
+       st.sampled_from(["normal", "spread", "subnormal", "prob", "anybits"]))
+def test_a_chain_errs_within_the_decode_bounds_logit_term(D, seed, kind):
+    # attention_error_bound's logit term, gamma_{D+1} * sum_d m(q_d) m(k_d), holds for the
+    # tensor-core chain (the derivation is in reference._magnitudes).
+    rng = np.random.default_rng(seed)
+    a = draw_tiles(kind, D // 16, rng)[0].reshape(-1)[:D]
+    b = draw_tiles(kind, D // 16, rng)[0].reshape(-1)[-D:]
+    with np.errstate(over="ignore"):
+        if not np.isfinite(a.astype(np.float64) @ b.astype(np.float64)):
+            return
+    error, _, bound = _chain_error_and_bounds(a, b)
+    assert error <= bound, (error, bound)
+
+
+def test_subnormal_factors_need_their_exponent_fields_in_the_bound():
+    # A subnormal query element (2**-24, exponent field -14) against a key of 2**15 sets the
+    # window at 2**1, so fifteen products of 1.5 * 2**-26 are cut to nothing: an error of
+    # 22.5 * 2**-26, far above gamma_{17} * sum |q k| (about 2**-9 * 17 * 2**-24), and
+    # inside gamma_{17} * sum m(q) m(k) (2 * 17 * 2**-24).
+    a = np.array([2.0**-24] + [1.5 * 2.0**-13] * 15, np.float16)
+    b = np.array([2.0**15] + [2.0**-13] * 15, np.float16)
+    error, plain, fields = _chain_error_and_bounds(a, b)
+    assert error == 22.5 * 2.0**-26
+    assert plain < error <= fields
+
+
 # ------------------------------------------------------------------ input checks
 @pytest.mark.parametrize(
     ("a", "b_t", "c", "names"),

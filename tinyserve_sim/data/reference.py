@@ -73,6 +73,25 @@ def _logit_underflow(scale64: float, head_dim: int) -> float:
     return (abs(scale64) * (head_dim + 2) + 1) * ETA32
 
 
+def _magnitudes(x: np.ndarray, float16: bool) -> np.ndarray:
+    """``|x|``, or for float16 values ``max(|x|, 2**e)`` with ``e`` the exponent x's fields encode
+    (-14 for a subnormal): what bounds a logit's error on tensor cores too.
+
+    On CUDA cores a logit's dot product errs by at most ``gamma_{D+1} * sum_d |q_d k_d|``. On
+    tensor cores (float16 plans with ``tensor_core_logits``), each of the ``D / 16`` instructions
+    cuts its 17 terms below ``2**(E - 25)`` (E: the largest exponent field, so ``2**E`` is at most
+    the largest ``m(q_d) m(k_d)`` or the running sum) and truncates once: at most
+    ``(17 * 2**-25 + 2**-23) * sum_d m(q_d) m(k_d)`` per instruction, ``0.66 D u`` in all, inside
+    ``gamma_{D+1}`` (``u = 2**-24``). The exponent field exceeds ``|x|`` only for a subnormal,
+    which is where ``sum |q k|`` alone would not do; elsewhere ``m(x) = |x|`` and nothing changes.
+    """
+    a = np.abs(x)
+    if not float16:
+        return a
+    fields = np.ldexp(1.0, np.maximum(np.frexp(a)[1] - 1, -14))
+    return np.where(a != 0, np.maximum(a, fields), 0.0)
+
+
 def _head_kv(key_cache: np.ndarray, value_cache: np.ndarray, table: np.ndarray, length: int, head: int):
     """One KV head's keys and values along one table row, gathered into contiguous float64 ``[L, D]``."""
     block_size = key_cache.shape[1]
@@ -157,15 +176,18 @@ def _output_rounding(dtype: np.dtype) -> tuple[float, float]:
 
 def _rows(query, key_cache, value_cache, tables, lens, scale64):
     """For every (sequence, KV head): its query heads' slice, exact logits ``[G, L]``,
-    ``sum_d |q_d k_td|`` ``[G, L]`` and values ``[L, D]`` (one gather per row)."""
+    ``sum_d m(q_d) m(k_td)`` ``[G, L]`` (:func:`_magnitudes`: ``|q_d k_td|`` but for float16
+    subnormals) and values ``[L, D]`` (one gather per row)."""
     S, Hq, _ = query.shape
     Hkv = key_cache.shape[2]
     group = Hq // Hkv
+    float16 = query.dtype == np.float16
     for s, h in np.ndindex(S, Hkv):
         length = int(lens[s, h])
         kh, vh = _head_kv(key_cache, value_cache, tables[s, h], length, h)
         q = query[s, h * group : (h + 1) * group].astype(np.float64)  # [G, D]
-        yield s, slice(h * group, (h + 1) * group), length, (q @ kh.T) * scale64, np.abs(q) @ np.abs(kh).T, vh
+        abs_qk = _magnitudes(q, float16) @ _magnitudes(kh, float16).T
+        yield s, slice(h * group, (h + 1) * group), length, (q @ kh.T) * scale64, abs_qk, vh
 
 
 def attention_error_bound(

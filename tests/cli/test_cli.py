@@ -79,6 +79,17 @@ def test_plan_names_the_split_measured_fastest():
     assert len(marked) == 1 and "estimated time is the least" in marked[0]
 
 
+def test_plan_says_where_the_logits_are_computed():
+    # float16 GQA at head dim 128: tensor cores; MHA, float32 and head dim 48: CUDA cores.
+    def logits(*args: str) -> str:
+        return next(ln for ln in _plan(*args) if ln.startswith("the logits on"))
+
+    assert logits().startswith("the logits on tensor cores")
+    assert logits("--kv-heads", "32").startswith("the logits on CUDA cores")
+    assert logits("--dtype", "float32").startswith("the logits on CUDA cores")
+    assert logits("--head-dim", "48").startswith("the logits on CUDA cores")
+
+
 def test_plan_never_runs_one_pass_with_a_row_over_twice_the_mean():
     lines = _plan("--lengths", "1720,809,809,809", "--kv-heads", "32")
     assert "809 to 1,720 tokens" in next(ln for ln in lines if ln.startswith("the batch:"))

@@ -119,6 +119,11 @@ def plan_command(
         f"{plan.shared_memory_bytes / 1024:.1f} KiB of shared memory"
     )
     _say(
+        "the logits on tensor cores: one mma.sync m16n8k16 per 16 dims (16 tokens x up to 8 query heads)"
+        if plan.tensor_core_logits
+        else "the logits on CUDA cores: fused multiply-adds per lane, a reduce-scatter butterfly across lanes"
+    )
+    _say(
         f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"
     )
     _say(f"grids this plan accepts ({_rule_text(wave_rule(plan))})")

@@ -16,6 +16,11 @@ for trying several variants in one session without editing the tree). The workin
 launch both, so the launch geometry (grid, threads, shared memory) is the working tree's:
 an A/B of a change to the geometry itself needs its own script.
 
+The launchers name each kernel by its template arguments, so the old source must take the
+working tree's: ``paged_attention_kernel`` gained its eleventh, ``TC`` (the plan's
+``tensor_core_logits``), in 5402b77, and an older revision of ``paged_attention.cu`` does not
+compile under today's names (add the parameter to a copy and pass it with ``--old-source``).
+
 For every case the two outputs are first compared bit for bit (a change meant to keep the
 bits must keep them; ``bits DIFFER`` says it did not), then the two versions are timed in
 alternation, ``--rounds`` times, and the best median of each is printed with the ratio

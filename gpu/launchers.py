@@ -55,7 +55,7 @@ def _index(a: Any) -> cp.ndarray:
 MODELLED_TENSOR_CORES = ("90",)
 
 
-def _require_modelled_tensor_cores() -> None:
+def require_modelled_tensor_cores() -> None:
     """A plan with tensor-core logits promises the twin's bits only where the tensor cores'
     rounding has been measured (SM 9.0: H100, H200); elsewhere, refuse rather than differ."""
     cc = cp.cuda.Device().compute_capability
@@ -183,7 +183,7 @@ def prepare_paged_attention(
     if S == 0:
         return lambda: out
     if plan.tensor_core_logits:
-        _require_modelled_tensor_cores()
+        require_modelled_tensor_cores()
     module = get_module("paged_attention.cu", paged_attention_names(plan, dtype))
     t = _CTYPE[dtype]
     split = variant == "split_k"

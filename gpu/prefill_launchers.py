@@ -18,11 +18,11 @@ import numpy as np
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
-from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, make_prefill_plan, work_items
+from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, prefill_plan_for, work_items
 from tinyserve_sim.data.validation import check_scale
 
 from .build import get_module, paged_prefill_attention_kernel_name
-from .launchers import _check_out, _device, _index
+from .launchers import _check_out, _device, _index, require_modelled_tensor_cores
 
 
 def prepare_paged_prefill_attention(
@@ -39,7 +39,9 @@ def prepare_paged_prefill_attention(
     scale32 = check_scale(scale)
     T, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
-    plan = make_prefill_plan(D)
+    plan = prefill_plan_for(D, query.dtype)
+    if plan.tensor_core_scores:
+        require_modelled_tensor_cores()
     work = work_items(starts, lens, Hq // Hkv, plan.row_tile)
     check_prefill_launch_limits(T, Hq, Hkv, len(work))
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):

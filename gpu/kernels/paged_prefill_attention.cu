@@ -43,6 +43,7 @@
 // cache_vectors.cuh: to_float, cp_async16 (and its zero-filling form), commit, wait
 #include "cache_vectors.cuh"
 #include "exact_math.cuh"
+#include "tensor_core.cuh"
 
 namespace {
 
@@ -80,7 +81,7 @@ __device__ __forceinline__ void store4(float* p, float a, float b, float c, floa
 
 }  // namespace
 
-template <typename T, int DP, int TM, int BN, int NT>
+template <typename T, int DP, int TM, int BN, int NT, bool TC>
 __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefill_attention_kernel(
     T* __restrict__ out,                     // [T, Hq, D]
     const T* __restrict__ query,             // [T, Hq, D]
@@ -116,6 +117,15 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     // With 16 lanes the two mappings coincide: a thread's output rows are its score rows, so
     // it rescales its accumulators and divides by its own normalisers, with no shared memory.
     constexpr bool SAME_ROWS = OL == GROUPS;
+    // TC (the plan's tensor_core_scores, float16): S = Q K^T by mma.sync m16n8k16, warp w
+    // taking rows 16 (w % 4) .. + 15 against half the tile's keys (8 n-blocks of 8 keys at
+    // BN 64, 4 at BN 32): BN / 16 n-blocks, a chain over the padded head dim from +0. The
+    // query tile is then kept as float16 (QH halves a row: 16 bytes of padding, so the
+    // eight rows an ldmatrix reads fall in eight bank groups); the raw dot products go
+    // through the probabilities' buffer (key-major) into the scores' own mapping.
+    constexpr int QH = DP + 8;
+    static_assert(!TC || (sizeof(T) == 2 && NT == 256 && BM == 64 && (BN == 64 || BN == 32)),
+                  "tensor-core scores: float16, 8 warps over a 64-row tile");
 
     // ---- shared memory (dynamic; the launcher sizes it: PrefillPlan.shared_memory_bytes)
     extern __shared__ float4 ts_smem[];
@@ -176,9 +186,15 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
             const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
             to_float(*reinterpret_cast<const uint4*>(query + head * head_dim + v * EV), x, T());
         }
-        float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
+        if constexpr (TC) {  // float16 again (exact: the values were float16)
+            __half* q_h = reinterpret_cast<__half*>(q_s);
 #pragma unroll
-        for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
+            for (int e = 0; e < EV; ++e) q_h[r * QH + v * EV + e] = __float2half_rn(x[e]);
+        } else {
+            float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
+#pragma unroll
+            for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);
+        }
     }
     __syncthreads();
     copy_tile(k_t, key_cache, base_s, 0);
@@ -206,6 +222,52 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     auto scores_and_softmax = [&](const int c0, auto full) {
         constexpr bool FULL = decltype(full)::value;
         float s[TM][TN];
+        if constexpr (TC) {
+            // Warp w: rows 16 mb .. 16 mb + 15 (mb = w % 4) against n-blocks nh * NBW ..
+            // + NBW - 1 (nh = w / 4) of 8 keys each. Per 16-dim step, one ldmatrix.x4 of
+            // queries (A: matrices rows 0-7 | 8-15 x dims lo | hi) and, per two n-blocks,
+            // one ldmatrix.x4 of keys (B: n-block lo | hi x dims lo | hi).
+            constexpr int NBW = BN / 16;
+            const int mb = (tid >> 5) & 3, nh = tid >> 7;
+            const int r8 = lane & 7;
+            const __half* q_h = reinterpret_cast<const __half*>(q_s);
+            const __half* arow = q_h + (16 * mb + r8 + 8 * ((lane >> 3) & 1)) * QH + 8 * (lane >> 4);
+            float dot[NBW][4];
+#pragma unroll
+            for (int nb = 0; nb < NBW; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dot[nb][e] = 0.0f;
+#pragma unroll 4
+            for (int st = 0; st < DP / 16; ++st) {
+                unsigned afr[4];
+                ts_ldmatrix_x4(arow + 16 * st, afr);
+#pragma unroll
+                for (int pb = 0; pb < NBW; pb += 2) {
+                    const int key = 8 * (nh * NBW + pb + (lane >> 4)) + r8;
+                    unsigned bfr[4];
+                    ts_ldmatrix_x4(k_t + key * KS + 16 * st + 8 * ((lane >> 3) & 1), bfr);
+                    const unsigned b_lo[2] = {bfr[0], bfr[1]}, b_hi[2] = {bfr[2], bfr[3]};
+                    ts_mma_16816(dot[pb], afr, b_lo);
+                    ts_mma_16816(dot[pb + 1], afr, b_hi);
+                }
+            }
+            // dot[nb][2 hi + e]: row 16 mb + lane / 4 + 8 hi, key 8 (nh NBW + nb) + 2 (lane % 4) + e.
+#pragma unroll
+            for (int nb = 0; nb < NBW; ++nb)
+#pragma unroll
+                for (int hi = 0; hi < 2; ++hi)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e)
+                        p_s[(8 * (nh * NBW + nb) + 2 * (lane & 3) + e) * PS + 16 * mb + (lane >> 2) + 8 * hi] = dot[nb][2 * hi + e];
+            __syncthreads();  // every warp's dot products, before any thread reads its own
+#pragma unroll
+            for (int b = 0; b < TN; ++b)
+#pragma unroll
+                for (int i = 0; i < TM; i += 4) {
+                    const float4 d4 = *reinterpret_cast<const float4*>(p_s + (cl + GROUPS * b) * PS + rg * TM + i);
+                    s[i][b] = d4.x; s[i + 1][b] = d4.y; s[i + 2][b] = d4.z; s[i + 3][b] = d4.w;
+                }
+        } else {
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -226,6 +288,7 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
                     s[i][b] = __fmaf_rn(qv.w, kv[b].w, s[i][b]);
                 }
             }
+        }
         }
 #pragma unroll
         for (int i = 0; i < TM; ++i) {

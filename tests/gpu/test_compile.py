@@ -121,6 +121,20 @@ def test_the_instantiation_shapes_reach_every_prefill_instantiation():
     assert reached == set(build.all_paged_prefill_attention_names())
 
 
+def test_the_tensor_core_prefill_instantiations_compile():
+    """The opt-in tensor-core scores (prefill_plan.TENSOR_CORE_SCORES), off in every shape the
+    other tests reach: their float16 instantiations compile here all the same."""
+    from dataclasses import replace
+
+    import numpy as np
+    from tinyserve_sim.data.prefill_plan import make_prefill_plan
+
+    names = tuple(build.paged_prefill_attention_kernel_name(replace(make_prefill_plan(d), tensor_core_scores=True), np.float16)
+                  for d in (64, 128, 192, 256))
+    ptx = build.compile_check("paged_prefill_attention.cu", names)
+    assert ptx.count(".entry") == 4 and "mma.sync.aligned.m16n8k16" in ptx
+
+
 def test_the_benchmarks_read_floor_kernels_compile():
     """bench_selection's read-floor kernels (compiled by CuPy on the GPU machine) compile here too."""
     import importlib.util

@@ -25,8 +25,9 @@ from hypothesis import example, given, settings
 from prefill_strategies import fixed_prefill_case, minus_zero_prefill_case, prefill_cases
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch
-from tinyserve_sim.data import make_prefill_plan, paged_prefill_attention
-from tinyserve_sim.data.prefill_plan import work_items
+from tinyserve_sim.data import paged_prefill_attention
+from tinyserve_sim.data import prefill_plan
+from tinyserve_sim.data.prefill_plan import prefill_plan_for, work_items
 from tinyserve_sim.gpu import build
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "host_emulation"))
@@ -61,7 +62,7 @@ def emulated_prefill(q, kc, vc, batch: PrefillBatch, scale: float) -> np.ndarray
     """The kernel's output, computed by the host emulation (output poisoned with NaN first)."""
     T, Hq, D = q.shape
     Hkv = kc.shape[2]
-    plan = make_prefill_plan(D)
+    plan = prefill_plan_for(D, q.dtype)
     name = build.paged_prefill_attention_kernel_name(plan, q.dtype)
     lib = emulate.load(_driver(name, build.CTYPE[np.dtype(q.dtype)], plan.threads), "paged_prefill_attention")
     smem = plan.shared_memory_bytes(q.dtype)
@@ -84,6 +85,20 @@ def test_every_instantiation_equals_the_twin(dtype, head_dim):
     case = fixed_prefill_case(head_dim, dtype, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1], spare_blocks=2)
     twin = paged_prefill_attention(*case.args())
     assert_bits_equal(emulated_prefill(*case.args()), twin)
+
+
+@pytest.mark.parametrize("head_dim", [40, 128, 192, 256])
+def test_tensor_core_scores_equal_the_twin(monkeypatch, head_dim):
+    # The opt-in tensor-core scores (prefill_plan.TENSOR_CORE_SCORES), float16: the shim's
+    # ldmatrix and mma.sync, the kernel's fragment indexing, the raw dot products' trip
+    # through the probabilities' buffer, against the twin's mma_chain.
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", True)
+    assert prefill_plan_for(head_dim, np.float16).tensor_core_scores
+    case = fixed_prefill_case(head_dim, np.float16, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1], spare_blocks=2)
+    twin = paged_prefill_attention(*case.args())
+    assert_bits_equal(emulated_prefill(*case.args()), twin)
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", False)
+    assert not np.array_equal(paged_prefill_attention(*case.args()).view(np.uint16), twin.view(np.uint16))
 
 
 @settings(max_examples=int(os.environ.get("TS_EMULATION_EXAMPLES", "6")), deadline=None)

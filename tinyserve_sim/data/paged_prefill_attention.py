@@ -84,7 +84,8 @@ import numpy as np
 from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, pairwise_sum, sequential_sum
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
-from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, make_prefill_plan, work_items
+from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, prefill_plan_for, work_items
+from tinyserve_sim.data.tensor_core import mma_chain
 from tinyserve_sim.data.validation import check_host_arrays, check_scale
 
 F32 = np.float32
@@ -99,6 +100,20 @@ def _gather_tile(cache: np.ndarray, tables: np.ndarray, lens: np.ndarray, keys: 
     blocks = np.take_along_axis(tables, safe // block_size, axis=1)
     tile = cache[blocks, safe % block_size].astype(F32)  # [S, BN, Hkv, D]
     return np.where(exists[:, :, None, None], tile, F32(0))
+
+
+def _tensor_core_scores(q16: np.ndarray, k_tile: np.ndarray, padded_dim: int) -> np.ndarray:
+    """``q . k`` of every row against every key of a tile as the kernel's tensor-core chain:
+    ``q16 [R, Hkv, G, D]`` float16, ``k_tile [R, BN, Hkv, D]`` float32 (float16 values)
+    -> float32 ``[R, Hkv, G, BN]`` (:func:`~tinyserve_sim.data.tensor_core.mma_chain`,
+    both padded with zeros to ``padded_dim``)."""
+    R, Hkv, G, D = q16.shape
+    BN = k_tile.shape[1]
+    q_pad = np.zeros((R, Hkv, G, 1, padded_dim), np.float16)
+    q_pad[..., 0, :D] = q16
+    k_pad = np.zeros((R, Hkv, 1, BN, padded_dim), np.float16)
+    k_pad[:, :, 0, :, :D] = k_tile.transpose(0, 2, 1, 3).astype(np.float16)  # exact
+    return mma_chain(q_pad, k_pad)
 
 
 def paged_prefill_attention(
@@ -132,7 +147,7 @@ def paged_prefill_attention(
     T, Hq, D = query.shape
     Hkv = key_cache.shape[2]
     G = Hq // Hkv
-    plan = make_prefill_plan(D)
+    plan = prefill_plan_for(D, query.dtype)
     check_prefill_launch_limits(T, Hq, Hkv, len(work_items(starts, lens, G, plan.row_tile)))
     if T == 0:
         return np.empty_like(query)
@@ -140,6 +155,7 @@ def paged_prefill_attention(
     # float16 x float16 is exact in float32: the kernel's fma rounds like a multiply then an add.
     exact_products = key_cache.dtype == np.float16
     q = query.astype(F32).reshape(T, Hkv, G, D)
+    q16 = query.reshape(T, Hkv, G, D)  # the tensor-core path's operands stay float16
     seq = batch.seq_index()  # [T]
     pos = batch.positions()  # [T]
     m = np.full((T, Hkv, G), -np.inf, dtype=F32)
@@ -151,12 +167,18 @@ def paged_prefill_attention(
         k_tile = _gather_tile(key_cache, tables, lens, keys)  # [S, BN, Hkv, D]
         v_tile = _gather_tile(value_cache, tables, lens, keys)
         s_r = seq[rows]
-        # 1. logits: one sequential (fused) multiply-add chain per (row, key), over d.
-        s = np.zeros((rows.size, Hkv, G, BN), dtype=F32)
-        for d in range(D):
-            qd = q[rows, :, :, d][..., None]  # [R, Hkv, G, 1]
-            kd = k_tile[s_r, :, :, d].transpose(0, 2, 1)[:, :, None, :]  # [R, Hkv, 1, BN]
-            s = s + qd * kd if exact_products else fma_f32(qd, kd, s)
+        if plan.tensor_core_scores:
+            # 1'. logits on tensor cores: for each (row, key), a chain of mma.sync m16n8k16
+            # over the padded head dim, 16 dims a step, from +0 (the kernel's padding dims
+            # are zeros on both sides: the steps they fill keep the chain's value).
+            s = _tensor_core_scores(q16[rows], k_tile[s_r], plan.padded_dim)
+        else:
+            # 1. logits: one sequential (fused) multiply-add chain per (row, key), over d.
+            s = np.zeros((rows.size, Hkv, G, BN), dtype=F32)
+            for d in range(D):
+                qd = q[rows, :, :, d][..., None]  # [R, Hkv, G, 1]
+                kd = k_tile[s_r, :, :, d].transpose(0, 2, 1)[:, :, None, :]  # [R, Hkv, 1, BN]
+                s = s + qd * kd if exact_products else fma_f32(qd, kd, s)
         visible = keys[None, :] <= pos[rows, None]  # [R, BN]
         x = np.where(visible[:, None, None, :], s * scale32, F32(-np.inf))
         # 2.-3. running max, rescale factor, probabilities (exp(-inf) = 0 for masked keys).

@@ -21,7 +21,7 @@ row ``r`` is token ``r // G`` and head ``r % G`` of the group.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,6 +54,11 @@ class PrefillPlan:
         row_tile: query rows per thread block (64).
         column_lanes: the 16 lanes that share a query row; lane ``c`` holds keys
             ``c, c + 16, ...`` of a key tile and sums their probabilities in that order.
+        tensor_core_scores: ``S = Q K^T`` on tensor cores (float16 only): per 16 query
+            rows x 8 keys, one ``mma.sync`` m16n8k16 per 16 padded dims, a chain from
+            ``+0``, by the measured rule of :mod:`~tinyserve_sim.data.tensor_core` (the
+            twin: ``mma_chain``). Off unless :data:`TENSOR_CORE_SCORES` is set: built and
+            checked bit for bit on the CPU (the host emulation), not yet timed on a GPU.
     """
 
     head_dim: int
@@ -61,6 +66,7 @@ class PrefillPlan:
     key_tile: int
     row_tile: int
     column_lanes: int = GROUPS
+    tensor_core_scores: bool = False
 
     @property
     def rows_per_thread(self) -> int:
@@ -98,11 +104,31 @@ class PrefillPlan:
         return 4 * floats + tiles + 2 * self.key_tile * 8 + 4 * self.row_tile
 
 
+#: Whether float16 plans take their scores from the tensor cores (``tensor_core_scores``).
+#: Off: the path is built and checked bit for bit on the CPU, but not yet measured on a
+#: GPU (kernel notes, session 15). Set it to ``True`` to try it (both backends follow).
+TENSOR_CORE_SCORES = False
+
+
+def prefill_plan_for(head_dim: int, dtype: np.dtype | type) -> PrefillPlan:
+    """The plan the kernel and the twin use for ``head_dim`` elements of ``dtype``: the
+    tiling of :func:`make_prefill_plan`, with tensor-core scores for float16 when
+    :data:`TENSOR_CORE_SCORES` is set.
+
+    >>> prefill_plan_for(128, np.float16).tensor_core_scores   # off until measured on a GPU
+    False
+    """
+    plan = make_prefill_plan(head_dim)
+    if TENSOR_CORE_SCORES and np.dtype(dtype) == np.float16:
+        plan = replace(plan, tensor_core_scores=True)
+    return plan
+
+
 def make_prefill_plan(head_dim: int) -> PrefillPlan:
     """The plan for head dim ``head_dim`` (a multiple of 8, at most 256), for either dtype.
 
     >>> make_prefill_plan(128)
-    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=64, column_lanes=16)
+    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=64, column_lanes=16, tensor_core_scores=False)
     >>> make_prefill_plan(160).key_tile
     32
     """

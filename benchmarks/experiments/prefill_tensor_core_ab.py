@@ -1,0 +1,101 @@
+"""Prefill scores on tensor cores (prefill_plan.TENSOR_CORE_SCORES) against the CUDA-core
+scores, in one process on the GPU machine: what session 15 built and checked on the CPU
+only (kernel notes, "Prefill scores on tensor cores"), and what decides whether the switch
+goes on.
+
+    python benchmarks/experiments/prefill_tensor_core_ab.py [--reps N]
+
+1. Bits: with the switch on, the GPU equals the twin on every float16 instantiation shape
+   (prefill_plan.INSTANTIATION_SHAPES) and on the benchmark's shape at a smaller size.
+2. Time: bench_prefill.py's four cases (8 x 2,048 new tokens over 0 and 6,144 cached, 8 and
+   32 KV heads, head dim 128) and head dims 64, 192 and 256, both plans alternated in three
+   rounds, best median of each; the rate as a fraction of the float32 CUDA-core peak (the
+   figure issue 16 asks for; above 100% is possible on tensor cores), and the ratio.
+
+It prints; it asserts nothing (a bit mismatch is printed as DIFFER).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cupy as cp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_prefill import fp32_peak, gpu_prefill, make_case  # noqa: E402
+from gpu_timing import time_cupy  # noqa: E402
+
+from tinyserve_sim.control.prefill_batch import PrefillBatch  # noqa: E402
+from tinyserve_sim.data import paged_prefill_attention, prefill_plan  # noqa: E402
+from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES  # noqa: E402
+from tinyserve_sim.data.prefill_step import causal_pairs  # noqa: E402
+from tinyserve_sim.gpu import prefill_launchers  # noqa: E402
+
+
+def switch(on: bool) -> None:
+    prefill_plan.TENSOR_CORE_SCORES = on
+
+
+def bits(rng: np.random.Generator) -> None:
+    print("== bits: tensor-core scores, GPU against the twin ==", flush=True)
+    switch(True)
+    cases = [c for c in INSTANTIATION_SHAPES if c[0] == np.float16]
+    for dtype, D, bs, g, lens, qlens in cases:
+        blocks = [-(-n // bs) for n in lens]
+        perm = rng.permutation(sum(blocks) + 3)
+        tables = [t.tolist() for t in np.split(perm[: sum(blocks)], np.cumsum(blocks)[:-1])]
+        batch = PrefillBatch.from_tables(tables, lens, qlens, bs)
+        shape = (sum(blocks) + 3, bs, 2, D)
+        kc = (rng.standard_normal(shape) * 2).astype(dtype)
+        vc = rng.standard_normal(shape).astype(dtype)
+        q = rng.standard_normal((sum(qlens), 2 * g, D)).astype(dtype)
+        same = np.array_equal(gpu_prefill(q, kc, vc, batch, D**-0.5).view(np.uint16),
+                              paged_prefill_attention(q, kc, vc, batch, D**-0.5).view(np.uint16))
+        print(f"  D={D} bs={bs} G={g} lens={lens} new={qlens}: {'equal' if same else 'DIFFER'}", flush=True)
+    q, kc, vc, batch = make_case(rng, 2, 512, 1024, 32, 8, 128, 16, np.float16, on_gpu=False)
+    same = np.array_equal(gpu_prefill(q, kc, vc, batch, 128**-0.5).view(np.uint16),
+                          paged_prefill_attention(q, kc, vc, batch, 128**-0.5).view(np.uint16))
+    print(f"  2 x 512 new over 1,024 cached, GQA-4, D 128: {'equal' if same else 'DIFFER'}", flush=True)
+    switch(False)
+
+
+def timings(reps: int) -> None:
+    dev = cp.cuda.runtime.getDeviceProperties(0)
+    peak, peak_text = fp32_peak(dev)
+    print(f"== time: float32 CUDA-core peak {peak / 1e12:.1f} TFLOP/s ({peak_text}) ==", flush=True)
+    rng = np.random.default_rng(1)
+    B, N, Hq, bs = 8, 2048, 32, 16
+    for P, Hkv, D in [(0, 8, 128), (0, 32, 128), (6144, 8, 128), (6144, 32, 128), (0, 8, 64), (0, 8, 192), (0, 8, 256)]:
+        q, kc, vc, batch = make_case(rng, B, N, P, Hq, Hkv, D, bs, np.float16)
+        flops = 4.0 * D * Hq * B * causal_pairs(P, N)
+        launches = {}
+        for on in (False, True):
+            switch(on)
+            launches[on] = prefill_launchers.prepare_paged_prefill_attention(q, kc, vc, batch, D**-0.5)
+        switch(False)
+        best = {on: float("inf") for on in launches}
+        for _ in range(3):
+            for on, launch in launches.items():
+                best[on] = min(best[on], time_cupy(launch, reps))
+        cuda, tc = best[False], best[True]
+        print(f"  prefix={P} Hkv={Hkv} D={D}: CUDA-core scores {cuda * 1e3:7.2f} ms ({flops / cuda / peak:6.1%} of fp32 peak)"
+              f"  tensor-core scores {tc * 1e3:7.2f} ms ({flops / tc / peak:6.1%})  speed-up {cuda / tc:.3f}x", flush=True)
+        del launches, q, kc, vc
+        cp.get_default_memory_pool().free_all_blocks()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    opts = ap.parse_args()
+    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
+    bits(np.random.default_rng(0))
+    timings(opts.reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings
@@ -23,6 +26,7 @@ from tinyserve_sim.data import (
     paged_attention,
     reference_paged_attention,
 )
+from tinyserve_sim.data import geometry
 from tinyserve_sim.data.exact_math import exp_f32, fma_f32  # fma_f32 is checked against exact rationals
 
 from tinyserve_sim.errors import KernelInputError
@@ -196,9 +200,12 @@ def test_output_depends_only_on_logical_content_not_on_physical_placement(case, 
 @given(case=attention_cases(max_len=300, max_seqs=2))
 def test_gqa_equals_attention_over_replicated_kv_heads(case):
     """Grouped-query attention is ordinary attention with each KV head repeated
-    for its group: same bits, as long as both use the same rows and chunk (the
-    per-head arithmetic depends on the geometry, not on how heads are tiled).
-    Large groups are split into head slices with fewer rows each, so they are
+    for its group: same bits, as long as both use the same rows and chunk and compute
+    their logits the same way (the per-head arithmetic depends on the geometry and on
+    CUDA against tensor cores, not on how heads are tiled: a tensor-core output is one
+    (token, head) pair's chain whatever the other columns hold). float16 GQA plans take
+    tensor-core logits and MHA plans do not, so the MHA side is given the GQA plan's
+    choice. Large groups are split into head slices with fewer rows each, so they are
     left out here; the GPU tests cover them against the twin."""
     G = case.query.shape[1] // case.key_cache.shape[2]
     D, dtype = case.query.shape[2], case.query.dtype
@@ -210,7 +217,10 @@ def test_gqa_equals_attention_over_replicated_kv_heads(case):
         case.block_tables, case.seq_lens, case.scale, case.partition_size,
     )
     a = paged_attention(*case.args(), variant="split_k", partition_size=case.partition_size)
-    b = paged_attention(*rep.args(), variant="split_k", partition_size=case.partition_size)
+    original = geometry.make_plan
+    with mock.patch.object(geometry, "make_plan",
+                           lambda *args: replace(original(*args), tensor_core_logits=gqa.tensor_core_logits)):
+        b = paged_attention(*rep.args(), variant="split_k", partition_size=case.partition_size)
     assert (_bits(a) == _bits(b)).all()
 
 

@@ -35,9 +35,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "data"))
-from tensor_core_strategies import KINDS, draw_tiles
+from tensor_core_strategies import KINDS, draw_tiles  # noqa: E402
 
-from tinyserve_sim.data.tensor_core import _split_f16, _split_f32
+
+def _split_f16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float16 -> (sign bit, integer significand m, field exponent e): |x| = m * 2**(e - 10)."""
+    bits = x.view(np.uint16).astype(np.int64)
+    sign, field, fraction = bits >> 15, (bits >> 10) & 0x1F, bits & 0x3FF
+    return sign, np.where(field == 0, fraction, fraction | 0x400), np.where(field == 0, 1, field) - 15
+
+
+def _split_f32(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 -> (sign bit, integer significand m, field exponent e): |x| = m * 2**(e - 23)."""
+    bits = x.view(np.uint32).astype(np.int64)
+    sign, field, fraction = bits >> 31, (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    return sign, np.where(field == 0, fraction, fraction | 0x800000), np.where(field == 0, 1, field) - 127
 
 
 def _bitlen(m: np.ndarray) -> np.ndarray:

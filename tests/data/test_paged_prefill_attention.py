@@ -4,6 +4,8 @@ relation to decode attention, and errors."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -20,6 +22,7 @@ from tinyserve_sim.data import (
     prefill_error_bound,
     reference_paged_prefill_attention,
 )
+from tinyserve_sim.data import prefill_plan
 from tinyserve_sim.data.exact_math import exp_f32, fma_f32
 from tinyserve_sim.errors import KernelInputError
 
@@ -103,6 +106,19 @@ def test_twin_follows_the_documented_operation_order(case):
 @given(case=prefill_cases())
 def test_twin_is_within_the_derived_float64_bound(case):
     out = paged_prefill_attention(*case.args()).astype(np.float64)
+    ref = reference_paged_prefill_attention(*case.args())
+    bound = prefill_error_bound(*case.args())
+    assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) - bound))
+
+
+@HEAVY
+@given(case=prefill_cases(dtypes=(np.float16,)))
+def test_tensor_core_scores_are_within_the_same_bound(case):
+    # The opt-in tensor-core scores (prefill_plan.TENSOR_CORE_SCORES): a chain of mma.sync
+    # over the padded head dim errs by at most (0.66 D + 2.5) u sum m(q) m(k), inside the
+    # logit term's gamma(D + 1) (reference._magnitudes has the derivation).
+    with mock.patch.object(prefill_plan, "TENSOR_CORE_SCORES", True):
+        out = paged_prefill_attention(*case.args()).astype(np.float64)
     ref = reference_paged_prefill_attention(*case.args())
     bound = prefill_error_bound(*case.args())
     assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) - bound))

@@ -234,6 +234,25 @@ def test_subnormal_factors_need_their_exponent_fields_in_the_bound():
     assert plain < error <= fields
 
 
+# ------------------------------------------------------------------ the fit that found the rule
+def test_the_fit_script_singles_out_the_rule_on_the_models_own_outputs(tmp_path, capsys):
+    # benchmarks/experiments/mma_probe.py fit, on outputs made by the model instead of a GPU:
+    # its family must contain the rule (no mismatch) and tell it from every other member.
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments" / "mma_probe.py"
+    spec = importlib.util.spec_from_file_location("mma_probe_under_test", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rng = np.random.default_rng(9)
+    for kind in KINDS:
+        a, b_t, c = draw_tiles(kind, 4, rng)
+        np.savez_compressed(tmp_path / f"mma_{kind}.npz", A=a, Bt=b_t, C=c, D=mma_m16n8k16(a, b_t, c))
+    probe.fit(tmp_path, 512)
+    best = capsys.readouterr().out.strip().splitlines()[-1]
+    assert best.startswith("fewest mismatches: [(0, '25 fields 16 tz rz'), (") and "(0, " not in best[40:]
+
+
 # ------------------------------------------------------------------ input checks
 @pytest.mark.parametrize(
     ("a", "b_t", "c", "names"),

@@ -33,6 +33,7 @@ from tinyserve_sim.data.reference import (
     U32,
     _gamma,
     _logit_underflow,
+    _magnitudes,
     _output_rounding,
     _weight_and_sum_bound,
 )
@@ -70,7 +71,10 @@ def _rows(query, key_cache, value_cache, batch: PrefillBatch, scale64: float):
             vh = value_cache[blocks, offsets, h].astype(np.float64)
             q = query[a:b, h * group : (h + 1) * group].astype(np.float64)  # [q, G, D]
             x = np.einsum("qgd,ld->qgl", q, kh) * scale64
-            abs_qk = np.einsum("qgd,ld->qgl", np.abs(q), np.abs(kh))
+            # sum_d m(q_d) m(k_d): |q k| but for float16 subnormals (reference._magnitudes), so
+            # that the logit term holds for the opt-in tensor-core scores too.
+            f16 = query.dtype == np.float16
+            abs_qk = np.einsum("qgd,ld->qgl", _magnitudes(q, f16), _magnitudes(kh, f16))
             m = np.broadcast_to(mask[:, None, :], x.shape)
             n = np.broadcast_to(visible[:, None], x.shape[:2])
             yield (

@@ -33,6 +33,8 @@ from tinyserve_sim.data import (
     reference_paged_attention,
 )
 from tinyserve_sim.data.backends import get_backend
+from tinyserve_sim.data.geometry import make_plan
+from tinyserve_sim.data.tensor_core import mma_dot
 from tinyserve_sim.errors import BackendUnavailableError
 from tinyserve_sim.render import show_state
 
@@ -106,6 +108,19 @@ print("seq_lens =", batch.seq_lens)
 # computes the logits `q · k` on the GPU's tensor cores, and the twin follows that
 # instruction's rounding by a rule measured on an H200
 # ([logits on tensor cores](../../kernels/paged_attention/#logits-on-tensor-cores)).
+#
+# The plan says which, and the instruction's rule can be tried on its own. Here four small
+# products are added to 1.0: the tensor core cuts each term below 25 bits under the largest
+# one before adding, so all four vanish; the exact sum, rounded once to nearest, keeps them
+# as one more unit in the last place
+# ([tensor_core_mma](../../kernels/tensor_core_mma/)).
+
+# %%
+plan = make_plan(HEAD_DIM, np.float16, NUM_Q_HEADS // NUM_KV_HEADS)
+print("logits on tensor cores:", plan.tensor_core_logits)
+a, b = np.zeros(16, np.float16), np.zeros(16, np.float16)
+a[:4], b[:4] = 3 * 2.0**-14, 2.0**-13  # four products of 3 * 2**-27
+print("tensor core:", mma_dot(a, b, np.float32(1.0)), "  exact sum, rounded to nearest:", np.float32(1 + 12 * 2.0**-27))
 
 # %%
 out_one_pass = paged_attention(query, key_cache, value_cache, batch, scale, variant="one_pass")

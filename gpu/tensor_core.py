@@ -13,9 +13,9 @@ import cupy as cp
 import numpy as np
 
 from tinyserve_sim.data.tensor_core import check_mma_m16n8k16
-from tinyserve_sim.errors import KernelInputError
 
 from .build import get_module
+from .launchers import _device
 
 WARPS_PER_BLOCK = 4  #: one warp per tile
 
@@ -27,8 +27,7 @@ def mma_m16n8k16(a: Any, b_t: Any, c: Any) -> cp.ndarray:
     float32, all ``cupy.ndarray`` on the GPU. Returns D [tiles, 16, 8] float32 on the GPU.
     """
     for name, x in (("a", a), ("b_t", b_t), ("c", c)):
-        if not isinstance(x, cp.ndarray):
-            raise KernelInputError(f"{name} must be a cupy.ndarray on the GPU, got {type(x).__name__}")
+        _device(x, name)
     tiles = check_mma_m16n8k16(a, b_t, c)
     a, b_t, c = (cp.ascontiguousarray(x) for x in (a, b_t, c))
     d = cp.empty((tiles, 16, 8), dtype=np.float32)

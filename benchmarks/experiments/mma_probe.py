@@ -133,14 +133,31 @@ def fit(out: Path, limit: int) -> None:
     print("fewest mismatches:", ranked[:4])
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("command", choices=("collect", "fit"))
     p.add_argument("out", type=Path)
-    p.add_argument("--tiles", type=int, default=1500)
-    p.add_argument("--limit", type=int, default=192_000, help="outputs per kind to fit on")
+    p.add_argument("--tiles", type=_positive, default=1500)
+    p.add_argument("--limit", type=_positive, default=192_000, help="outputs per kind to fit on")
     args = p.parse_args(argv)
-    collect(args.out, args.tiles) if args.command == "collect" else fit(args.out, args.limit)
+    if args.command == "fit":
+        missing = [k for k in KINDS if not (args.out / f"mma_{k}.npz").is_file()]
+        if missing:
+            p.exit(2, f"mma_probe: {args.out} lacks mma_{missing[0]}.npz (run collect there first, on the GPU)\n")
+        fit(args.out, args.limit)
+    else:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            p.exit(2, f"mma_probe: cannot write to {args.out}: {exc.strerror}\n")
+        collect(args.out, args.tiles)
 
 
 if __name__ == "__main__":

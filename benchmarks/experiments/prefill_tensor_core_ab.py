@@ -89,7 +89,8 @@ def timings(reps: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=lambda t: int(t) if t.isdigit() and int(t) > 0 else ap.error(f"--reps: a positive integer, got {t!r}"),
+                    default=5, help="timed launches per round (their median)")
     opts = ap.parse_args()
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
     bits(np.random.default_rng(0))

@@ -173,24 +173,23 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
         cp_async_commit();
     };
 
-    // ---- prologue: offsets of the first key tile, the query tile (float32, padded with zeros)
+    // ---- prologue: offsets of the first key tile, the query tile (float32, or float16 with
+    // TC; padded with zeros)
     if (tid < BN && tid < kv_end) base_s[tid] = token_base(tid);
     for (int i = tid; i < BM * NVP; i += NT) {  // one 16-byte vector of a query row at a time
         const int r = i / NVP, v = i % NVP;
-        float x[EV];
-#pragma unroll
-        for (int e = 0; e < EV; ++e) x[e] = 0.0f;  // padding rows and dims: zeros
+        uint4 raw = make_uint4(0u, 0u, 0u, 0u);  // padding rows and dims: zeros
         if (r < n_rows && v * EV < head_dim) {
             const int row = row0 + r;
             const int tok = row / group;
             const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
-            to_float(*reinterpret_cast<const uint4*>(query + head * head_dim + v * EV), x, T());
+            raw = *reinterpret_cast<const uint4*>(query + head * head_dim + v * EV);
         }
-        if constexpr (TC) {  // float16 again (exact: the values were float16)
-            __half* q_h = reinterpret_cast<__half*>(q_s);
-#pragma unroll
-            for (int e = 0; e < EV; ++e) q_h[r * QH + v * EV + e] = __float2half_rn(x[e]);
-        } else {
+        if constexpr (TC) {  // the float16 vector as it is, for ldmatrix
+            *reinterpret_cast<uint4*>(reinterpret_cast<__half*>(q_s) + r * QH + v * EV) = raw;
+        } else {  // as float32 (exact)
+            float x[EV];
+            to_float(raw, x, T());
             float4* q4 = reinterpret_cast<float4*>(q_s + r * QS + v * EV);
 #pragma unroll
             for (int e = 0; e < EV; e += 4) q4[e / 4] = make_float4(x[e], x[e + 1], x[e + 2], x[e + 3]);

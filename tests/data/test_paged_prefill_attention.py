@@ -124,6 +124,13 @@ def test_tensor_core_scores_are_within_the_same_bound(case):
     assert np.all(np.abs(out - ref) <= bound), float(np.max(np.abs(out - ref) - bound))
 
 
+@pytest.mark.parametrize("head_dim, dtype", [(-8, np.float16), (12, np.float16), (264, np.float32), (True, np.float16),
+                                             (128, np.int8), (128, "nope")])
+def test_the_plan_refuses_what_no_kernel_is_built_for(head_dim, dtype):
+    with pytest.raises(KernelInputError):
+        prefill_plan.prefill_plan_for(head_dim, dtype)
+
+
 def test_bound_is_tight_enough_to_catch_a_wrong_result():
     # Skip the diagonal key (attend to keys 0..pos-1 only): the bound must notice.
     rng = np.random.default_rng(3)

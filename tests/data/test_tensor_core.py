@@ -253,6 +253,16 @@ def test_the_fit_script_singles_out_the_rule_on_the_models_own_outputs(tmp_path,
     assert best.startswith("fewest mismatches: [(0, '25 fields 16 tz rz'), (") and "(0, " not in best[40:]
 
 
+def test_the_fit_script_refuses_a_folder_without_data_in_one_line(tmp_path):
+    import subprocess
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments" / "mma_probe.py"
+    for args in (["fit", str(tmp_path)], ["fit", str(tmp_path), "--limit", "-1"]):
+        res = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].endswith("must be a positive integer, got '-1'")
+
+
 # ------------------------------------------------------------------ input checks
 @pytest.mark.parametrize(
     ("a", "b_t", "c", "names"),

@@ -91,6 +91,12 @@ class AttentionPlan:
         return self.head_dim // self.vec
 
     @property
+    def even(self) -> bool:
+        """Every lane owns all its vectors (``head_dim == lanes * vecs_per_lane * vec``): the
+        kernel's ``EVEN``, with no check per element."""
+        return self.num_vecs == self.lanes * self.vecs_per_lane
+
+    @property
     def heads_per_block(self) -> int:
         """Query heads one thread block covers: ``head_tile * head_slices``."""
         return self.head_tile * self.head_slices
@@ -134,6 +140,22 @@ class AttentionPlan:
         return tiles + 2 * self.chunk * 8 + 4 * floats
 
 
+def check_head_dim_and_dtype(head_dim: int, dtype: np.dtype | type) -> None:
+    """The head dims and dtypes the attention kernels are built for (decode and prefill).
+
+    Raises:
+        KernelInputError: ``head_dim`` not a multiple of 8 in 8..256, or ``dtype`` not float16 or float32.
+    """
+    if not isinstance(head_dim, (int, np.integer)) or head_dim % HEAD_DIM_MULTIPLE or not 0 < head_dim <= MAX_HEAD_DIM:
+        raise KernelInputError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim!r}")
+    try:
+        known = np.dtype(dtype) in CACHE_DTYPES
+    except TypeError:
+        known = False
+    if not known:
+        raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
+
+
 def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> AttentionPlan:
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
@@ -153,14 +175,7 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     Raises:
         KernelInputError: a head dim, dtype or group the kernels are not built for.
     """
-    if not isinstance(head_dim, (int, np.integer)) or head_dim % HEAD_DIM_MULTIPLE or not 0 < head_dim <= MAX_HEAD_DIM:
-        raise KernelInputError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} in 8..{MAX_HEAD_DIM}, got {head_dim!r}")
-    try:
-        known = np.dtype(dtype) in CACHE_DTYPES
-    except TypeError:
-        known = False
-    if not known:
-        raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
+    check_head_dim_and_dtype(head_dim, dtype)
     if not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise KernelInputError(f"group_size must be a positive integer, got {group_size!r}")
     itemsize = np.dtype(dtype).itemsize
@@ -203,8 +218,7 @@ def uses_tensor_core_logits(plan: AttentionPlan, dtype: np.dtype | type, group_s
     >>> uses_tensor_core_logits(make_plan(192, np.float16, 8), np.float16, 8)   # 192 = 16 lanes x 1.5 vectors
     False
     """
-    even = plan.num_vecs == plan.lanes * plan.vecs_per_lane
-    return (np.dtype(dtype) == np.float16 and even and plan.head_dim % 16 == 0 and plan.head_dim >= 64
+    return (np.dtype(dtype) == np.float16 and plan.even and plan.head_dim % 16 == 0 and plan.head_dim >= 64
             and plan.heads_per_block <= 8 and group_size >= 2)
 
 

@@ -162,14 +162,14 @@ def _partition(
         active = valid.any(axis=-1)  # [S, Hkv]: the kernel runs this chunk at all
         t_safe = np.where(valid, t, 0)  # token 0 always has a real block
         slots = tables[seqs, heads, t_safe // block_size] * block_size + t_safe % block_size  # [S, Hkv, CH]
-        k = kc[slots, heads].astype(F32)  # [S, Hkv, CH, D]: KV head h reads its own row
+        k = kc[slots, heads]  # [S, Hkv, CH, D] in the cache's dtype: KV head h reads its own row
         v = vc[slots, heads].astype(F32)
         if plan.tensor_core_logits:
             # 1'. logits on tensor cores: one mma.sync per 16 dims, a chain from +0 in
             # increasing steps; each output adds its 16 products and the chain by mma_dot.
-            x = _tensor_core_dots(q, kc[slots, heads]) * scale
+            x = _tensor_core_dots(q, k) * scale
         else:
-            x = _lane_dots(q, k, plan) * scale
+            x = _lane_dots(q, k.astype(F32), plan) * scale
         x = np.where(valid[:, :, None, :], x, F32(-np.inf))
         # 2.-3. running max, rescale factor, probabilities.
         with np.errstate(invalid="ignore"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tinyserve_sim.data.geometry import check_head_dim_and_dtype
 from tinyserve_sim.errors import KernelInputError
 
 GROUPS = 16  #: column lanes per row group: the 16 lanes that share a query row
@@ -115,9 +116,13 @@ def prefill_plan_for(head_dim: int, dtype: np.dtype | type) -> PrefillPlan:
     tiling of :func:`make_prefill_plan`, with tensor-core scores for float16 when
     :data:`TENSOR_CORE_SCORES` is set.
 
+    Raises:
+        KernelInputError: a head dim or dtype the kernel is not built for.
+
     >>> prefill_plan_for(128, np.float16).tensor_core_scores   # off until measured on a GPU
     False
     """
+    check_head_dim_and_dtype(head_dim, dtype)
     plan = make_prefill_plan(head_dim)
     if TENSOR_CORE_SCORES and np.dtype(dtype) == np.float16:
         plan = replace(plan, tensor_core_scores=True)

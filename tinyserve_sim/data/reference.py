@@ -41,6 +41,7 @@ import numpy as np
 
 from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.data.geometry import MIN_PARTITION_SIZE, SHORTEST_PARTITION
+from tinyserve_sim.data.tensor_core import exponent_fields
 from tinyserve_sim.data.validation import (
     check_host_arrays,
     check_paged_attention,
@@ -88,8 +89,7 @@ def _magnitudes(x: np.ndarray, float16: bool) -> np.ndarray:
     a = np.abs(x)
     if not float16:
         return a
-    fields = np.ldexp(1.0, np.maximum(np.frexp(a)[1] - 1, -14))
-    return np.where(a != 0, np.maximum(a, fields), 0.0)
+    return np.maximum(a, np.ldexp(1.0, exponent_fields(a, -14)))  # a zero's field gives 2**-2**20 = 0
 
 
 def _head_kv(key_cache: np.ndarray, value_cache: np.ndarray, table: np.ndarray, length: int, head: int):

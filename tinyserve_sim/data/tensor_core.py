@@ -76,7 +76,7 @@ _NO_PLACE = -(2**20)
 _ANY_REAL_PLACE = -(2**19)
 
 
-def _places(x: np.ndarray, smallest: int) -> np.ndarray:
+def exponent_fields(x: np.ndarray, smallest: int) -> np.ndarray:
     """Step 2: the exponent a float's fields encode, floor(log2 |x|), or ``smallest`` (the
     smallest normal exponent) for a subnormal; ``_NO_PLACE`` for a zero (so that a product
     with a zero factor has a place below every real one). ``x`` is float64 holding float16
@@ -93,7 +93,7 @@ def _cut_and_add(products: np.ndarray, places: np.ndarray, c: np.ndarray) -> np.
     times ``2**unit`` of at most 27 bits, and 17 of them add up to at most 32 bits.
     """
     c64 = c.astype(np.float64)
-    top = np.maximum(places.max(axis=-1), _places(c64, -126))  # step 3: the largest place
+    top = np.maximum(places.max(axis=-1), exponent_fields(c64, -126))  # step 3: the largest place
     all_zero = top < _ANY_REAL_PLACE  # every term is zero
     unit = np.where(all_zero, 0, top - WINDOW_BITS)
     to_units = np.ldexp(1.0, -unit)  # 2**-unit: scaling by it is exact
@@ -118,7 +118,7 @@ def _truncate_to_float32(x: np.ndarray) -> np.ndarray:
 def _products_and_places(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step 1 and the products' part of step 2: exact products (float64: 22 bits) and the
     sums of their factors' exponent fields. ``a`` and ``b`` float64, broadcastable."""
-    return a * b, _places(a, -14) + _places(b, -14)
+    return a * b, exponent_fields(a, -14) + exponent_fields(b, -14)
 
 
 def _specials(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -177,7 +177,7 @@ def mma_chain(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float32]:
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise KernelInputError("mma_chain takes finite inputs only (mma_dot takes special values too)")
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    a_places, b_places = _places(a64, -14), _places(b64, -14)
+    a_places, b_places = exponent_fields(a64, -14), exponent_fields(b64, -14)
     d = np.zeros(shape[:-1], np.float32)
     for step in range(shape[-1] // K):
         k = slice(K * step, K * step + K)

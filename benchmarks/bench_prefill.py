@@ -297,14 +297,15 @@ def main() -> int:
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--quick", action="store_true", help="3 repeats instead of 10, no clock sampling")
     ap.add_argument("--no-torch", action="store_true", help="ours only (no FlashInfer, no SDPA)")
-    ap.add_argument("--tensor-core-scores", action="store_true",
-                    help="float16 scores on tensor cores (prefill_plan.TENSOR_CORE_SCORES; checks and timings both)")
+    ap.add_argument("--cuda-core-scores", action="store_true",
+                    help="float16 scores on CUDA cores, not the default tensor cores "
+                         "(prefill_plan.TENSOR_CORE_SCORES = False; checks and timings both)")
     opts = ap.parse_args()
-    if opts.tensor_core_scores:
+    if opts.cuda_core_scores:
         from tinyserve_sim.data import prefill_plan
 
-        prefill_plan.TENSOR_CORE_SCORES = True
-        print("float16 scores on tensor cores (prefill_plan.TENSOR_CORE_SCORES = True)")
+        prefill_plan.TENSOR_CORE_SCORES = False
+        print("float16 scores on CUDA cores (prefill_plan.TENSOR_CORE_SCORES = False)")
     dev = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device: {dev['name'].decode()}, {dev['multiProcessorCount']} SMs; cupy {cp.__version__}")
     if not opts.no_torch:

@@ -280,11 +280,12 @@ def paged_prefill_attention_kernel_name(plan: Any, dtype: Any) -> str:
 
 
 def all_paged_prefill_attention_names() -> list[str]:
-    """Every instantiation a valid head_dim (8..256, step 8) can need: one per dtype and padded dim."""
-    from tinyserve_sim.data.prefill_plan import make_prefill_plan
+    """Every instantiation a valid head_dim (8..256, step 8) can need with the plans of
+    :func:`~tinyserve_sim.data.prefill_plan.prefill_plan_for`: one per dtype and padded dim."""
+    from tinyserve_sim.data.prefill_plan import prefill_plan_for
 
     seen: dict[str, None] = {}
     for dtype in CTYPE:
         for head_dim in range(8, 257, 8):
-            seen.setdefault(paged_prefill_attention_kernel_name(make_prefill_plan(head_dim), dtype), None)
+            seen.setdefault(paged_prefill_attention_kernel_name(prefill_plan_for(head_dim, dtype), dtype), None)
     return list(seen)

@@ -73,6 +73,7 @@ def test_paged_prefill_attention_compiles_every_instantiation():
     ptx = build.compile_check("paged_prefill_attention.cu", names)
     assert ptx.count(".entry") == len(names)
     assert "fma.rn.f32" in ptx and "fma.rn.ftz" not in ptx and "cp.async" in ptx
+    assert "mma.sync.aligned.m16n8k16" in ptx  # the float16 plans' scores (prefill_plan.TENSOR_CORE_SCORES)
 
 
 def test_includes_are_inlined():
@@ -115,24 +116,26 @@ def test_the_gpu_build_compiles_machine_code_with_the_contract_options():
 def test_the_instantiation_shapes_reach_every_prefill_instantiation():
     """The GPU tests and bench_prefill's checks run prefill_plan.INSTANTIATION_SHAPES to
     cover every compiled prefill kernel: those shapes must name every instantiation."""
-    from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES, make_prefill_plan
+    from tinyserve_sim.data.prefill_plan import INSTANTIATION_SHAPES, prefill_plan_for
 
-    reached = {build.paged_prefill_attention_kernel_name(make_prefill_plan(d), dtype) for dtype, d, *_ in INSTANTIATION_SHAPES}
+    reached = {build.paged_prefill_attention_kernel_name(prefill_plan_for(d, dtype), dtype) for dtype, d, *_ in INSTANTIATION_SHAPES}
     assert reached == set(build.all_paged_prefill_attention_names())
 
 
-def test_the_tensor_core_prefill_instantiations_compile():
-    """The opt-in tensor-core scores (prefill_plan.TENSOR_CORE_SCORES), off in every shape the
-    other tests reach: their float16 instantiations compile here all the same."""
+def test_the_cuda_core_prefill_instantiations_compile():
+    """The float16 prefill kernels with the tensor-core scores switched off
+    (prefill_plan.TENSOR_CORE_SCORES = False), which no default plan reaches, compile here
+    all the same; the default ones have tensor-core scores."""
     from dataclasses import replace
 
     import numpy as np
     from tinyserve_sim.data.prefill_plan import make_prefill_plan
 
-    names = tuple(build.paged_prefill_attention_kernel_name(replace(make_prefill_plan(d), tensor_core_scores=True), np.float16)
+    names = tuple(build.paged_prefill_attention_kernel_name(replace(make_prefill_plan(d), tensor_core_scores=False), np.float16)
                   for d in (64, 128, 192, 256))
+    assert not set(names) & set(build.all_paged_prefill_attention_names())
     ptx = build.compile_check("paged_prefill_attention.cu", names)
-    assert ptx.count(".entry") == 4 and "mma.sync.aligned.m16n8k16" in ptx
+    assert ptx.count(".entry") == 4 and "mma.sync" not in ptx
 
 
 def test_the_benchmarks_read_floor_kernels_compile():

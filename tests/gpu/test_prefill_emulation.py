@@ -88,17 +88,19 @@ def test_every_instantiation_equals_the_twin(dtype, head_dim):
 
 
 @pytest.mark.parametrize("head_dim", [40, 128, 192, 256])
-def test_tensor_core_scores_equal_the_twin(monkeypatch, head_dim):
-    # The opt-in tensor-core scores (prefill_plan.TENSOR_CORE_SCORES), float16: the shim's
-    # ldmatrix and mma.sync, the kernel's fragment indexing, the raw dot products' trip
-    # through the probabilities' buffer, against the twin's mma_chain.
-    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", True)
-    assert prefill_plan_for(head_dim, np.float16).tensor_core_scores
+def test_cuda_core_scores_equal_the_twin(monkeypatch, head_dim):
+    # float16 with the tensor-core scores switched off (prefill_plan.TENSOR_CORE_SCORES =
+    # False; the other tests here run the default, on: the shim's ldmatrix and mma.sync,
+    # the kernel's fragment indexing, the raw dot products' trip through the
+    # probabilities' buffer, against the twin's mma_chain). The two paths round apart.
     case = fixed_prefill_case(head_dim, np.float16, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1], spare_blocks=2)
+    assert prefill_plan_for(head_dim, np.float16).tensor_core_scores
+    tensor_cores = paged_prefill_attention(*case.args())
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", False)
+    assert not prefill_plan_for(head_dim, np.float16).tensor_core_scores
     twin = paged_prefill_attention(*case.args())
     assert_bits_equal(emulated_prefill(*case.args()), twin)
-    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", False)
-    assert not np.array_equal(paged_prefill_attention(*case.args()).view(np.uint16), twin.view(np.uint16))
+    assert not np.array_equal(tensor_cores.view(np.uint16), twin.view(np.uint16))
 
 
 @settings(max_examples=int(os.environ.get("TS_EMULATION_EXAMPLES", "6")), deadline=None)

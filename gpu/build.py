@@ -131,8 +131,10 @@ def paged_attention_kernel_name(plan: Any, dtype: Any, split: bool) -> str:
     Its arguments: element type, vector width, lanes, vectors per lane, heads
     per slice, slices, chunk, copies through L1 (``l1_copies``), split-K, ``EVEN``
     (every lane owns all its vectors, ``head_dim == lanes * vecs_per_lane * vec``: no
-    check per element), and the logits on tensor cores (``tensor_core_logits``)."""
-    flags = ", ".join("true" if f else "false" for f in (plan.l1_copies, split, plan.even, plan.tensor_core_logits))
+    check per element), the logits on tensor cores (``tensor_core_logits``) and ``P V`` on
+    tensor cores (``tensor_core_values``)."""
+    flags = ", ".join("true" if f else "false"
+                      for f in (plan.l1_copies, split, plan.even, plan.tensor_core_logits, plan.tensor_core_values))
     return (f"paged_attention_kernel<{CTYPE[np.dtype(dtype)]}, {plan.vec}, {plan.lanes}, "
             f"{plan.vecs_per_lane}, {plan.head_tile}, {plan.head_slices}, {plan.chunk}, {flags}>")
 

@@ -33,6 +33,13 @@
 // Finally each slice's rows are combined by a butterfly inside a warp and a
 // pairwise tree across its warps, and divided by l. split-K writes (o, m, l)
 // per partition; paged_attention_reduce_kernel combines them.
+//
+// With PV (the plan's tensor_core_values, on top of TC), P V runs on tensor cores:
+//   C. also splits every p * 2^15 exactly into three float16 parts (shared memory, laid
+//      out as the mma's B fragments), and sums the chunk's p of each head: l = fma(l, alpha, sum)
+//   D. warp w owns the 16-dim tiles w, w + 4, ... of the output: acc *= alpha, then per
+//      16 tokens and part, acc = mma(V^T, part, acc), V^T by ldmatrix.trans.
+//   The output is acc / (l * 2^15); no rows to combine.
 #include <cuda_fp16.h>
 #include "cache_vectors.cuh"
 #include "exact_math.cuh"
@@ -65,7 +72,7 @@ __device__ __forceinline__ void load_heads(const float* src, float (&dst)[N]) {
 
 }  // namespace
 
-template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN, bool TC>
+template <typename T, int VEC, int LANES, int VPL, int HT, int HS, int CHUNK, bool L1, bool SPLIT, bool EVEN, bool TC, bool PV>
 __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     T* __restrict__ out,                 // one-pass: [S, Hq, D]
     float* __restrict__ part_out,        // split-K: [S, Hq, max_parts, D]
@@ -99,6 +106,12 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     constexpr int KD = LANES * VPL * VEC;      // head_dim when EVEN
     static_assert(!TC || (EVEN && sizeof(T) == 2 && KD % 16 == 0 && (KD / VEC) % 8 == 0 && HB <= 8 && CHUNK % 16 == 0),
                   "tensor-core logits: float16, head_dim a multiple of 16 (and 64 or more), at most 8 heads");
+    // PV (the plan's tensor_core_values): P V by mma.sync m16n8k16, V^T as A (16 dims x 16
+    // tokens), a float16 part of P as B (16 tokens x 8 heads), the output as C (16 dims x 8
+    // heads). Warp w owns the MT dim tiles w, w + NWARPS, ...; KD = 64, 128 or 256 here.
+    static_assert(!PV || (TC && KD % (16 * NWARPS) == 0), "tensor-core P V: on top of TC, whole dim tiles per warp");
+    constexpr int MT = PV ? KD / (16 * NWARPS) : 1;
+    constexpr float PSCALE = 32768.0f;  // 2^15: p * 2^15 <= 32768, inside float16's range
 
     // ---- shared memory: staged K and V tiles first (16-byte aligned) ----------
     extern __shared__ uint4 smem_u4[];
@@ -115,7 +128,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     // 4 HT D floats fit in 2 CHUNK D halves since 4 HT <= CHUNK.
     float* red_s = TC ? reinterpret_cast<float*>(smem_u4) : x_s + HB * CHUNK;
     static_assert(!TC || 4 * HT <= CHUNK, "the row-combine scratch fits over the tiles");
-    __shared__ float m_s[MAX_HEADS], alpha_s[MAX_HEADS], lred_s[NWARPS][HT];
+    // PV: the probabilities' float16 parts, as B fragments: for 16-token group grp, part
+    // (0, 1, 2) and head n, lane 4 n + t's two registers (tokens 2t, 2t + 1 | 2t + 8, 2t + 9)
+    // at uint2 (grp * 3 + part) * 32 + 4 n + t. Eight heads always (zeros past hcount).
+    unsigned short* ph_s = reinterpret_cast<unsigned short*>(x_s + HB * CHUNK);
+    __shared__ float m_s[MAX_HEADS], alpha_s[MAX_HEADS], l_s[MAX_HEADS], lred_s[NWARPS][HT];
 
     const int tid = threadIdx.x;
     const int slice = tid / SLICE;              // which HT heads this thread accumulates
@@ -151,11 +168,15 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         const int g = i / head_dim;
         q_s[i] = g < hcount ? load_float(query + (static_cast<long long>(seq) * num_heads + g0 + g) * head_dim + i % head_dim) : 0.0f;
     }
-    if (tid < HB) {
+    if (tid < MAX_HEADS) {  // PV reads alpha for all 8 columns of the mma, heads past HB too
         m_s[tid] = TS_NEG_INF;
         alpha_s[tid] = 1.0f;
+        l_s[tid] = 0.0f;
     }
     for (int i = tid; i < HB * CHUNK; i += NT) x_s[i] = 0.0f;  // heads past the group keep p = 0
+    if constexpr (PV) {  // and their float16 parts
+        for (int i = tid; i < 3 * 8 * CHUNK / 2; i += NT) reinterpret_cast<unsigned*>(ph_s)[i] = 0u;
+    }
 
     // Byte offset of token t's row for this KV head, from the start of a cache, given
     // its block-table entry blk: one integer division per token, done once, for K and V.
@@ -171,9 +192,10 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     // The copies: all 128 threads as CROWS rows of LANES lanes, each lane its
     // own vectors of every CROWS-th token of the chunk. Padding tokens (past b)
     // are not copied; their stale shared memory is never used for a result.
-    // SWZ (TC's keys): token j's vector v lands at v ^ (j % 8), so that the eight rows an
-    // ldmatrix reads at once (eight tokens, the same 16 bytes of each) fall in eight
-    // different bank groups instead of one.
+    // SWZ (TC's keys, PV's values): token j's vector v lands at v ^ (j % 8), so that the
+    // eight rows an ldmatrix reads at once (eight tokens, the same 16 bytes of each) fall in
+    // eight different bank groups instead of one. The rows past b of a last chunk are
+    // zeroed instead of skipped: PV multiplies them (by p = 0), and stale bits could be NaN.
     auto copy_tile = [&](uint4* dst, const T* cache, const long long* bases, int c0, auto swz) {
         constexpr bool SWZ = decltype(swz)::value;
         const char* src = reinterpret_cast<const char*>(cache);
@@ -182,7 +204,14 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
 #pragma unroll
         for (int k = 0; k < CHUNK / CROWS; ++k) {
             const int j = k * CROWS + crow;
-            if (!full && c0 + j >= b) break;
+            if (!full && c0 + j >= b) {
+                if constexpr (SWZ) {
+#pragma unroll
+                    for (int i = 0; i < VPL; ++i) dst[j * num_vecs + (vec_off(i) / VEC ^ (j % 8))] = make_uint4(0u, 0u, 0u, 0u);
+                    continue;
+                }
+                break;
+            }
 #pragma unroll
             for (int i = 0; i < VPL; ++i) {
                 const int off = vec_off(i);
@@ -199,6 +228,11 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     float qr[HT][EPL];   // this lane's query elements of the slice's heads
     float acc[HT][EPL];  // this row's running sum of p * v
     float lrow[HT];      // and of p
+    float acc_tc[MT][4]; // PV: this lane's C fragments, dims 16 mt + l32 / 4 (+ 8), heads 2 (l32 % 4) (+ 1)
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc_tc[i][c] = 0.0f;
 #pragma unroll
     for (int g = 0; g < HT; ++g) {
         lrow[g] = 0.0f;
@@ -238,7 +272,7 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
     }
     // The pipeline starts: K and V of the first chunk.
     copy_tile(k_s, key_cache, base_s, a, ts_bool<TC>());
-    copy_tile(v_s, value_cache, base_s, a, ts_bool<false>());
+    copy_tile(v_s, value_cache, base_s, a, ts_bool<PV>());
 
     // One chunk of the online softmax. FULL: every token of the chunk is real
     // (c0 + CHUNK <= b), so no token needs a bounds check or a padding select;
@@ -333,14 +367,38 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
             const float m_old = m_s[g];
             const float m_new = fmaxf(m_old, mx);
             __syncwarp();  // every lane has read m_old
+            const float alpha = ts_exp(m_old - m_new);
             if (tid % 32 == 0) {
-                alpha_s[g] = ts_exp(m_old - m_new);
+                alpha_s[g] = alpha;
                 m_s[g] = m_new;
             }
+            float psum = 0.0f;  // PV: this lane's probabilities, in increasing i
 #pragma unroll
             for (int i = 0; i < CHUNK / 32; ++i) {
                 const int jj = i * 32 + tid % 32;
-                x_s[jj * HB + g] = real(jj) ? ts_exp(x[i] - m_new) : 0.0f;
+                const float p = real(jj) ? ts_exp(x[i] - m_new) : 0.0f;
+                if constexpr (!PV) {
+                    x_s[jj * HB + g] = p;
+                } else {
+                    psum = psum + p;
+                    // p * 2^15 = h1 + h2 + h3 exactly (down to 2^-25, i.e. 2^-40 of p): each
+                    // part is the rest rounded to float16, and each rest is exact in float32.
+                    const float ps = p * PSCALE;
+                    const __half h1 = __float2half_rn(ps);
+                    const float r1 = ps - __half2float(h1);
+                    const __half h2 = __float2half_rn(r1);
+                    const __half h3 = __float2half_rn(r1 - __half2float(h2));
+                    // Token jj's place in its group's B fragments (see ph_s).
+                    const int r = jj % 16, t = (r % 8) / 2;
+                    unsigned short* dst = ph_s + ((jj / 16 * 3 * 8 + g) * 4 + t) * 4 + (r / 8) * 2 + r % 2;
+                    dst[0] = __half_as_ushort(h1);
+                    dst[8 * 4 * 4] = __half_as_ushort(h2);      // the next part: 8 heads x 4 lanes x 4 halves on
+                    dst[2 * 8 * 4 * 4] = __half_as_ushort(h3);
+                }
+            }
+            if constexpr (PV) {
+                psum = ts_butterfly_sum<32>(psum);  // the twin's pairwise_sum over the 32 lanes
+                if (tid % 32 == 0) l_s[g] = __fmaf_rn(l_s[g], alpha, psum);
             }
         }
         // V of this chunk has landed: wait for it (the next K may stay in flight).
@@ -348,6 +406,40 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         else cp_async_wait<0>();
         __syncthreads();
         // ---- D. rescale, then accumulate p * v, row by row ---------------
+        if constexpr (PV) {
+            // Tensor cores: acc *= alpha per head (column), then for every 16 tokens in
+            // increasing order and every part h1, h2, h3: acc = mma(V^T, part, acc).
+            const int l32 = tid % 32;
+            const float al0 = alpha_s[2 * (l32 % 4)], al1 = alpha_s[2 * (l32 % 4) + 1];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                acc_tc[i][0] = acc_tc[i][0] * al0; acc_tc[i][1] = acc_tc[i][1] * al1;
+                acc_tc[i][2] = acc_tc[i][2] * al0; acc_tc[i][3] = acc_tc[i][3] * al1;
+            }
+            const int groups = FULL ? CHUNK / 16 : (b - c0 + 15) / 16;  // no group without a real token
+            const uint2* parts = reinterpret_cast<const uint2*>(ph_s);
+            const int r8 = l32 % 8, mat = l32 / 8;  // this lane's ldmatrix row and matrix
+            for (int grp = 0; grp < groups; ++grp) {
+                unsigned bfr[3][2];
+#pragma unroll
+                for (int part = 0; part < 3; ++part) {
+                    const uint2 w = parts[(grp * 3 + part) * 32 + l32];
+                    bfr[part][0] = w.x;
+                    bfr[part][1] = w.y;
+                }
+                // Matrices 2, 3: tokens 8-15; matrices 1, 3: dims + 8 (the A fragment's order).
+                const int tok = grp * 16 + r8 + (mat >> 1) * 8;
+                const uint4* vrow = v_s + tok * num_vecs;
+#pragma unroll
+                for (int i = 0; i < MT; ++i) {
+                    const int mt = warp + i * NWARPS;
+                    unsigned afr[4];
+                    ts_ldmatrix_x4_trans(vrow + ((2 * mt + (mat & 1)) ^ r8), afr);
+#pragma unroll
+                    for (int part = 0; part < 3; ++part) ts_mma_16816(acc_tc[i], afr, bfr[part]);
+                }
+            }
+        } else {
 #pragma unroll
         for (int g = 0; g < HT; ++g) {
             const float al = alpha_s[slice * HT + g];
@@ -377,8 +469,9 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
                     acc[g][e] = __fmaf_rn(p, vf[e / VEC][e % VEC], acc[g][e]);
             }
         }
-        __syncthreads();  // x_s and v_s are rewritten next
-        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK, ts_bool<false>());  // the next chunk's V
+        }
+        __syncthreads();  // x_s, ph_s and v_s are rewritten next
+        if (more) copy_tile(v_s, value_cache, next_bases, c0 + CHUNK, ts_bool<PV>());  // the next chunk's V
     };
 
     for (int c0 = a, buf = 0; c0 < b; c0 += CHUNK, buf ^= 1) {
@@ -386,6 +479,29 @@ __global__ void __launch_bounds__(NT, 4) paged_attention_kernel(
         else run_chunk(c0, buf, ts_bool<false>());
     }
 
+    if constexpr (PV) {
+        // Each lane's C fragments are final: o = acc / (l * 2^15), l from l_s (complete
+        // since the last chunk's barriers).
+        const int l32 = tid % 32;
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int d = 16 * (warp + i * NWARPS) + l32 / 4 + 8 * (c / 2);
+                const int h = 2 * (l32 % 4) + c % 2;
+                if (h >= hcount) continue;
+                const float o = acc_tc[i][c] / (l_s[h] * PSCALE);
+                const long long head = static_cast<long long>(seq) * num_heads + g0 + h;
+                if (SPLIT) part_out[(head * max_parts + blockIdx.z) * head_dim + d] = o;
+                else store_out(out + head * head_dim + d, o);
+            }
+        if (SPLIT && tid < hcount) {
+            const long long pi = (static_cast<long long>(seq) * num_heads + g0 + tid) * max_parts + blockIdx.z;
+            part_m[pi] = m_s[tid];
+            part_l[pi] = l_s[tid];
+        }
+        return;
+    }
     // ---- combine a slice's rows: butterfly inside the warp, pairwise across its warps ---
 #pragma unroll
     for (int g = 0; g < HT; ++g) {

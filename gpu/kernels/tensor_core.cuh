@@ -21,6 +21,18 @@ __device__ __forceinline__ void ts_ldmatrix_x4(const void* smem_row, unsigned (&
                  : "r"(addr));
 }
 
+// The same four matrices, each transposed on the way: lane l gives the address of row
+// l % 8 of matrix l / 8 as above; afterwards lane l holds, in r[i], the values of matrix i
+// at rows 2 (l % 4) and 2 (l % 4) + 1, column l / 4. With the rows of a matrix holding
+// tokens and its columns dims, that is the A fragment of (dims x tokens): the decode
+// kernel's values V^T, read from a tile stored token by token.
+__device__ __forceinline__ void ts_ldmatrix_x4_trans(const void* smem_row, unsigned (&r)[4]) {
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 // d = A B + d for one 16x16 float16 A (fragment a), one 16x8 float16 B (fragment b) and
 // a 16x8 float32 accumulator (fragment d), by the whole warp (PTX ISA, "Matrix fragments
 // for mma.m16n8k16": with g = lane / 4, t = lane % 4, d holds rows g and g + 8, columns

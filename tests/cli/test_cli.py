@@ -90,6 +90,16 @@ def test_plan_says_where_the_logits_are_computed():
     assert logits("--head-dim", "48").startswith("the logits on CUDA cores")
 
 
+def test_plan_says_where_p_v_is_computed():
+    # P V follows the logits onto the tensor cores (geometry.TENSOR_CORE_VALUES).
+    def values(*args: str) -> str:
+        return next(ln for ln in _plan(*args) if ln.startswith("P V on"))
+
+    assert values().startswith("P V on tensor cores")
+    assert values("--kv-heads", "32").startswith("P V on CUDA cores")
+    assert values("--dtype", "float32").startswith("P V on CUDA cores")
+
+
 def test_plan_never_runs_one_pass_with_a_row_over_twice_the_mean():
     lines = _plan("--lengths", "1720,809,809,809", "--kv-heads", "32")
     assert "809 to 1,720 tokens" in next(ln for ln in lines if ln.startswith("the batch:"))

@@ -28,6 +28,7 @@ from tinyserve_sim.data import (
 )
 from tinyserve_sim.data import geometry
 from tinyserve_sim.data.exact_math import exp_f32, fma_f32  # fma_f32 is checked against exact rationals
+from tinyserve_sim.data.tensor_core import mma_dot
 
 from tinyserve_sim.errors import KernelInputError
 
@@ -53,12 +54,65 @@ def _pairwise(vals: list[np.float32]) -> np.float32:
     return vals[0]
 
 
+def _spec_logit(q, k, scale, plan):
+    """Step 1 for one token: lanes then a butterfly, or (tensor_core_logits) a chain of
+    one-instruction steps over 16 dims each, by ``mma_dot`` itself."""
+    if plan.tensor_core_logits:
+        dot = np.float32(0)
+        for s0 in range(0, q.size, 16):
+            dot = mma_dot(k[s0 : s0 + 16].astype(np.float16), q[s0 : s0 + 16].astype(np.float16), dot)
+        return F32(F32(dot) * scale)
+    parts = []
+    for lane in range(plan.lanes):
+        p = F32(0)
+        for i in range(plan.vecs_per_lane):
+            vec = lane + i * plan.lanes
+            if vec < plan.num_vecs:
+                for d in range(vec * plan.vec, (vec + 1) * plan.vec):
+                    p = fma_f32(q[d], k[d], p)  # one rounding, as __fmaf_rn
+        parts.append(p)
+    return F32(_halving(parts) * scale)
+
+
+def spec_partition_tensor_core_values(q, keys, values, scale, plan):
+    """Steps 4' and 5' of the module docstring (``tensor_core_values``), literally: the
+    normaliser lane by lane then a butterfly, three float16 parts per probability, one
+    ``mma_dot`` per 16 tokens, part and dim."""
+    D = q.size
+    m, l, acc = F32(-np.inf), F32(0), np.zeros(D, np.float32)
+    for c0 in range(0, len(keys), plan.chunk):
+        ks, vs = keys[c0 : c0 + plan.chunk], values[c0 : c0 + plan.chunk]
+        xs = [_spec_logit(q, k, scale, plan) for k in ks]
+        m_new = F32(max(m, max(xs)))
+        alpha = exp_f32(F32(m - m_new))
+        ps = [exp_f32(F32(x - m_new)) for x in xs]
+        lanes = [F32(0)] * 32
+        for j, p in enumerate(ps):  # token j is lane j % 32's, in increasing j
+            lanes[j % 32] = F32(lanes[j % 32] + p)
+        l = fma_f32(l, alpha, _pairwise(lanes))
+        acc = acc * alpha
+        for g0 in range(0, len(ks), 16):
+            n = min(16, len(ks) - g0)
+            v = np.zeros((16, D), np.float16)
+            v[:n] = vs[g0 : g0 + n]
+            rest = np.zeros(16, np.float32)
+            rest[:n] = np.array(ps[g0 : g0 + n], np.float32) * np.float32(2.0**15)
+            for _ in range(3):  # h1, h2, h3: each the rest so far, rounded to float16
+                part = rest.astype(np.float16)
+                rest = rest - part.astype(np.float32)
+                acc = mma_dot(v.T, np.broadcast_to(part, (D, 16)), acc)
+        m = m_new
+    return [F32(a / F32(l * F32(2.0**15))) for a in acc], m, l
+
+
 def spec_partition(q, keys, values, scale, plan):
     """One partition of one (sequence, head), written literally from the
     module docstring with scalar float32 operations (slow, independent of the
     twin's vectorisation; its fused multiply-adds are scalar ``fma_f32`` calls,
     which tests/data/test_exact_math.py checks against exact rational arithmetic).
     Returns (o, m, l)."""
+    if plan.tensor_core_values:
+        return spec_partition_tensor_core_values(q, keys, values, scale, plan)
     D = q.size
     rows = plan.rows
     m = F32(-np.inf)
@@ -66,18 +120,7 @@ def spec_partition(q, keys, values, scale, plan):
     acc = [[F32(0)] * D for _ in range(rows)]
     for c0 in range(0, len(keys), plan.chunk):
         ks, vs = keys[c0 : c0 + plan.chunk], values[c0 : c0 + plan.chunk]
-        xs = []
-        for k in ks:
-            parts = []
-            for lane in range(plan.lanes):
-                p = F32(0)
-                for i in range(plan.vecs_per_lane):
-                    vec = lane + i * plan.lanes
-                    if vec < plan.num_vecs:
-                        for d in range(vec * plan.vec, (vec + 1) * plan.vec):
-                            p = fma_f32(q[d], k[d], p)  # one rounding, as __fmaf_rn
-                parts.append(p)
-            xs.append(F32(_halving(parts) * scale))
+        xs = [_spec_logit(q, k, scale, plan) for k in ks]
         m_new = F32(max(m, max(xs)))
         alpha = exp_f32(F32(m - m_new))
         ps = [exp_f32(F32(x - m_new)) for x in xs]
@@ -132,6 +175,49 @@ def test_twin_follows_the_documented_operation_order(case, variant):
     twin = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
     spec = spec_attention(case, variant)
     assert (_bits(twin) == _bits(spec)).all()
+
+
+@pytest.mark.parametrize("variant", ["one_pass", "split_k"])
+@pytest.mark.parametrize("values_on_tensor_cores", [True, False])
+def test_tensor_core_plans_follow_the_documented_operation_order(variant, values_on_tensor_cores, monkeypatch):
+    # float16 GQA-4 at head dim 64: logits on tensor cores, and P V on tensor cores or not
+    # (geometry.TENSOR_CORE_VALUES). Lengths with partial 16-token groups and chunks, over
+    # several chunks and partitions; the scalar spec against the twin, bit for bit.
+    monkeypatch.setattr(geometry, "TENSOR_CORE_VALUES", values_on_tensor_cores)
+    case = fixed_attention_case(3, np.float16, 2, 8, 2, 64, 16, [300, 77], 128)
+    plan = make_plan(64, np.float16, 4)
+    assert plan.tensor_core_logits and plan.tensor_core_values == values_on_tensor_cores
+    twin = paged_attention(*case.args(), variant=variant, partition_size=case.partition_size)
+    assert (_bits(twin) == _bits(spec_attention(case, variant))).all()
+
+
+def test_values_on_tensor_cores_round_apart_from_cuda_cores_within_the_bound(monkeypatch):
+    # The two P V paths of one float16 GQA plan: different bits (the switch really changes
+    # the arithmetic), both within the float64 bound.
+    case = fixed_attention_case(4, np.float16, 2, 8, 2, 128, 16, [700, 333], 256)
+    ref = reference_paged_attention(*case.args())
+    bound = attention_error_bound(*case.args(), partition_size=256)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(geometry, "TENSOR_CORE_VALUES", on)
+        outs[on] = paged_attention(*case.args(), variant="split_k", partition_size=256)
+        assert (np.abs(outs[on].astype(np.float64) - ref) <= bound).all()
+    assert (_bits(outs[True]) != _bits(outs[False])).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=st.floats(0.0, 1.0, width=32))
+def test_the_float16_parts_of_a_probability_add_up_to_it(p):
+    # tensor_core_values: p * 2**15 = h1 + h2 + h3, exactly from p = 2**-16 up (every bit of
+    # p * 2**15 is then a multiple of float16's smallest subnormal), within 2**-25 below.
+    from tinyserve_sim.data.paged_attention import _float16_parts
+
+    parts = _float16_parts(np.array([p], np.float32))
+    total = sum(float(h[0]) for h in parts)  # float64: exact
+    want = float(np.float32(p)) * 2.0**15
+    if p >= 2.0**-16:
+        assert total == want
+    assert abs(total - want) <= 2.0**-25
 
 
 @HEAVY
@@ -219,7 +305,8 @@ def test_gqa_equals_attention_over_replicated_kv_heads(case):
     a = paged_attention(*case.args(), variant="split_k", partition_size=case.partition_size)
     original = geometry.make_plan
     with mock.patch.object(geometry, "make_plan",
-                           lambda *args: replace(original(*args), tensor_core_logits=gqa.tensor_core_logits)):
+                           lambda *args: replace(original(*args), tensor_core_logits=gqa.tensor_core_logits,
+                                                 tensor_core_values=gqa.tensor_core_values)):
         b = paged_attention(*rep.args(), variant="split_k", partition_size=case.partition_size)
     assert (_bits(a) == _bits(b)).all()
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_chain, mma_dot, mma_m16n8k16
+from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_chain, mma_dot, mma_m16n8k16, mma_steps
 from tinyserve_sim.errors import KernelInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,6 +173,34 @@ def test_mma_chain_is_a_loop_of_mma_dot(steps, seed, kind):
     for s in range(steps):
         d = mma_dot(big_a[..., 16 * s : 16 * s + 16], big_b[..., 16 * s : 16 * s + 16], d)
     assert _same(mma_chain(a, b), d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**32 - 1), st.sampled_from(["normal", "spread", "subnormal", "prob"]),
+       st.sampled_from([0.0, 1.0, -3e5, np.inf, np.nan]))
+def test_mma_steps_is_a_loop_of_mma_dot_from_its_accumulator(steps, seed, kind, special):
+    # Values [2, 1, 3, K] against probabilities' parts [1, 4, 1, K] from accumulators [2, 4, 3]:
+    # the broadcast of the decode twin's P V; one accumulator may be special.
+    rng = np.random.default_rng(seed)
+    a = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 6 * 16 * steps].reshape(2, 1, 3, 16 * steps)
+    b = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 4 * 16 * steps].reshape(1, 4, 1, 16 * steps)
+    c = (rng.standard_normal((2, 4, 3)) * 100).astype(np.float32)
+    c[0, 0, 0] = special
+    big_a, big_b = np.broadcast_arrays(a, b)
+    d = c.copy()
+    for s in range(steps):
+        d = mma_dot(big_a[..., 16 * s : 16 * s + 16], big_b[..., 16 * s : 16 * s + 16], d)
+    assert _same(mma_steps(a, b, c), d)
+    if special == 0.0:
+        assert _same(mma_steps(a, b, np.zeros((), np.float32)), mma_chain(a, b))
+
+
+def test_mma_steps_takes_special_inputs_as_mma_dot_does():
+    a = np.ones((3, 32), np.float16)
+    a[1, 5], a[2, 20] = np.inf, np.nan
+    b = np.full((1, 32), 0.5, np.float16)
+    got = mma_steps(a, b, np.float32(1.0))
+    assert got[0] == 17.0 and got[1] == np.inf and np.isnan(got[2])
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,11 @@ def plan_command(
         else "the logits on CUDA cores: fused multiply-adds per lane, a reduce-scatter butterfly across lanes"
     )
     _say(
+        "P V on tensor cores: each p split into three float16 parts, one mma.sync per 16 tokens, part and 16 dims"
+        if plan.tensor_core_values
+        else "P V on CUDA cores: a fused multiply-add per token, element and head, row by row"
+    )
+    _say(
         f"the reference GPU: {REFERENCE_SMS} SMs x {slots // REFERENCE_SMS} blocks = {slots} places in a wave"
     )
     _say(f"grids this plan accepts ({_rule_text(wave_rule(plan))})")

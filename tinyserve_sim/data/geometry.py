@@ -71,8 +71,14 @@ class AttentionPlan:
             16 tokens x 16 dims of keys times 16 dims x 8 query heads, a chain over the head
             dim), modelled bit for bit by :func:`~tinyserve_sim.data.tensor_core.mma_dot`.
             Float16 only, head dims that are multiples of 16 from 64, at most 8 heads per
-            block. Changes the logits' bits (the twin follows); probabilities and ``P V``
-            stay on CUDA cores.
+            block. Changes the logits' bits (the twin follows).
+        tensor_core_values: ``P V`` on tensor cores too (plans with ``tensor_core_logits``,
+            while :data:`TENSOR_CORE_VALUES` is set): each probability is scaled by
+            ``2**15`` and split exactly into three float16 parts, and every 16 tokens add
+            ``V^T`` (16 dims x 16 tokens) times each part (16 tokens x 8 heads) to a float32
+            accumulator by ``mma.sync``, the twin by the same rule
+            (:func:`~tinyserve_sim.data.tensor_core.mma_steps`); the normaliser is a sum
+            per head (see the twin's docstring).
     """
 
     head_dim: int
@@ -85,6 +91,7 @@ class AttentionPlan:
     chunk: int = 64
     l1_copies: bool = False
     tensor_core_logits: bool = False
+    tensor_core_values: bool = False
 
     @property
     def num_vecs(self) -> int:
@@ -124,7 +131,8 @@ class AttentionPlan:
         V tiles (``chunk`` tokens of 16-byte vectors each), two buffers of token row offsets
         (int64), the block's queries as float, the logits (a token's heads together) and the
         row-combine scratch (four warps' partial outputs; over the tiles with
-        ``tensor_core_logits``).
+        ``tensor_core_logits``), and with ``tensor_core_values`` the probabilities'
+        float16 parts (three per token and head, for 8 heads).
 
         >>> make_plan(128, np.float16, 4).shared_memory_bytes   # Llama-style GQA-4, D 128
         36864
@@ -137,7 +145,8 @@ class AttentionPlan:
         # after the last chunk); the others after the logits.
         scratch = 0 if self.tensor_core_logits else 4 * self.head_tile * self.head_dim
         floats = heads * self.head_dim + heads * self.chunk + scratch
-        return tiles + 2 * self.chunk * 8 + 4 * floats
+        parts = 3 * 8 * self.chunk * 2 if self.tensor_core_values else 0
+        return tiles + 2 * self.chunk * 8 + 4 * floats + parts
 
 
 def check_head_dim_and_dtype(head_dim: int, dtype: np.dtype | type) -> None:
@@ -202,8 +211,14 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
         plan = replace(plan, chunk=64)
     if uses_tensor_core_logits(plan, dtype, group_size):
-        plan = replace(plan, tensor_core_logits=True)
+        plan = replace(plan, tensor_core_logits=True, tensor_core_values=TENSOR_CORE_VALUES)
     return plan
+
+
+#: Whether plans with tensor-core logits take ``P V`` from the tensor cores too
+#: (``tensor_core_values``). Set it to ``False`` to keep ``P V`` on the CUDA cores (both
+#: backends follow).
+TENSOR_CORE_VALUES = True
 
 
 def uses_tensor_core_logits(plan: AttentionPlan, dtype: np.dtype | type, group_size: int) -> bool:

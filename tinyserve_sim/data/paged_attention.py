@@ -56,6 +56,20 @@ chunk, token ``j`` belongs to row ``j % rows`` of every slice. For one
 5. After the last chunk: ``l`` and ``acc`` are pairwise trees over the rows,
    and the partition's output is ``o = acc / l`` (IEEE division).
 
+**P V on tensor cores** (``plan.tensor_core_values``, on top of the tensor-core logits)
+replaces steps 4 and 5. There are no rows; per chunk and query head:
+
+4'. ``l = fma(l, alpha, sum_j p_j)``, the sum taken as the kernel's warp does it: lane
+    ``i`` of 32 adds its tokens ``i, i + 32, ...`` in order from ``+0``, then a butterfly
+    (:func:`~tinyserve_sim.data.exact_math.pairwise_sum`). Each ``p_j * 2**15`` (exact) is
+    split into three float16 parts, ``h1 = f16(p)``, ``h2 = f16(p - h1)``,
+    ``h3 = f16(p - h1 - h2)`` (each rest exact in float32; the three add up to ``p * 2**15``
+    down to ``2**-25``). Then ``acc *= alpha``, and for every 16 tokens in increasing order
+    that hold a real token, for each part in turn: ``acc = mma(v, part, acc)``, one
+    ``mma.sync`` step by the measured rule (:func:`~tinyserve_sim.data.tensor_core.mma_steps`;
+    padding tokens enter as ``p = 0, v = 0``).
+5'. ``o = acc / (l * 2**15)``.
+
 *One pass* uses a single partition ``[0, L)`` and writes ``o`` rounded to the
 query's dtype. *Split-K* cuts ``[0, L)`` into partitions of
 ``partition_size`` tokens (one thread block each; a row of length ``L`` has
@@ -84,7 +98,7 @@ from tinyserve_sim.data.geometry import (
     plan_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.tensor_core import mma_chain
+from tinyserve_sim.data.tensor_core import mma_chain, mma_steps
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
 
 F32 = np.float32
@@ -129,6 +143,50 @@ def _tensor_core_dots(q: np.ndarray, k16: np.ndarray) -> np.ndarray:
     return mma_chain(keys, queries)
 
 
+#: The probabilities' scale before their split into float16 parts (``tensor_core_values``):
+#: ``p <= 1``, so ``p * 2**15`` stays below float16's largest value, 65504.
+PART_SCALE = F32(2.0**15)
+
+
+def _float16_parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p * 2**15`` as three float16 parts, each the rest so far rounded to nearest."""
+    ps = p * PART_SCALE
+    h1 = ps.astype(np.float16)
+    r1 = ps - h1.astype(F32)
+    h2 = r1.astype(np.float16)
+    h3 = (r1 - h2.astype(F32)).astype(np.float16)
+    return h1, h2, h3
+
+
+def _tensor_core_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Step 4' on tensor cores: ``acc`` [S, Hkv, G, D] float32 plus ``P V`` over one chunk.
+
+    ``p`` [S, Hkv, G, W] float32 (0 at padding), ``v16`` [S, Hkv, W, D] float16 (0 at
+    padding), ``W`` a multiple of 16; ``groups`` [S, Hkv]: the 16-token groups of this chunk
+    that hold a real token (the kernel runs no others).
+    """
+    parts = _float16_parts(p)
+    v_t = np.swapaxes(v16, -1, -2)[:, :, None]  # [S, Hkv, 1, D, W]: V^T, the instruction's A
+    for grp in range(p.shape[-1] // 16):
+        k = slice(16 * grp, 16 * grp + 16)
+        live = (groups > grp)[:, :, None, None]
+        for part in parts:  # h1, h2, h3: one instruction each
+            step = mma_steps(v_t[..., k], part[:, :, :, None, k], acc)
+            acc = np.where(live, step, acc)
+    return acc
+
+
+def _lane_then_butterfly_sum(p: np.ndarray, chunk: int) -> np.ndarray:
+    """Step 4''s sum of a chunk's ``p`` [..., W] (W <= chunk): lane ``i`` of 32 adds tokens
+    ``i, i + 32, ...`` in order, then a butterfly over the lanes."""
+    padded = np.zeros(p.shape[:-1] + (chunk,), dtype=F32)
+    padded[..., : p.shape[-1]] = p
+    lanes = np.zeros(p.shape[:-1] + (32,), dtype=F32)
+    for i in range(chunk // 32):
+        lanes = lanes + padded[..., 32 * i : 32 * i + 32]
+    return pairwise_sum(lanes, axis=-1)
+
+
 def _partition(
     q: np.ndarray,  # [S, Hkv, G, D] float32
     kc: np.ndarray,  # [num_blocks * block_size, Hkv, D] cache dtype
@@ -144,6 +202,8 @@ def _partition(
     S, Hkv, G, D = q.shape
     rows = plan.rows
     m = np.full((S, Hkv, G), -np.inf, dtype=F32)
+    l_tc = np.zeros((S, Hkv, G), dtype=F32)  # tensor_core_values: one normaliser and output per head
+    acc_tc = np.zeros((S, Hkv, G, D), dtype=F32)
     l_rows = np.zeros((S, Hkv, G, rows), dtype=F32)
     acc = np.zeros((S, Hkv, G, rows, D), dtype=F32)
     chunk = plan.chunk
@@ -153,9 +213,11 @@ def _partition(
     heads = np.arange(Hkv)[None, :, None]
     for c in range(n_chunks):
         # The chunk's token slots that any row can fill, rounded up to whole steps of the
-        # rows: the rest would be padding in every row (logit -inf, p 0, no add), so leaving
-        # them out changes no value and spares the work on short sequences.
-        width = min(chunk, -(-(longest - c * chunk) // rows) * rows)
+        # rows (16-token groups for P V on tensor cores): the rest would be padding in every
+        # row (logit -inf, p 0, no add), so leaving them out changes no value and spares
+        # the work on short sequences.
+        step = 16 if plan.tensor_core_values else rows
+        width = min(chunk, -(-(longest - c * chunk) // step) * step)
         j = np.arange(width)
         t = start[..., None] + c * chunk + j  # [S, Hkv, CH]
         valid = t < end[..., None]
@@ -176,8 +238,16 @@ def _partition(
             m_new = np.fmax(m, np.fmax.reduce(x, axis=-1))
             alpha = exp_f32(m - m_new)
             p = np.where(valid[:, :, None, :], exp_f32(x - m_new[..., None]), F32(0))
-        # 4. per-row sequential accumulation, rows vectorised.
         act = active[:, :, None]
+        if plan.tensor_core_values:
+            # 4'. on tensor cores: the normaliser per head, then P V by mma steps.
+            l_tc = np.where(act, fma_f32(l_tc, alpha, _lane_then_butterfly_sum(p, chunk)), l_tc)
+            v16 = np.where(valid[..., None], v, F32(0)).astype(np.float16)  # exact: the cache is float16
+            groups = -(-valid.sum(axis=-1) // 16)
+            acc_tc = np.where(act[..., None], _tensor_core_values(acc_tc * alpha[..., None], p, v16, groups), acc_tc)
+            m = np.where(act, m_new, m)
+            continue
+        # 4. per-row sequential accumulation, rows vectorised.
         l_new = l_rows * alpha[..., None]
         acc_new = acc * alpha[..., None, None]
         # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
@@ -192,6 +262,9 @@ def _partition(
         l_rows = np.where(act[..., None], l_new, l_rows)
         acc = np.where(act[..., None, None], acc_new, acc)
         m = np.where(act, m_new, m)
+    if plan.tensor_core_values:  # 5'.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return acc_tc / (l_tc * PART_SCALE)[..., None], m, l_tc
     # 5. combine the rows with a butterfly, then divide.
     l_tot = pairwise_sum(l_rows, axis=-1)
     acc_tot = pairwise_sum(acc, axis=3)

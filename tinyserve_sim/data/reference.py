@@ -147,6 +147,8 @@ def _weight_and_sum_bound(
     out_rel: float,
     out_abs: float,
     n_acc: float | np.ndarray = 0.0,  # roundings in the output's sums (their underflow term)
+    sum_v: np.ndarray | None = None,  # [L, D] what bounds |v| in the sums' error (default |v|)
+    split_loss: float = 0.0,  # absolute error of each weight's float16 parts (P V on tensor cores)
 ) -> np.ndarray:
     """The bound on ``|out - ref|`` (``[G, D]``) from per-token logit and weight errors (module doc)."""
     w = np.exp(x - x.max(axis=1, keepdims=True))
@@ -159,13 +161,15 @@ def _weight_and_sum_bound(
     abs_v = np.abs(vh)
     ref = w @ vh
     weight_err = (w * r) @ abs_v
-    sum_err = 2 * gamma_acc * ((w * (1 + r)) @ abs_v) + u_div * np.abs(ref)
+    mag_v = abs_v if sum_v is None else sum_v
+    sum_err = 2 * gamma_acc * ((w * (1 + r)) @ mag_v) + u_div * np.abs(ref)
     # Underflow (module doc): the sums' subnormal roundings, and the flushed weights.
     seen = np.isfinite(x)  # keys a row sees (prefill masks the others with -inf)
     underflow = 2 * (np.asarray(n_acc, dtype=np.float64).reshape(-1, 1) + 2) * ETA32 + FLUSH_EXP * (
         seen.astype(np.float64) @ abs_v + seen.sum(axis=1, keepdims=True) * np.abs(ref)
     )
-    e = weight_err + sum_err + underflow
+    seen_v = np.isfinite(x).astype(np.float64) @ mag_v
+    e = weight_err + sum_err + underflow + split_loss * seen_v
     return e * (1 + out_rel) + out_rel * np.abs(ref) + out_abs
 
 
@@ -209,15 +213,30 @@ def attention_error_bound(
     partition_size = check_partition_size(SHORTEST_PARTITION if partition_size is None else partition_size, MIN_PARTITION_SIZE)
     S, Hq, D = query.shape
     out_rel, out_abs = _output_rounding(query.dtype)
-    prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32
+    float16 = query.dtype == np.float16
+    prod_err = 0 if float16 else 1  # fp16 x fp16 products are exact in fp32
     bound = np.empty((S, Hq, D), dtype=np.float64)
     for s, heads, length, x, abs_qk, vh in _rows(query, key_cache, value_cache, tables, lens, scale64):
         n_resc = math.ceil(length / MIN_CHUNK) + 2  # the most rescalings any plan's chunk gives
         n_acc = 2 * length + 2 * n_resc + math.ceil(length / partition_size) + 16
         delta = abs(scale64) * _gamma(D + 1 + prod_err) * abs_qk + U32 * np.abs(x) + _logit_underflow(scale64, D)
         eps = (n_resc + 1) * (EPS_EXP + U32 * (x.max(axis=1, keepdims=True) - x)) + 2 * U32
-        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs, n_acc)
+        # P V on tensor cores (float16 GQA plans, tensor_core_values): each instruction errs
+        # by at most (17 * 2**-25 + 2**-23) times its terms' m(p_part) m(v) and its
+        # accumulator, three per 16 tokens: 1.97 L u of the sum in all, inside the sums'
+        # 2 gamma(n_acc) once |v| becomes m(v) (float16 subnormals). The three float16
+        # parts of p * 2**15 miss it by at most 2**-25 (2**-40 of p), and a subnormal part
+        # counts as 2**-14 in m: SPLIT_LOSS per token, with room.
+        bound[s, heads] = _weight_and_sum_bound(x, delta, eps, vh, _gamma(n_acc), U32, out_rel, out_abs, n_acc,
+                                                sum_v=_magnitudes(vh, float16), split_loss=_split_loss(float16, n_acc))
     return bound
+
+
+def _split_loss(float16: bool, n_acc: float) -> float:
+    """Per token: what the float16 parts of a weight (``tensor_core_values``) add to the
+    output's error, relative to ``m(v)``: ``2**-40`` for the split, and ``2**-29`` (two
+    subnormal parts counted as ``2**-14`` each, over ``2**15``) times the sums' error factor."""
+    return 2.0**-40 + 2.0**-29 * 2 * _gamma(n_acc) if float16 else 0.0
 
 
 #: Assumed relative error of an external kernel's exponential (``exp2`` through

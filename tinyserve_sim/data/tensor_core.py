@@ -185,6 +185,44 @@ def mma_chain(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return d
 
 
+def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """A chain that starts from an accumulator: ``d = c``, then
+    ``d = mma_dot(a[..., 16s:16s+16], b[..., 16s:16s+16], d)`` for ``s = 0, 1, ...``.
+
+    ``a`` and ``b`` float16 with the same last axis (a multiple of 16), ``c`` float32; the
+    leading axes of all three broadcast together. Special values are allowed (the steps
+    that meet one take :func:`mma_dot`'s path for them). The decode kernel's ``P V`` on
+    tensor cores is such a chain per 16 tokens: ``a`` the values (16 tokens of one dim),
+    ``b`` one float16 part of the probabilities, ``c`` the running output.
+    """
+    a = _as(a, np.float16, "a")
+    b = _as(b, np.float16, "b")
+    c = _as(c, np.float32, "c")
+    if a.ndim < 1 or b.ndim < 1 or a.shape[-1] != b.shape[-1] or a.shape[-1] % K:
+        raise KernelInputError(f"a and b must end in the same axis, a multiple of {K}, got {a.shape} and {b.shape}")
+    try:
+        shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], c.shape)
+    except ValueError:
+        raise KernelInputError(f"a, b and c must broadcast together, got {a.shape}, {b.shape} and {c.shape}") from None
+    d = np.array(np.broadcast_to(c, shape), dtype=np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        for step in range(a.shape[-1] // K):  # the slow path, element by element of the rule
+            k = slice(K * step, K * step + K)
+            d = mma_dot(np.broadcast_to(a[..., k], shape + (K,)), np.broadcast_to(b[..., k], shape + (K,)), d)
+        return d
+    a_places, b_places = exponent_fields(a64, -14), exponent_fields(b64, -14)
+    for step in range(a.shape[-1] // K):
+        k = slice(K * step, K * step + K)
+        finite = np.isfinite(d)
+        new = _cut_and_add(a64[..., k] * b64[..., k], a_places[..., k] + b_places[..., k], np.where(finite, d, 0))
+        if not finite.all():  # an infinite or NaN accumulator stays as IEEE-754 has it
+            new = np.where(finite, new, _specials(np.broadcast_to(a[..., k], shape + (K,)),
+                                                  np.broadcast_to(b[..., k], shape + (K,)), d))
+        d = new
+    return d
+
+
 def check_mma_m16n8k16(a: Any, b_t: Any, c: Any) -> int:
     """Check the dtypes and shapes of one launch (NumPy or CuPy arrays); return the tile count."""
     for name, x, dtype in (("a", a, np.float16), ("b_t", b_t, np.float16), ("c", c, np.float32)):

@@ -35,6 +35,7 @@ struct dim3 { unsigned x = 0, y = 0, z = 0; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
@@ -141,6 +142,18 @@ inline void ts_ldmatrix_x4(const void* smem_row, unsigned (&r)[4]) {
     for (unsigned i = 0; i < 4; ++i) {  // matrix i, row l / 4, columns 2 (l % 4) and + 1
         const auto* row = static_cast<const unsigned short*>(ts_emu::ldm_rows[w * 32 + i * 8 + l / 4]);
         r[i] = static_cast<unsigned>(row[2 * (l % 4)]) | (static_cast<unsigned>(row[2 * (l % 4) + 1]) << 16);
+    }
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+}
+
+inline void ts_ldmatrix_x4_trans(const void* smem_row, unsigned (&r)[4]) {
+    const unsigned t = threadIdx.x, w = t / 32, l = t % 32;
+    ts_emu::ldm_rows[t] = smem_row;
+    ts_emu::warp_barriers[w]->arrive_and_wait();
+    for (unsigned i = 0; i < 4; ++i) {  // matrix i, rows 2 (l % 4) and + 1, column l / 4
+        const auto* lo = static_cast<const unsigned short*>(ts_emu::ldm_rows[w * 32 + i * 8 + 2 * (l % 4)]);
+        const auto* hi = static_cast<const unsigned short*>(ts_emu::ldm_rows[w * 32 + i * 8 + 2 * (l % 4) + 1]);
+        r[i] = static_cast<unsigned>(lo[l / 4]) | (static_cast<unsigned>(hi[l / 4]) << 16);
     }
     ts_emu::warp_barriers[w]->arrive_and_wait();
 }

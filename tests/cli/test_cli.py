@@ -96,6 +96,7 @@ def test_plan_says_where_p_v_is_computed():
         return next(ln for ln in _plan(*args) if ln.startswith("P V on"))
 
     assert values().startswith("P V on tensor cores")
+    assert values("--heads", "16").startswith("P V on CUDA cores")  # GQA-2: logits only
     assert values("--kv-heads", "32").startswith("P V on CUDA cores")
     assert values("--dtype", "float32").startswith("P V on CUDA cores")
 

@@ -312,3 +312,16 @@ def test_bad_inputs_raise_a_kernel_input_error(a, b_t, c, names):
 def test_mma_dot_needs_rows_of_16(shape):
     with pytest.raises(KernelInputError):
         mma_dot(np.zeros(shape, np.float16), np.zeros(shape, np.float16), np.zeros(shape[:-1], np.float32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-3.4e38, 3.4e38, allow_nan=False) | st.floats(-2.0**-120, 2.0**-120))
+def test_the_last_rounding_is_toward_zero_to_float32(x):
+    # Step 5 on its own: the float32 of largest magnitude not beyond x, with x's sign,
+    # in the normal range, among the subnormals and at the edges.
+    from tinyserve_sim.data.tensor_core import _truncate_to_float32
+
+    r = _truncate_to_float32(np.array([x]))[0]
+    assert abs(float(r)) <= abs(x) and (r == 0 or np.signbit(r) == np.signbit(x))
+    away = np.nextafter(r, np.float32(np.copysign(np.inf, x)))
+    assert abs(float(away)) > abs(x)

@@ -72,8 +72,8 @@ class AttentionPlan:
             dim), modelled bit for bit by :func:`~tinyserve_sim.data.tensor_core.mma_dot`.
             Float16 only, head dims that are multiples of 16 from 64, at most 8 heads per
             block. Changes the logits' bits (the twin follows).
-        tensor_core_values: ``P V`` on tensor cores too (plans with ``tensor_core_logits``,
-            while :data:`TENSOR_CORE_VALUES` is set): each probability is scaled by
+        tensor_core_values: ``P V`` on tensor cores too (plans with ``tensor_core_logits``
+            and GQA groups of 4 or more, while :data:`TENSOR_CORE_VALUES` is set): each probability is scaled by
             ``2**15`` and split exactly into three float16 parts, and every 16 tokens add
             ``V^T`` (16 dims x 16 tokens) times each part (16 tokens x 8 heads) to a float32
             accumulator by ``mma.sync``, the twin by the same rule
@@ -211,14 +211,21 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     if chunk == 128 and plan.shared_memory_bytes > FOUR_BLOCKS_SHARED_MEMORY:
         plan = replace(plan, chunk=64)
     if uses_tensor_core_logits(plan, dtype, group_size):
-        plan = replace(plan, tensor_core_logits=True, tensor_core_values=TENSOR_CORE_VALUES)
+        values = TENSOR_CORE_VALUES and group_size >= TENSOR_CORE_VALUES_MIN_GROUP
+        plan = replace(plan, tensor_core_logits=True, tensor_core_values=values)
     return plan
 
 
 #: Whether plans with tensor-core logits take ``P V`` from the tensor cores too
-#: (``tensor_core_values``). Set it to ``False`` to keep ``P V`` on the CUDA cores (both
-#: backends follow).
+#: (``tensor_core_values``), for GQA groups of :data:`TENSOR_CORE_VALUES_MIN_GROUP` or more.
+#: Set it to ``False`` to keep ``P V`` on the CUDA cores (both backends follow).
 TENSOR_CORE_VALUES = True
+#: The smallest GQA group whose ``P V`` goes to the tensor cores. Measured on an H200
+#: (kernel notes, session 16): 1.22-1.28x faster at GQA-8, 1.03-1.06x at GQA-4, but 1.02x
+#: at GQA-2, where 6 of the instruction's 8 head columns are zeros; and the twin pays three
+#: sequential instructions per 16 tokens (on tutorial 4's GQA-2 shapes it would run 1.8x
+#: slower than on CUDA cores), so GQA-2 keeps ``P V`` on the CUDA cores.
+TENSOR_CORE_VALUES_MIN_GROUP = 4
 
 
 def uses_tensor_core_logits(plan: AttentionPlan, dtype: np.dtype | type, group_size: int) -> bool:

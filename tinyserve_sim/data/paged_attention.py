@@ -98,7 +98,7 @@ from tinyserve_sim.data.geometry import (
     plan_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.tensor_core import mma_chain, mma_steps
+from tinyserve_sim.data.tensor_core import chain_terms, mma_chain, mma_step, mma_steps, prepare_operand
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
 
 F32 = np.float32
@@ -163,16 +163,26 @@ def _tensor_core_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups:
 
     ``p`` [S, Hkv, G, W] float32 (0 at padding), ``v16`` [S, Hkv, W, D] float16 (0 at
     padding), ``W`` a multiple of 16; ``groups`` [S, Hkv]: the 16-token groups of this chunk
-    that hold a real token (the kernel runs no others).
+    that hold a real token (the kernel runs no others). One ``mma_steps`` step per group
+    and part, in that order; the operands are converted (and their exponent fields found)
+    once per chunk, not once per step.
     """
-    parts = _float16_parts(p)
     v_t = np.swapaxes(v16, -1, -2)[:, :, None]  # [S, Hkv, 1, D, W]: V^T, the instruction's A
+    if not np.isfinite(v_t).all():  # a cache holding inf or NaN: the rule's slow path
+        for grp in range(p.shape[-1] // 16):
+            k = slice(16 * grp, 16 * grp + 16)
+            live = (groups > grp)[:, :, None, None]
+            for part in _float16_parts(p):
+                acc = np.where(live, mma_steps(v_t[..., k], part[:, :, :, None, k], acc), acc)
+        return acc
+    a = prepare_operand(v_t)
+    terms = [chain_terms(a, prepare_operand(part[:, :, :, None, :])) for part in _float16_parts(p)]
     for grp in range(p.shape[-1] // 16):
-        k = slice(16 * grp, 16 * grp + 16)
+        every_row = bool((groups > grp).all())
         live = (groups > grp)[:, :, None, None]
-        for part in parts:  # h1, h2, h3: one instruction each
-            step = mma_steps(v_t[..., k], part[:, :, :, None, k], acc)
-            acc = np.where(live, step, acc)
+        for part_terms in terms:  # h1, h2, h3: one instruction each
+            step = mma_step(part_terms, grp, acc)
+            acc = step if every_row else np.where(live, step, acc)
     return acc
 
 

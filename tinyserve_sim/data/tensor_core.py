@@ -92,27 +92,52 @@ def _cut_and_add(products: np.ndarray, places: np.ndarray, c: np.ndarray) -> np.
     Everything is exact in float64: a term cut to a multiple of ``2**unit`` is an integer
     times ``2**unit`` of at most 27 bits, and 17 of them add up to at most 32 bits.
     """
+    return _cut_and_add_below(products, places.max(axis=-1), c)
+
+
+def _cut_and_add_below(products: np.ndarray, top_product: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """:func:`_cut_and_add` with the products' largest place given (``top_product`` [...]):
+    a chain can find it for all its steps at once. Written for speed (the twins run it once
+    per instruction of every chain): the fewest NumPy calls that follow the rule."""
     c64 = c.astype(np.float64)
-    top = np.maximum(places.max(axis=-1), exponent_fields(c64, -126))  # step 3: the largest place
-    all_zero = top < _ANY_REAL_PLACE  # every term is zero
-    unit = np.where(all_zero, 0, top - WINDOW_BITS)
-    to_units = np.ldexp(1.0, -unit)  # 2**-unit: scaling by it is exact
+    fraction, exponent = np.frexp(c64)
+    c_place = np.where(fraction != 0, np.maximum(exponent - 1, -126), _NO_PLACE)  # exponent_fields(c64, -126)
+    # Step 3: the largest place. Where every term is zero there is none: any unit then
+    # gives a zero sum (the floor keeps 2**-unit finite).
+    top = np.maximum(np.maximum(top_product, c_place), _ANY_REAL_PLACE // 1024)
+    to_units = np.ldexp(1.0, WINDOW_BITS - top)  # 2**-unit: scaling by it is exact
     # Step 3: cut toward zero (trunc) in units of 2**unit; step 4: the exact sum. (+ 0.0:
     # a sum of cut terms that are all -0.0 is a zero sum, +0.)
     scaled = products * to_units[..., None]
-    total = np.trunc(scaled, out=scaled).sum(axis=-1) + np.trunc(c64 * to_units) + 0.0
-    out = _truncate_to_float32(total / to_units)  # step 5: exact, then toward zero
-    if all_zero.any():  # a zero sum is +0, unless every term is a negative zero
-        only_negative_zeros = all_zero & np.signbit(products).all(axis=-1) & np.signbit(c64)
+    total = np.trunc(scaled, out=scaled).sum(axis=-1)
+    total += np.trunc(c64 * to_units) + 0.0
+    total /= to_units
+    out = _truncate_to_float32(total)  # step 5: exact, then toward zero
+    if not out.all():  # a zero sum is +0, unless every term is a negative zero
+        only_negative_zeros = (out == 0) & np.signbit(products).all(axis=-1) & (products == 0).all(axis=-1) & np.signbit(c64) & (c64 == 0)
         out = np.where(only_negative_zeros, np.float32(-0.0), out).astype(np.float32)
     return out
 
 
+#: float64's significand bits below float32's: clearing them truncates toward zero.
+_BELOW_FLOAT32 = np.int64((1 << 29) - 1)
+
+
 def _truncate_to_float32(x: np.ndarray) -> np.ndarray:
     """Round exact float64 values to float32 toward zero."""
-    nearest = x.astype(np.float32)
-    too_far = np.abs(nearest.astype(np.float64)) > np.abs(x)
-    return np.where(too_far, np.nextafter(nearest, np.float32(0)), nearest).astype(np.float32)
+    x = np.asarray(x, dtype=np.float64)
+    if not x.flags.c_contiguous:
+        x = x.copy()
+    # Clear the 29 significand bits float32 does not have (toward zero), then convert: exact
+    # for results in float32's normal range.
+    out = (x.view(np.int64) & ~_BELOW_FLOAT32).view(np.float64).astype(np.float32)
+    outside = np.abs(out) < np.float32(2.0**-126)  # zeros, subnormals (fewer bits kept), and
+    outside |= np.isinf(out)                       # beyond the largest float32
+    if outside.any():  # step back from the nearest float32 wherever it lies beyond x
+        nearest = x[outside].astype(np.float32)
+        too_far = np.abs(nearest.astype(np.float64)) > np.abs(x[outside])
+        out[outside] = np.where(too_far, np.nextafter(nearest, np.float32(0)), nearest)
+    return out
 
 
 def _products_and_places(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,6 +246,31 @@ def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArr
                                                   np.broadcast_to(b[..., k], shape + (K,)), d))
         d = new
     return d
+
+
+def prepare_operand(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A finite float16 operand as :func:`mma_step` takes it: its values in float64 and
+    their exponent fields (step 2), worked out once for a whole chain."""
+    x64 = x.astype(np.float64)
+    return x64, exponent_fields(x64, -14)
+
+
+def chain_terms(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The exact products of two operands from :func:`prepare_operand` (broadcast, last axis
+    a multiple of 16), and each 16-wide step's largest product place: what every step of a
+    chain over them needs before its accumulator is known. Returns ``products [..., n]`` and
+    ``tops [..., n / 16]``."""
+    products = a[0] * b[0]
+    places = a[1] + b[1]
+    tops = places.reshape(places.shape[:-1] + (-1, K)).max(axis=-1)
+    return products, tops
+
+
+def mma_step(terms: tuple[np.ndarray, np.ndarray], step: int, c: np.ndarray) -> npt.NDArray[np.float32]:
+    """Instruction ``step`` of a chain over :func:`chain_terms`, onto ``c`` (finite float32):
+    the same values as :func:`mma_steps` over that 16-wide slice, for the twins' inner loops."""
+    products, tops = terms
+    return _cut_and_add_below(products[..., K * step : K * step + K], tops[..., step], c)
 
 
 def check_mma_m16n8k16(a: Any, b_t: Any, c: Any) -> int:

@@ -72,7 +72,7 @@ def _rows(query, key_cache, value_cache, batch: PrefillBatch, scale64: float):
             q = query[a:b, h * group : (h + 1) * group].astype(np.float64)  # [q, G, D]
             x = np.einsum("qgd,ld->qgl", q, kh) * scale64
             # sum_d m(q_d) m(k_d): |q k| but for float16 subnormals (reference._magnitudes), so
-            # that the logit term holds for the opt-in tensor-core scores too.
+            # that the logit term holds for the tensor-core scores (float16, the default) too.
             f16 = query.dtype == np.float16
             abs_qk = np.einsum("qgd,ld->qgl", _magnitudes(q, f16), _magnitudes(kh, f16))
             m = np.broadcast_to(mask[:, None, :], x.shape)

@@ -18,8 +18,11 @@ an A/B of a change to the geometry itself needs its own script.
 
 The launchers name each kernel by its template arguments, so the old source must take the
 working tree's: ``paged_attention_kernel`` gained its eleventh, ``TC`` (the plan's
-``tensor_core_logits``), in 5402b77, and an older revision of ``paged_attention.cu`` does not
-compile under today's names (add the parameter to a copy and pass it with ``--old-source``).
+``tensor_core_logits``), in 5402b77, and its twelfth, ``PV`` (``tensor_core_values``), in
+bcd85ec; an older revision of ``paged_attention.cu`` does not compile under today's names
+(add the parameters to a copy and pass it with ``--old-source``). A switch of the plan
+(``geometry.TENSOR_CORE_VALUES``, ``prefill_plan.TENSOR_CORE_SCORES``) changes the geometry
+too: the scripts in ``benchmarks/experiments/`` time both settings instead.
 
 For every case the two outputs are first compared bit for bit (a change meant to keep the
 bits must keep them; ``bits DIFFER`` says it did not), then the two versions are timed in

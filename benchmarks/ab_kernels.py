@@ -44,9 +44,8 @@ from unittest import mock
 
 import cupy as cp
 import numpy as np
-from gpu_timing import device_properties, time_cupy
+from gpu_timing import device_properties, random_decode_case, time_cupy
 
-from tinyserve_sim.control.batch import DecodeBatch
 from tinyserve_sim.gpu import build, launchers, prefill_launchers, selection_launchers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,14 +104,7 @@ def compiled_from(module: object, source: str, tag: str) -> contextlib.AbstractC
 def decode_cases() -> Iterator[tuple[str, Callable[[], Callable[[], cp.ndarray]], float, str]]:
     """(tag, a function that prepares a launch, bytes read, unit) for each decode case."""
     for B, L, Hq, Hkv, D, bs in DECODE_CASES:
-        nblk = L // bs
-        shape = (B * nblk, bs, Hkv, D)
-        kc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
-        vc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
-        q = cp.random.standard_normal((B, Hq, D), dtype=cp.float32).astype(cp.float16)
-        tables = np.random.default_rng(0).permutation(B * nblk).reshape(B, nblk).astype(np.int32)
-        batch = DecodeBatch(bs, tables, np.full(B, L, np.int32))
-        nbytes = 2.0 * B * L * Hkv * D * 2
+        q, kc, vc, batch, nbytes = random_decode_case(B, L, Hq, Hkv, D, bs)
         yield (f"B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}",
                lambda q=q, kc=kc, vc=vc, batch=batch, D=D: launchers.prepare_paged_attention(q, kc, vc, batch, D**-0.5), nbytes, "TB/s")
 

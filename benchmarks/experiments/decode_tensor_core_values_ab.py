@@ -16,7 +16,6 @@ It prints; it asserts nothing (a bit mismatch is printed as DIFFER).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import cupy as cp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpu_timing import time_cupy  # noqa: E402
+from gpu_timing import random_decode_case, run_experiment, time_cupy  # noqa: E402
 
 from tinyserve_sim.control.batch import DecodeBatch  # noqa: E402
 from tinyserve_sim.data import geometry  # noqa: E402
@@ -79,13 +78,7 @@ def bits(rng: np.random.Generator) -> None:
 def timings(reps: int) -> None:
     print("== time: P V on CUDA cores against tensor cores ==", flush=True)
     for B, L, Hq, Hkv, D in TIME_CASES:
-        bs, nblk = 16, L // 16
-        shape = (B * nblk, bs, Hkv, D)
-        kc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
-        vc = cp.random.standard_normal(shape, dtype=cp.float32).astype(cp.float16)
-        q = cp.random.standard_normal((B, Hq, D), dtype=cp.float32).astype(cp.float16)
-        tables = np.random.default_rng(0).permutation(B * nblk).reshape(B, nblk).astype(np.int32)
-        batch = DecodeBatch(bs, tables, np.full(B, L, np.int32))
+        q, kc, vc, batch, nbytes = random_decode_case(B, L, Hq, Hkv, D, 16)
         launches = {}
         for on in (False, True):
             switch(on)
@@ -94,7 +87,6 @@ def timings(reps: int) -> None:
         for _ in range(3):
             for on, launch in launches.items():
                 best[on] = min(best[on], time_cupy(launch, reps))
-        nbytes = 2.0 * B * L * Hkv * D * 2
         cuda, tc = best[False], best[True]
         print(f"  B={B} L={L} Hq={Hq} Hkv={Hkv} D={D}: CUDA-core P V {cuda * 1e6:8.1f} us ({nbytes / cuda / 1e12:.2f} TB/s)"
               f"  tensor-core P V {tc * 1e6:8.1f} us ({nbytes / tc / 1e12:.2f} TB/s)  speed-up {cuda / tc:.3f}x", flush=True)
@@ -104,14 +96,7 @@ def timings(reps: int) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=lambda t: int(t) if t.isdigit() and int(t) > 0 else ap.error(f"--reps: a positive integer, got {t!r}"),
-                    default=20, help="timed launches per round (their median)")
-    opts = ap.parse_args()
-    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
-    bits(np.random.default_rng(0))
-    timings(opts.reps)
-    return 0
+    return run_experiment(__doc__, bits, timings, default_reps=20)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ It prints; it asserts nothing (a bit mismatch is printed as DIFFER).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_prefill import fp32_peak, gpu_prefill, make_case  # noqa: E402
-from gpu_timing import time_cupy  # noqa: E402
+from gpu_timing import run_experiment, time_cupy  # noqa: E402
 
 from tinyserve_sim.control.prefill_batch import PrefillBatch  # noqa: E402
 from tinyserve_sim.data import paged_prefill_attention, prefill_plan  # noqa: E402
@@ -88,14 +87,7 @@ def timings(reps: int) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=lambda t: int(t) if t.isdigit() and int(t) > 0 else ap.error(f"--reps: a positive integer, got {t!r}"),
-                    default=5, help="timed launches per round (their median)")
-    opts = ap.parse_args()
-    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
-    bits(np.random.default_rng(0))
-    timings(opts.reps)
-    return 0
+    return run_experiment(__doc__, bits, timings, default_reps=5)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,14 @@ def _spec_logit(q, k, scale, plan):
     return F32(_halving(parts) * scale)
 
 
+def _spec_softmax_step(q, ks, m, scale, plan):
+    """Steps 1-3 for one chunk of keys: the new running max, the rescale factor and the
+    probabilities."""
+    xs = [_spec_logit(q, k, scale, plan) for k in ks]
+    m_new = F32(max(m, max(xs)))
+    return m_new, exp_f32(F32(m - m_new)), [exp_f32(F32(x - m_new)) for x in xs]
+
+
 def spec_partition_tensor_core_values(q, keys, values, scale, plan):
     """Steps 4' and 5' of the module docstring (``tensor_core_values``), literally: the
     normaliser lane by lane then a butterfly, three float16 parts per probability, one
@@ -82,10 +90,7 @@ def spec_partition_tensor_core_values(q, keys, values, scale, plan):
     m, l, acc = F32(-np.inf), F32(0), np.zeros(D, np.float32)
     for c0 in range(0, len(keys), plan.chunk):
         ks, vs = keys[c0 : c0 + plan.chunk], values[c0 : c0 + plan.chunk]
-        xs = [_spec_logit(q, k, scale, plan) for k in ks]
-        m_new = F32(max(m, max(xs)))
-        alpha = exp_f32(F32(m - m_new))
-        ps = [exp_f32(F32(x - m_new)) for x in xs]
+        m_new, alpha, ps = _spec_softmax_step(q, ks, m, scale, plan)
         lanes = [F32(0)] * 32
         for j, p in enumerate(ps):  # token j is lane j % 32's, in increasing j
             lanes[j % 32] = F32(lanes[j % 32] + p)
@@ -120,10 +125,7 @@ def spec_partition(q, keys, values, scale, plan):
     acc = [[F32(0)] * D for _ in range(rows)]
     for c0 in range(0, len(keys), plan.chunk):
         ks, vs = keys[c0 : c0 + plan.chunk], values[c0 : c0 + plan.chunk]
-        xs = [_spec_logit(q, k, scale, plan) for k in ks]
-        m_new = F32(max(m, max(xs)))
-        alpha = exp_f32(F32(m - m_new))
-        ps = [exp_f32(F32(x - m_new)) for x in xs]
+        m_new, alpha, ps = _spec_softmax_step(q, ks, m, scale, plan)
         for r in range(rows):
             l_r[r] = F32(l_r[r] * alpha)
             acc[r] = [F32(a * alpha) for a in acc[r]]

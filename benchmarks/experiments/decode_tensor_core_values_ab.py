@@ -6,8 +6,11 @@ stays on (kernel notes, session 16).
 
 1. Bits: with the switch on, the GPU equals the twin on shapes that stress the new path
    (partial 16-token groups, block sizes 1 and 7, split-K, a partial tile of heads, a
-   peaked softmax, head dims 64, 128 and 256, GQA-2 to GQA-8), and the count of outputs
+   peaked softmax, head dims 64, 128 and 256, GQA-4 to GQA-8), and the count of outputs
    whose bits differ from the CUDA-core P V (it must not be zero: the path really ran).
+   Since 95a1716 GQA-2 keeps P V on CUDA cores (geometry.TENSOR_CORE_VALUES_MIN_GROUP): its
+   cases print "values on tensor cores False" and time a plan against itself (session 16's
+   log was taken before, with P V on tensor cores at GQA-2 too).
 2. Time: bench_kernels.py's grouped-query cases, both settings alternated in three rounds,
    best median of each, as fractions of the bytes of K and V over the time.
 

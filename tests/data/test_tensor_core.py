@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tinyserve_sim.data.tensor_core import WINDOW_BITS, mma_chain, mma_dot, mma_m16n8k16, mma_steps
@@ -316,6 +316,10 @@ def test_mma_dot_needs_rows_of_16(shape):
 
 @settings(max_examples=300, deadline=None)
 @given(st.floats(-3.4e38, 3.4e38, allow_nan=False) | st.floats(-2.0**-120, 2.0**-120))
+@example(x=2.0**-126 - 2.0**-150)  # just below the smallest normal: must not round up to it
+@example(x=float(np.nextafter(2.0**-126, 0.0)))
+@example(x=-(2.0**-126) + 2.0**-160)
+@example(x=float(np.finfo(np.float32).max) * (1 + 2.0**-30))
 def test_the_last_rounding_is_toward_zero_to_float32(x):
     # Step 5 on its own: the float32 of largest magnitude not beyond x, with x's sign,
     # in the normal range, among the subnormals and at the edges.
@@ -323,5 +327,27 @@ def test_the_last_rounding_is_toward_zero_to_float32(x):
 
     r = _truncate_to_float32(np.array([x]))[0]
     assert abs(float(r)) <= abs(x) and (r == 0 or np.signbit(r) == np.signbit(x))
-    away = np.nextafter(r, np.float32(np.copysign(np.inf, x)))
+    with np.errstate(over="ignore"):  # past the largest float32, the next one away is inf
+        away = np.nextafter(r, np.float32(np.copysign(np.inf, x)))
     assert abs(float(away)) > abs(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**32 - 1), st.sampled_from(sorted(KINDS)))
+def test_the_twins_fast_path_is_mma_steps(steps, seed, kind):
+    # prepare_operand + chain_terms + mma_step (the decode twin's P V loop) against
+    # mma_steps, step by step from a nonzero accumulator, on every kind of input.
+    from tinyserve_sim.data.tensor_core import chain_terms, mma_step, prepare_operand
+
+    rng = np.random.default_rng(seed)
+    a = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 6 * 16 * steps].reshape(2, 1, 3, 16 * steps)
+    b = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 4 * 16 * steps].reshape(1, 4, 1, 16 * steps)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return  # the fast path takes finite operands; mma_steps has the rest
+    d = (rng.standard_normal((2, 4, 3)) * 10).astype(np.float32)
+    want = d.copy()
+    terms = chain_terms(prepare_operand(a), prepare_operand(b))
+    for s in range(steps):
+        d = mma_step(terms, s, d)
+        want = mma_steps(a[..., 16 * s : 16 * s + 16], b[..., 16 * s : 16 * s + 16], want)
+        assert _same(d, want)

@@ -13,9 +13,11 @@ races, timing and NVRTC's own code are left to the GPU tests and compute-sanitiz
 
 The CPU has no tensor cores: the shim does ``ldmatrix`` and ``mma.sync`` with a warp of
 threads and the measured rule of ``tinyserve_sim/data/tensor_core.py`` (ported to C++), so
-the tensor-core logits of float16 GQA plans (``tensor_core_logits``) are emulated too: their
-fragment indexing and the swizzled key tile are checked here, the rule itself against the
-hardware in ``test_gpu_tensor_core.py``.
+the tensor-core logits of float16 GQA plans (``tensor_core_logits``) and their ``P V`` from
+GQA-4 up (``tensor_core_values``: ``ldmatrix .trans``, the probabilities' float16 parts in
+shared memory, the zeroed padding rows of V) are emulated too: their fragment indexing and
+the swizzled tiles are checked here, the rule itself against the hardware in
+``test_gpu_tensor_core.py``.
 """
 
 from __future__ import annotations
@@ -111,9 +113,10 @@ def _twin(case: AttentionCase, variant: str) -> np.ndarray:
     "dtype, head_dim, group",
     [(np.float16, 128, 4), (np.float16, 128, 8), (np.float16, 64, 8), (np.float32, 128, 8), (np.float16, 64, 1),
      (np.float32, 96, 3), (np.float16, 256, 2), (np.float32, 8, 32), (np.float16, 48, 4), (np.float16, 128, 16)],
-    # float16 GQA-4 at D 128, GQA-8 at D 128 and 64 (two slices of 4 heads), GQA-2 at D 256: logits on
-    # tensor cores; GQA-8 in float32 (one slice of 8); MHA; a partial head tile; tiles x slices; and
-    # float16 GQA on CUDA cores (D 48: under 64; 16 heads a block: more than the instruction's 8)
+    # float16 GQA-4 at D 128, GQA-8 at D 128 and 64 (two slices of 4 heads): logits and P V on
+    # tensor cores; GQA-2 at D 256: logits only; GQA-8 in float32 (one slice of 8); MHA; a partial
+    # head tile; tiles x slices; and float16 GQA on CUDA cores (D 48: under 64; 16 heads a block:
+    # more than the instruction's 8)
 )
 def test_fixed_shapes_equal_the_twin(variant, dtype, head_dim, group):
     # 300 tokens: several chunks (32, 64 or 128 tokens by the plan), the last one partial; a

@@ -234,9 +234,10 @@ def attention_error_bound(
 
 def _split_loss(float16: bool, n_acc: float) -> float:
     """Per token: what the float16 parts of a weight (``tensor_core_values``) add to the
-    output's error, relative to ``m(v)``: ``2**-40`` for the split, and ``2**-29`` (two
-    subnormal parts counted as ``2**-14`` each, over ``2**15``) times the sums' error factor."""
-    return 2.0**-40 + 2.0**-29 * 2 * _gamma(n_acc) if float16 else 0.0
+    output's error, relative to ``m(v)``: ``2**-40`` for the split, and ``2**-28`` (two
+    subnormal parts counted as ``2**-14`` each: ``2**-13`` of ``p * 2**15``, ``2**-28`` of
+    ``p``) times the sums' error factor."""
+    return 2.0**-40 + 2.0**-28 * 2 * _gamma(n_acc) if float16 else 0.0
 
 
 #: Assumed relative error of an external kernel's exponential (``exp2`` through

@@ -129,10 +129,12 @@ def _truncate_to_float32(x: np.ndarray) -> np.ndarray:
     if not x.flags.c_contiguous:
         x = x.copy()
     # Clear the 29 significand bits float32 does not have (toward zero), then convert: exact
-    # for results in float32's normal range.
-    out = (x.view(np.int64) & ~_BELOW_FLOAT32).view(np.float64).astype(np.float32)
-    outside = np.abs(out) < np.float32(2.0**-126)  # zeros, subnormals (fewer bits kept), and
-    outside |= np.isinf(out)                       # beyond the largest float32
+    # where the cleared value lies in float32's normal range.
+    cleared = (x.view(np.int64) & ~_BELOW_FLOAT32).view(np.float64)
+    out = cleared.astype(np.float32)
+    magnitude = np.abs(cleared)
+    outside = magnitude < 2.0**-126  # zeros, and subnormals (float32 keeps fewer bits there)
+    outside |= magnitude > np.finfo(np.float32).max  # beyond the largest float32
     if outside.any():  # step back from the nearest float32 wherever it lies beyond x
         nearest = x[outside].astype(np.float32)
         too_far = np.abs(nearest.astype(np.float64)) > np.abs(x[outside])

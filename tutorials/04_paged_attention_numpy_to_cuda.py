@@ -108,6 +108,9 @@ print("seq_lens =", batch.seq_lens)
 # computes the logits `q · k` on the GPU's tensor cores, and the twin follows that
 # instruction's rounding by a rule measured on an H200
 # ([logits on tensor cores](../../kernels/paged_attention/#logits-on-tensor-cores)).
+# The sum of the probabilities times the values, `P·V`, stays on the CUDA cores here: only
+# groups of four or more query heads per KV head compute it on tensor cores too
+# ([P V on tensor cores](../../kernels/paged_attention/#p-v-on-tensor-cores)).
 #
 # The plan says which, and the instruction's rule can be tried on its own. Here four small
 # products are added to 1.0: the tensor core cuts each term below 25 bits under the largest

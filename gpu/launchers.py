@@ -56,12 +56,16 @@ MODELLED_TENSOR_CORES = ("90",)
 
 
 def require_modelled_tensor_cores() -> None:
-    """A plan with tensor-core logits promises the twin's bits only where the tensor cores'
-    rounding has been measured (SM 9.0: H100, H200); elsewhere, refuse rather than differ."""
-    cc = cp.cuda.Device().compute_capability
+    """A plan with tensor-core arithmetic (decode logits and P V, prefill scores) promises
+    the twin's bits only where the tensor cores' rounding has been measured (SM 9.0: H100,
+    H200); elsewhere, refuse rather than differ. No usable device at all is refused too."""
+    try:
+        cc = cp.cuda.Device().compute_capability
+    except cp.cuda.runtime.CUDARuntimeError as err:
+        raise BackendUnavailableError(f"no usable CUDA device for a tensor-core plan: {err}") from None
     if cc not in MODELLED_TENSOR_CORES:
         raise BackendUnavailableError(
-            f"this plan computes its logits on tensor cores, whose rounding is modelled for SM 9.0 "
+            f"this plan computes on tensor cores, whose rounding is modelled for SM 9.0 "
             f"(H100, H200) only; this GPU is SM {cc[:-1]}.{cc[-1]}")
 
 

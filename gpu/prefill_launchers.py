@@ -40,8 +40,6 @@ def prepare_paged_prefill_attention(
     T, Hq, D = (int(x) for x in query.shape)
     _, block_size, Hkv, _ = (int(x) for x in key_cache.shape)
     plan = prefill_plan_for(D, query.dtype)
-    if plan.tensor_core_scores:
-        require_modelled_tensor_cores()
     work = work_items(starts, lens, Hq // Hkv, plan.row_tile)
     check_prefill_launch_limits(T, Hq, Hkv, len(work))
     for n, a in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
@@ -50,6 +48,8 @@ def prepare_paged_prefill_attention(
     out = _check_out(out, (T, Hq, D), dtype)
     if T == 0:
         return lambda: out
+    if plan.tensor_core_scores:  # after the arrays' checks, as the decode launcher does
+        require_modelled_tensor_cores()
     name = paged_prefill_attention_kernel_name(plan, dtype)
     kernel = get_module("paged_prefill_attention.cu", (name,)).get_function(name)
     smem = plan.shared_memory_bytes(dtype)

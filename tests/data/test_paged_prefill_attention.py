@@ -24,6 +24,7 @@ from tinyserve_sim.data import (
 )
 from tinyserve_sim.data import prefill_plan
 from tinyserve_sim.data.exact_math import exp_f32, fma_f32
+from tinyserve_sim.data.tensor_core import mma_dot
 from tinyserve_sim.errors import KernelInputError
 
 F32 = np.float32
@@ -41,7 +42,24 @@ def _pairwise(vals: list) -> np.float32:
     return vals[0]
 
 
-def spec_row(q, keys, values, pos, scale, key_tile, lanes=16):
+def spec_score(q, k, padded_dim: int, tensor_cores: bool):
+    """One raw score q . k: a fused multiply-add per dim in increasing order, or (tensor-core
+    scores) a chain of one-instruction steps over the head dim padded with zeros to
+    ``padded_dim``, 16 dims a step from +0, by ``mma_dot`` itself."""
+    if tensor_cores:
+        qp, kp = np.zeros(padded_dim, np.float16), np.zeros(padded_dim, np.float16)
+        qp[: q.size], kp[: k.size] = q, k
+        s = np.float32(0)
+        for s0 in range(0, padded_dim, 16):
+            s = mma_dot(kp[s0 : s0 + 16], qp[s0 : s0 + 16], s)
+        return F32(s)
+    s = F32(0)
+    for d in range(q.size):
+        s = fma_f32(q[d], k[d], s)
+    return s
+
+
+def spec_row(q, keys, values, pos, scale, key_tile, lanes=16, padded_dim=0, tensor_cores=False):
     """One row (a new token at ``pos``, one query head) written literally from the twin's
     docstring with scalar float32 operations; ``keys``/``values`` are the sequence's
     ``[L, D]`` (keys past ``L`` are zeros). Slow, and independent of the twin's vectorisation."""
@@ -54,10 +72,7 @@ def spec_row(q, keys, values, pos, scale, key_tile, lanes=16):
             if j > pos:
                 xs.append(F32(-np.inf))
                 continue
-            s = F32(0)
-            for d in range(D):
-                s = fma_f32(q[d], keys[j][d], s)
-            xs.append(F32(s * scale))
+            xs.append(F32(spec_score(q, keys[j], padded_dim, tensor_cores) * scale))
         m_new = F32(max(m, max(xs)))
         alpha = exp_f32(F32(m - m_new))
         ps = [exp_f32(F32(x - m_new)) for x in xs]
@@ -80,7 +95,8 @@ def spec_prefill(case: PrefillCase) -> np.ndarray:
     T, Hq, D = case.query.shape
     _, bs, Hkv, _ = case.key_cache.shape
     G = Hq // Hkv
-    tile = make_prefill_plan(D).key_tile
+    plan = prefill_plan.prefill_plan_for(D, case.query.dtype)
+    tile = plan.key_tile
     out = np.empty_like(case.query)
     b = case.batch
     for s, (a, e) in enumerate(zip(b.query_start_loc[:-1], b.query_start_loc[1:])):
@@ -92,13 +108,23 @@ def spec_prefill(case: PrefillCase) -> np.ndarray:
             for h in range(Hq):
                 keys = case.key_cache[blocks, offs, h // G]
                 vals = case.value_cache[blocks, offs, h // G]
-                out[row, h] = np.array(spec_row(case.query[row, h], keys, vals, pos, F32(case.scale), tile))
+                out[row, h] = np.array(spec_row(case.query[row, h], keys, vals, pos, F32(case.scale), tile,
+                                                padded_dim=plan.padded_dim, tensor_cores=plan.tensor_core_scores))
     return out
 
 
 @settings(max_examples=max(3, settings.default.max_examples // 12), deadline=None)
 @given(case=prefill_cases(max_len=90, max_new=6, max_seqs=2, head_dims=(8, 16, 40), groups=(1, 2), max_kv_heads=1))
 def test_twin_follows_the_documented_operation_order(case):
+    assert np.array_equal(_bits(paged_prefill_attention(*case.args())), _bits(spec_prefill(case)))
+
+
+@pytest.mark.parametrize("tensor_core_scores", [True, False])
+def test_float16_twin_follows_the_documented_order_on_either_core(tensor_core_scores, monkeypatch):
+    # A float16 case with a cached prefix that ends mid-block, for both settings of
+    # prefill_plan.TENSOR_CORE_SCORES (the default is on): the scalar spec, bit for bit.
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", tensor_core_scores)
+    case = fixed_prefill_case(3, np.float16, 40, 5, 2, seq_lens=[70, 9], query_lens=[4, 2], num_kv_heads=1)
     assert np.array_equal(_bits(paged_prefill_attention(*case.args())), _bits(spec_prefill(case)))
 
 

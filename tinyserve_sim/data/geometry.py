@@ -135,7 +135,7 @@ class AttentionPlan:
         float16 parts (three per token and head, for 8 heads).
 
         >>> make_plan(128, np.float16, 4).shared_memory_bytes   # Llama-style GQA-4, D 128
-        36864
+        39936
         >>> make_plan(128, np.float32, 4).shared_memory_bytes   # the same on CUDA cores
         44032
         """
@@ -169,11 +169,13 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
     >>> make_plan(128, np.float16, 4)     # GQA-4 at head dim 128: one slice of 4 heads
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False, tensor_core_logits=True)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=8, head_tile=4, head_slices=1, chunk=64, l1_copies=False, tensor_core_logits=True, tensor_core_values=True)
     >>> make_plan(128, np.float16, 8)     # GQA-8: two slices of 4 heads read the same K and V
-    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False, tensor_core_logits=True)
+    AttentionPlan(head_dim=128, vec=8, lanes=16, vecs_per_lane=1, rows=4, head_tile=4, head_slices=2, chunk=64, l1_copies=False, tensor_core_logits=True, tensor_core_values=True)
     >>> make_plan(128, np.float32, 8).tensor_core_logits, make_plan(128, np.float16, 1).tensor_core_logits
     (False, False)
+    >>> make_plan(128, np.float16, 2).tensor_core_values   # GQA-2: P V stays on CUDA cores
+    False
     >>> make_plan(128, np.float16, 1).l1_copies   # MHA: copies through L1
     True
     >>> make_plan(64, np.float16, 4).chunk, make_plan(256, np.float16, 4).chunk   # 128- and 512-byte rows

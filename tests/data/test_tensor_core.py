@@ -351,3 +351,30 @@ def test_the_twins_fast_path_is_mma_steps(steps, seed, kind):
         d = mma_step(terms, s, d)
         want = mma_steps(a[..., 16 * s : 16 * s + 16], b[..., 16 * s : 16 * s + 16], want)
         assert _same(d, want)
+
+
+@pytest.mark.parametrize(
+    ("operand", "message"),
+    [(np.zeros(16, np.float32), "float16"), (np.zeros(24, np.float16), "multiple of 16"),
+     (np.full(16, np.inf, np.float16), "finite")],
+)
+def test_the_fast_path_refuses_what_it_cannot_take(operand, message):
+    from tinyserve_sim.data.tensor_core import prepare_operand
+
+    with pytest.raises(KernelInputError, match=message):
+        prepare_operand(operand)
+
+
+def test_the_fast_path_refuses_mismatched_operands_and_steps():
+    from tinyserve_sim.data.tensor_core import chain_terms, mma_step, prepare_operand
+
+    a, b = prepare_operand(np.ones((2, 32), np.float16)), prepare_operand(np.ones((3, 32), np.float16))
+    with pytest.raises(KernelInputError, match="broadcast"):
+        chain_terms(a, b)
+    with pytest.raises(KernelInputError, match="same axis"):
+        chain_terms(a, prepare_operand(np.ones((2, 16), np.float16)))
+    terms = chain_terms(a, prepare_operand(np.ones((1, 32), np.float16)))
+    for step in (-1, 2):
+        with pytest.raises(KernelInputError, match="step must be in 0..1"):
+            mma_step(terms, step, np.zeros(2, np.float32))
+    assert mma_step(terms, 1, np.zeros(2, np.float32)).tolist() == [16.0, 16.0]

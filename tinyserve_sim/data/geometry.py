@@ -165,6 +165,18 @@ def check_head_dim_and_dtype(head_dim: int, dtype: np.dtype | type) -> None:
         raise KernelInputError(f"dtype must be float16 or float32, got {dtype!r}")
 
 
+#: Whether plans with tensor-core logits take ``P V`` from the tensor cores too
+#: (``tensor_core_values``), for GQA groups of :data:`TENSOR_CORE_VALUES_MIN_GROUP` or more.
+#: Set it to ``False`` to keep ``P V`` on the CUDA cores (both backends follow).
+TENSOR_CORE_VALUES = True
+#: The smallest GQA group whose ``P V`` goes to the tensor cores. Measured on an H200
+#: (kernel notes, session 16): 1.22-1.28x faster at GQA-8, 1.03-1.06x at GQA-4, but 1.02x
+#: at GQA-2, where 6 of the instruction's 8 head columns are zeros; and the twin pays three
+#: sequential instructions per 16 tokens (on tutorial 4's GQA-2 shapes it would run 1.8x
+#: slower than on CUDA cores), so GQA-2 keeps ``P V`` on the CUDA cores.
+TENSOR_CORE_VALUES_MIN_GROUP = 4
+
+
 def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> AttentionPlan:
     """The launch plan for ``head_dim`` elements of ``dtype`` and a GQA group of ``group_size``.
 
@@ -216,18 +228,6 @@ def make_plan(head_dim: int, dtype: np.dtype | type, group_size: int) -> Attenti
         values = TENSOR_CORE_VALUES and group_size >= TENSOR_CORE_VALUES_MIN_GROUP
         plan = replace(plan, tensor_core_logits=True, tensor_core_values=values)
     return plan
-
-
-#: Whether plans with tensor-core logits take ``P V`` from the tensor cores too
-#: (``tensor_core_values``), for GQA groups of :data:`TENSOR_CORE_VALUES_MIN_GROUP` or more.
-#: Set it to ``False`` to keep ``P V`` on the CUDA cores (both backends follow).
-TENSOR_CORE_VALUES = True
-#: The smallest GQA group whose ``P V`` goes to the tensor cores. Measured on an H200
-#: (kernel notes, session 16): 1.22-1.28x faster at GQA-8, 1.03-1.06x at GQA-4, but 1.02x
-#: at GQA-2, where 6 of the instruction's 8 head columns are zeros; and the twin pays three
-#: sequential instructions per 16 tokens (on tutorial 4's GQA-2 shapes it would run 1.8x
-#: slower than on CUDA cores), so GQA-2 keeps ``P V`` on the CUDA cores.
-TENSOR_CORE_VALUES_MIN_GROUP = 4
 
 
 def uses_tensor_core_logits(plan: AttentionPlan, dtype: np.dtype | type, group_size: int) -> bool:

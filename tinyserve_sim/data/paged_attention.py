@@ -130,17 +130,14 @@ def _lane_dots(q: np.ndarray, k: np.ndarray, plan: AttentionPlan) -> np.ndarray:
     return halving_sum(part, axis=-1)  # reduce-scatter butterfly
 
 
-def _tensor_core_dots(q: np.ndarray, k16: np.ndarray) -> np.ndarray:
+def _tensor_core_dots(q16: np.ndarray, k16: np.ndarray) -> np.ndarray:
     """Step 1 on tensor cores (``plan.tensor_core_logits``): ``q . k`` as the kernel's chain
     of ``mma.sync`` m16n8k16 (:func:`~tinyserve_sim.data.tensor_core.mma_chain`), dims
     ``16s .. 16s + 15`` at step ``s``, from ``+0``.
 
-    ``q`` [S, Hkv, G, D] float32 (float16 values), ``k16`` [S, Hkv, CH, D] float16 ->
-    [S, Hkv, G, CH] float32.
+    ``q16`` [S, Hkv, G, D] and ``k16`` [S, Hkv, CH, D] float16 -> [S, Hkv, G, CH] float32.
     """
-    keys = k16[:, :, None, :, :]  # [S, Hkv, 1, CH, D]
-    queries = q.astype(np.float16)[:, :, :, None, :]  # [S, Hkv, G, 1, D]; exact: the query was float16
-    return mma_chain(keys, queries)
+    return mma_chain(k16[:, :, None, :, :], q16[:, :, :, None, :])  # keys as A, queries as B
 
 
 #: The probabilities' scale before their split into float16 parts (``tensor_core_values``):
@@ -211,6 +208,7 @@ def _partition(
     """One partition per (sequence, KV head): returns ``o [S,Hkv,G,D]``, ``m`` and ``l`` ``[S,Hkv,G]``."""
     S, Hkv, G, D = q.shape
     rows = plan.rows
+    q16 = q.astype(np.float16) if plan.tensor_core_logits else None  # exact: the query was float16
     m = np.full((S, Hkv, G), -np.inf, dtype=F32)
     l_tc = np.zeros((S, Hkv, G), dtype=F32)  # tensor_core_values: one normaliser and output per head
     acc_tc = np.zeros((S, Hkv, G, D), dtype=F32)
@@ -221,12 +219,12 @@ def _partition(
     n_chunks = (longest + chunk - 1) // chunk
     seqs = np.arange(S)[:, None, None]
     heads = np.arange(Hkv)[None, :, None]
+    # A chunk's token slots that any row can fill, rounded up to whole steps of the rows
+    # (16-token groups for P V on tensor cores): the rest would be padding in every row
+    # (logit -inf, p 0, no add), so leaving them out changes no value and spares the work
+    # on short sequences.
+    step = 16 if plan.tensor_core_values else rows
     for c in range(n_chunks):
-        # The chunk's token slots that any row can fill, rounded up to whole steps of the
-        # rows (16-token groups for P V on tensor cores): the rest would be padding in every
-        # row (logit -inf, p 0, no add), so leaving them out changes no value and spares
-        # the work on short sequences.
-        step = 16 if plan.tensor_core_values else rows
         width = min(chunk, -(-(longest - c * chunk) // step) * step)
         j = np.arange(width)
         t = start[..., None] + c * chunk + j  # [S, Hkv, CH]
@@ -235,11 +233,11 @@ def _partition(
         t_safe = np.where(valid, t, 0)  # token 0 always has a real block
         slots = tables[seqs, heads, t_safe // block_size] * block_size + t_safe % block_size  # [S, Hkv, CH]
         k = kc[slots, heads]  # [S, Hkv, CH, D] in the cache's dtype: KV head h reads its own row
-        v = vc[slots, heads].astype(F32)
+        v = vc[slots, heads]
         if plan.tensor_core_logits:
             # 1'. logits on tensor cores: one mma.sync per 16 dims, a chain from +0 in
             # increasing steps; each output adds its 16 products and the chain by mma_dot.
-            x = _tensor_core_dots(q, k) * scale
+            x = _tensor_core_dots(q16, k) * scale
         else:
             x = _lane_dots(q, k.astype(F32), plan) * scale
         x = np.where(valid[:, :, None, :], x, F32(-np.inf))
@@ -252,7 +250,7 @@ def _partition(
         if plan.tensor_core_values:
             # 4'. on tensor cores: the normaliser per head, then P V by mma steps.
             l_tc = np.where(act, fma_f32(l_tc, alpha, _lane_then_butterfly_sum(p, chunk)), l_tc)
-            v16 = np.where(valid[..., None], v, F32(0)).astype(np.float16)  # exact: the cache is float16
+            v16 = np.where(valid[..., None], v, np.float16(0))  # the cache is float16
             groups = -(-valid.sum(axis=-1) // 16)
             acc_tc = np.where(act[..., None], _tensor_core_values(acc_tc * alpha[..., None], p, v16, groups), acc_tc)
             m = np.where(act, m_new, m)
@@ -262,7 +260,7 @@ def _partition(
         acc_new = acc * alpha[..., None, None]
         # acc = fma(p_j, v_j, acc): p_j * v_j is exact in float64, so convert both once per chunk
         # and round each sum once (add_exact_product, the second half of fma_f32).
-        p64, v64 = p.astype(np.float64), v.astype(np.float64)
+        p64, v64 = p.astype(np.float64), v.astype(np.float64)  # exact: v is float16 or float32
         for kk in range(width // rows):
             jj = slice(kk * rows, (kk + 1) * rows)  # this step's token of every row
             ok = valid[:, :, None, jj]  # [S,Hkv,1,rows]

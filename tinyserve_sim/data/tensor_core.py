@@ -100,11 +100,9 @@ def _cut_and_add_below(products: np.ndarray, top_product: np.ndarray, c: np.ndar
     a chain can find it for all its steps at once. Written for speed (the twins run it once
     per instruction of every chain): the fewest NumPy calls that follow the rule."""
     c64 = c.astype(np.float64)
-    fraction, exponent = np.frexp(c64)
-    c_place = np.where(fraction != 0, np.maximum(exponent - 1, -126), _NO_PLACE)  # exponent_fields(c64, -126)
     # Step 3: the largest place. Where every term is zero there is none: any unit then
     # gives a zero sum (the floor keeps 2**-unit finite).
-    top = np.maximum(np.maximum(top_product, c_place), _ANY_REAL_PLACE // 1024)
+    top = np.maximum(np.maximum(top_product, exponent_fields(c64, -126)), _ANY_REAL_PLACE // 1024)
     to_units = np.ldexp(1.0, WINDOW_BITS - top)  # 2**-unit: scaling by it is exact
     # Step 3: cut toward zero (trunc) in units of 2**unit; step 4: the exact sum. (+ 0.0:
     # a sum of cut terms that are all -0.0 is a zero sum, +0.)
@@ -114,7 +112,8 @@ def _cut_and_add_below(products: np.ndarray, top_product: np.ndarray, c: np.ndar
     total /= to_units
     out = _truncate_to_float32(total)  # step 5: exact, then toward zero
     if not out.all():  # a zero sum is +0, unless every term is a negative zero
-        only_negative_zeros = (out == 0) & np.signbit(products).all(axis=-1) & (products == 0).all(axis=-1) & np.signbit(c64) & (c64 == 0)
+        zero_terms = (products == 0).all(axis=-1) & (c64 == 0)
+        only_negative_zeros = zero_terms & np.signbit(products).all(axis=-1) & np.signbit(c64)
         out = np.where(only_negative_zeros, np.float32(-0.0), out).astype(np.float32)
     return out
 
@@ -195,21 +194,9 @@ def mma_chain(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """
     a = _as(a, np.float16, "a")
     b = _as(b, np.float16, "b")
-    try:
-        shape = np.broadcast_shapes(a.shape, b.shape)
-    except ValueError:
-        raise KernelInputError(f"a and b must broadcast together, got {a.shape} and {b.shape}") from None
-    if a.ndim < 1 or b.ndim < 1 or a.shape[-1] != b.shape[-1] or a.shape[-1] % K:
-        raise KernelInputError(f"a and b must end in the same axis, a multiple of {K}, got {a.shape} and {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise KernelInputError("mma_chain takes finite inputs only (mma_dot takes special values too)")
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    a_places, b_places = exponent_fields(a64, -14), exponent_fields(b64, -14)
-    d = np.zeros(shape[:-1], np.float32)
-    for step in range(shape[-1] // K):
-        k = slice(K * step, K * step + K)
-        d = _cut_and_add(a64[..., k] * b64[..., k], a_places[..., k] + b_places[..., k], d)
-    return d
+    return mma_steps(a, b, np.float32(0.0))
 
 
 def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -250,10 +237,19 @@ def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArr
     return d
 
 
-def prepare_operand(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def prepare_operand(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """A finite float16 operand as :func:`mma_step` takes it: its values in float64 and
-    their exponent fields (step 2), worked out once for a whole chain."""
+    their exponent fields (step 2), worked out once for a whole chain.
+
+    Raises:
+        KernelInputError: not float16, no last axis of a multiple of 16, or not finite.
+    """
+    x = _as(x, np.float16, "operand")
+    if x.ndim < 1 or x.shape[-1] % K:
+        raise KernelInputError(f"operand must end in an axis of a multiple of {K}, got shape {x.shape}")
     x64 = x.astype(np.float64)
+    if not np.isfinite(x64).all():
+        raise KernelInputError("prepare_operand takes finite values only (mma_steps takes special values too)")
     return x64, exponent_fields(x64, -14)
 
 
@@ -261,7 +257,17 @@ def chain_terms(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
     """The exact products of two operands from :func:`prepare_operand` (broadcast, last axis
     a multiple of 16), and each 16-wide step's largest product place: what every step of a
     chain over them needs before its accumulator is known. Returns ``products [..., n]`` and
-    ``tops [..., n / 16]``."""
+    ``tops [..., n / 16]``.
+
+    Raises:
+        KernelInputError: operands of different lengths, or leading axes that do not broadcast.
+    """
+    if a[0].shape[-1] != b[0].shape[-1]:
+        raise KernelInputError(f"the operands must end in the same axis, got {a[0].shape} and {b[0].shape}")
+    try:
+        np.broadcast_shapes(a[0].shape, b[0].shape)
+    except ValueError:
+        raise KernelInputError(f"the operands must broadcast together, got {a[0].shape} and {b[0].shape}") from None
     products = a[0] * b[0]
     places = a[1] + b[1]
     tops = places.reshape(places.shape[:-1] + (-1, K)).max(axis=-1)
@@ -272,6 +278,8 @@ def mma_step(terms: tuple[np.ndarray, np.ndarray], step: int, c: np.ndarray) -> 
     """Instruction ``step`` of a chain over :func:`chain_terms`, onto ``c`` (finite float32):
     the same values as :func:`mma_steps` over that 16-wide slice, for the twins' inner loops."""
     products, tops = terms
+    if not 0 <= step < tops.shape[-1]:
+        raise KernelInputError(f"step must be in 0..{tops.shape[-1] - 1}, got {step}")
     return _cut_and_add_below(products[..., K * step : K * step + K], tops[..., step], c)
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# gpu_figures.sh -- what the kernel issues ask of a GPU card, in four parts that each fit in
+# gpu_figures.sh -- what the kernel issues ask of a GPU card, in five parts that each fit in
 # one 10-minute call on a 16-core machine with one H100 or H200:
 #
-#   scripts/gpu_figures.sh validate      compute-sanitizer memcheck and racecheck over the GPU
-#                                        tests (2 examples each), and the thorough Hypothesis
-#                                        profile: 3 seeds x 334 examples = 1,002 per property
+#   scripts/gpu_figures.sh validate      compute-sanitizer memcheck over the GPU tests (2 examples
+#                                        each), beside the thorough Hypothesis profile:
+#                                        3 seeds x 334 examples = 1,002 per property
+#   scripts/gpu_figures.sh racecheck     compute-sanitizer racecheck over the same tests, alone
+#                                        on the GPU (it is the slowest sanitizer: shared memory)
 #   scripts/gpu_figures.sh bench         bench_kernels.py --no-flex, bench_prefill.py --quick,
 #                                        bench_selection.py --quick, one after the other
 #   scripts/gpu_figures.sh flex          bench_kernels.py against FlexAttention paged at 16- and
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
         *) usage ;;
     esac
 done
-case $part in validate|bench|flex|third-party) ;; *) usage ;; esac
+case $part in validate|racecheck|bench|flex|third-party) ;; *) usage ;; esac
 
 # Careless input: one line, exit status 2, before anything runs.
 stop() { echo "gpu_figures.sh: $*" >&2; exit 2; }
@@ -76,15 +78,21 @@ TESTS=(tests/gpu tests/selection tests/control/test_decode_records.py -m gpu -k 
 
 case $part in
 validate)
-    # All at once (they use different cores); each sanitizer runs the suite in one process.
-    TS_GPU_MAX_EXAMPLES=2 run memcheck 560 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "${TESTS[@]}" &
-    TS_GPU_MAX_EXAMPLES=2 run racecheck 560 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest "${TESTS[@]}" &
+    # All at once (they use different cores); pytest-xdist spreads each run over 3 workers,
+    # which the sanitizer follows (on an H200: about 5 minutes in all).
+    TS_GPU_MAX_EXAMPLES=2 run memcheck 560 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest "${TESTS[@]}" -n 3 &
     for seed in 1 2 3; do
         HYPOTHESIS_PROFILE=thorough TS_GPU_MAX_EXAMPLES=334 \
             run "thorough_seed$seed" 560 python3 -m pytest "${TESTS[@]}" -n 3 --hypothesis-seed=$seed &
     done
     wait
-    logs=(memcheck racecheck thorough_seed1 thorough_seed2 thorough_seed3)
+    logs=(memcheck thorough_seed1 thorough_seed2 thorough_seed3)
+    ;;
+racecheck)
+    # Alone: racecheck watches every shared-memory access, and beside the other runs it did
+    # not finish in one call (session 16). With 4 workers, alone: 5.5 minutes on an H200.
+    TS_GPU_MAX_EXAMPLES=2 run racecheck 570 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest "${TESTS[@]}" -n 4
+    logs=(racecheck)
     ;;
 bench)
     # One after the other: each times the GPU alone. Their limits add up to 570 s, inside

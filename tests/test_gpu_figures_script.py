@@ -100,21 +100,33 @@ def test_the_flex_part_runs_bench_kernels_with_flexattention_and_names_its_log(t
     assert command.startswith("python3 benchmarks/bench_kernels.py") and "--no-flex" not in command
 
 
-def test_the_validate_part_names_its_test_settings_in_each_header(tmp_path):
+def _run_with_sanitizer(tmp_path: Path, part: str, tag: str):
+    """Run ``part`` with a fake compute-sanitizer (it echoes its arguments); return the logs' first lines."""
     out = tmp_path / "logs"
     env_bin = _bin(tmp_path, "NVIDIA H100 80GB HBM3")
     (env_bin / "compute-sanitizer").write_text('#!/bin/bash\necho "compute-sanitizer $*"\n')
     (env_bin / "compute-sanitizer").chmod(0o755)
-    done = subprocess.run([shutil.which("bash"), str(SCRIPT), "validate", "--tag", "t4", "--out", str(out), "--commit", "abc1234"],
+    done = subprocess.run([shutil.which("bash"), str(SCRIPT), part, "--tag", tag, "--out", str(out), "--commit", "abc1234"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60,
                           env={"PATH": str(env_bin), "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stdout + done.stderr
-    headers = {p.name: p.read_text().splitlines()[0] for p in out.iterdir()}
+    return {p.name: p.read_text().splitlines()[0] for p in out.iterdir()}
+
+
+def test_the_validate_part_names_its_test_settings_in_each_header(tmp_path):
+    headers = _run_with_sanitizer(tmp_path, "validate", "t4")
     assert sorted(headers) == [f"h100_t4_{n}.log" for n in
-                               ("memcheck", "racecheck", "thorough_seed1", "thorough_seed2", "thorough_seed3")]
+                               ("memcheck", "thorough_seed1", "thorough_seed2", "thorough_seed3")]
     assert "TS_GPU_MAX_EXAMPLES=2 compute-sanitizer --tool memcheck" in headers["h100_t4_memcheck.log"]
     assert "HYPOTHESIS_PROFILE=thorough TS_GPU_MAX_EXAMPLES=334 python3 -m pytest" in headers["h100_t4_thorough_seed2.log"]
     assert headers["h100_t4_thorough_seed2.log"].endswith("--hypothesis-seed=2")
+
+
+def test_the_racecheck_part_runs_alone_with_workers(tmp_path):
+    headers = _run_with_sanitizer(tmp_path, "racecheck", "t5")
+    assert list(headers) == ["h100_t5_racecheck.log"]
+    header = headers["h100_t5_racecheck.log"]
+    assert "TS_GPU_MAX_EXAMPLES=2 compute-sanitizer --tool racecheck" in header and header.endswith(" -n 4")
 
 
 @pytest.mark.parametrize(

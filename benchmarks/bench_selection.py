@@ -37,15 +37,19 @@ ramp and the tail of a 40-microsecond kernel weigh more), so the byte ceiling, w
 assumes the dense step's bandwidth for both, is further than it looks; the floor says how
 far. A second floor, **best**, replaces those two reads by contiguous reads of the same
 sizes, the fastest pattern there is: no step whose kernels read one after the other can
-beat it. Then scoring + selection as a share of the sparse step, the time of each phase alone,
-and the fused against the separate metadata update (decode and prefill).
+beat it. A third bound, **one kernel**, is the write followed by one contiguous read of the
+metadata and the selected K and V together, with the selection free: no step that writes,
+then reads those bytes can beat it on this GPU, however its kernels are fused. Then scoring +
+selection as a share of the sparse step, the time of each phase alone, and the fused against
+the separate metadata update (decode and prefill).
 Quest (Tang et al., ICML 2024, arXiv:2406.10774) reports up to 7.03x self-attention
 speed-up and 2.23x lower end-to-end latency; its kernel benchmark uses 16-token pages
 at 32,768 tokens (``scripts/bench_kernels.sh`` of github.com/mit-han-lab/Quest).
 
 Each repetition first overwrites a buffer twice the size of L2, just before the timed
 window, so no case runs from a warm cache (and the GPU is still busy with it while Python
-enqueues the timed launches, so their launch latency is not counted as idle time).
+enqueues the timed launches, so their launch latency is not counted as idle time);
+``--flush read`` reads it instead (``flush_l2`` says what that changes).
 
 The sparse attention is ``paged_attention`` itself, on the selection's compacted
 per-(sequence, KV head) tables (a ``DecodeBatch`` with a head axis): no second kernel.
@@ -70,17 +74,21 @@ from tinyserve_sim.data.geometry import partition_count
 _FLUSH: cp.ndarray | None = None
 _SINK: cp.ndarray | None = None
 #: How ``flush_l2`` evicts the L2 before each timed repetition: ``read`` or ``write`` (``--flush``).
-FLUSH_MODE = "read"
+FLUSH_MODE = "write"
 
 
 def flush_l2() -> None:
     """Evict the L2 so that the next launch reads from DRAM, by the mode of ``--flush``.
 
-    ``read`` (the default) reads a buffer twice the size of L2: the L2 is left holding clean
-    lines, as before a decode step's attention, whose predecessors (the QKV projection)
-    mostly read weights. ``write`` overwrites that buffer, as sessions 3 to 16 did: the L2 is
-    left full of dirty lines, and the timed kernels pay for writing them back to DRAM (tens
-    of MB: a larger share of a small sparse step than of the dense step).
+    ``write`` (the default, as in every session's figures) overwrites a buffer twice the size
+    of L2: the L2 is left full of dirty lines, which the timed kernels write back to DRAM, and
+    the GPU stays busy long enough for Python to enqueue the timed launches. ``read`` reads
+    that buffer instead, leaving clean lines, as before a real decode step's attention (its
+    predecessors mostly read weights). Measured on an H200 (session 17,
+    ``h200_s17_bench_selection_flush_{read,write}.log``): ``read`` makes the dense and the
+    sparse steps 3-4% faster as CUDA graphs and leaves their ratio within 1%, but its flush
+    ends too soon to hide Python's launch latency, which then inflates every time taken
+    without a graph (the floors among them).
     """
     global _FLUSH
     if _FLUSH is None:
@@ -428,9 +436,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16], help="denominators: 1/4, 1/8, 1/16")
-    parser.add_argument("--flush", choices=("read", "write"), default="read",
-                        help="how the L2 is evicted before each repetition (read: clean lines, as before a decode "
-                             "step's attention; write: dirty lines, as sessions 3-16 measured)")
+    parser.add_argument("--flush", choices=("read", "write"), default="write",
+                        help="how the L2 is evicted before each repetition (write: dirty lines, every session's "
+                             "figures; read: clean lines, as before a decode step's attention; see flush_l2)")
     args = parser.parse_args()
     global FLUSH_MODE
     FLUSH_MODE = args.flush

@@ -300,12 +300,18 @@ def main() -> int:
     ap.add_argument("--cuda-core-scores", action="store_true",
                     help="float16 scores on CUDA cores, not the default tensor cores "
                          "(prefill_plan.TENSOR_CORE_SCORES = False; checks and timings both)")
+    ap.add_argument("--cuda-core-values", action="store_true",
+                    help="float16 P V on CUDA cores, not the default tensor cores "
+                         "(prefill_plan.TENSOR_CORE_VALUES = False; checks and timings both)")
     opts = ap.parse_args()
-    if opts.cuda_core_scores:
-        from tinyserve_sim.data import prefill_plan
+    from tinyserve_sim.data import prefill_plan
 
+    if opts.cuda_core_scores:
         prefill_plan.TENSOR_CORE_SCORES = False
-        print("float16 scores on CUDA cores (prefill_plan.TENSOR_CORE_SCORES = False)")
+        print("float16 scores and P V on CUDA cores (prefill_plan.TENSOR_CORE_SCORES = False)")
+    if opts.cuda_core_values:
+        prefill_plan.TENSOR_CORE_VALUES = False
+        print("float16 P V on CUDA cores (prefill_plan.TENSOR_CORE_VALUES = False)")
     dev = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device: {dev['name'].decode()}, {dev['multiProcessorCount']} SMs; cupy {cp.__version__}")
     if not opts.no_torch:

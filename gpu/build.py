@@ -275,10 +275,12 @@ def _compile_check_nvcc(name: str, source: str, name_expressions: tuple[str, ...
 def paged_prefill_attention_kernel_name(plan: Any, dtype: Any) -> str:
     """The template instantiation of ``paged_prefill_attention_kernel`` for one
     :class:`~tinyserve_sim.data.prefill_plan.PrefillPlan`: element type, padded
-    head dim, rows per row group, key tile, threads per block, scores on tensor cores."""
+    head dim, rows per row group, key tile, threads per block, scores on tensor cores,
+    ``P V`` on tensor cores."""
     return (f"paged_prefill_attention_kernel<{CTYPE[np.dtype(dtype)]}, {plan.padded_dim}, "
             f"{plan.rows_per_thread}, {plan.key_tile}, {plan.threads}, "
-            f"{'true' if plan.tensor_core_scores else 'false'}>")
+            f"{'true' if plan.tensor_core_scores else 'false'}, "
+            f"{'true' if plan.tensor_core_values else 'false'}>")
 
 
 def all_paged_prefill_attention_names() -> list[str]:

@@ -30,6 +30,15 @@
 //              64u + 4cl .. 64u + 4cl + 3 (then a thread rescales and divides its
 //              own rows; else alpha and l pass through shared memory).
 //
+// PV (the plan's tensor_core_values, float16, on top of the tensor-core scores): O += P V
+// on tensor cores instead. Warp w owns rows 16 (w % 4) .. + 15 and half the padded dims
+// (w / 4), as DP / 16 blocks of 8 dims of mma.sync m16n8k16 accumulators (the same
+// number of registers as the CUDA-core mapping). Per 16 keys of the tile, each lane reads
+// its 8 probabilities of the A fragment from P^T (conflict-free), splits each p * 2^15
+// exactly into three float16 parts (h1 = f16(p), h2 = f16(p - h1), h3 = f16(p - h1 - h2):
+// the twin's tensor_core.float16_parts), and issues one mma per part and 8 dims, with B
+// (16 keys x 8 dims of V) from one ldmatrix.x4.trans per 16 dims. out = acc / (l * 2^15).
+//
 // Keys and values are copied global -> shared by cp.async in the cache's own
 // dtype and converted to float as the inner loops read them (float16: one 8-byte
 // load and two conversions per 4 elements), K of the next tile while this
@@ -78,10 +87,23 @@ __device__ __forceinline__ void store4(float* p, float a, float b, float c, floa
     *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
 }
 
+// Two consecutive output elements (4 bytes of float16, or 8 of float32; aligned).
+__device__ __forceinline__ void store2(__half* p, float a, float b) {
+    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void store2(float* p, float a, float b) {
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+
+// A float16 pair as the 32 bits an mma fragment register holds (a in the low half).
+__device__ __forceinline__ unsigned half2_bits(__half2 h) {
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+
 
 }  // namespace
 
-template <typename T, int DP, int TM, int BN, int NT, bool TC>
+template <typename T, int DP, int TM, int BN, int NT, bool TC, bool PV>
 __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefill_attention_kernel(
     T* __restrict__ out,                     // [T, Hq, D]
     const T* __restrict__ query,             // [T, Hq, D]
@@ -116,7 +138,8 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     static_assert(OR % 4 == 0 && OR * OC == TM * DV, "the same number of accumulators");
     // With 16 lanes the two mappings coincide: a thread's output rows are its score rows, so
     // it rescales its accumulators and divides by its own normalisers, with no shared memory.
-    constexpr bool SAME_ROWS = OL == GROUPS;
+    // (PV has a mapping of its own: alpha and l pass through shared memory.)
+    constexpr bool SAME_ROWS = !PV && OL == GROUPS;
     // TC (the plan's tensor_core_scores, float16): S = Q K^T by mma.sync m16n8k16, warp w
     // taking rows 16 (w % 4) .. + 15 against half the tile's keys (8 n-blocks of 8 keys at
     // BN 64, 4 at BN 32): BN / 16 n-blocks, a chain over the padded head dim from +0. The
@@ -126,6 +149,11 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     constexpr int QH = DP + 8;
     static_assert(!TC || (sizeof(T) == 2 && NT == 256 && BM == 64 && (BN == 64 || BN == 32)),
                   "tensor-core scores: float16, 8 warps over a 64-row tile");
+    // PV: warp w's accumulators, rows 16 (w % 4) + lane / 4 (+ 8) x dims DP / 2 * (w / 4) +
+    // 8 nb + 2 (lane % 4) (+ 1), nb < PNB (the C fragments of mma.sync m16n8k16).
+    constexpr int PNB = DP / 16;
+    constexpr float PSCALE = 32768.0f;  // 2^15: p * 2^15 <= 32768, inside float16's range
+    static_assert(!PV || (TC && PNB % 2 == 0), "tensor-core P V: on top of the tensor-core scores");
 
     // ---- shared memory (dynamic; the launcher sizes it: PrefillPlan.shared_memory_bytes)
     extern __shared__ float4 ts_smem[];
@@ -202,7 +230,8 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     // ---- this thread's rows: positions, running max and normaliser (scores' mapping), and
     // the output accumulators (the output phase's mapping)
     int pos[TM];
-    float m[TM], l[TM], acc[OR][4 * OC];
+    float m[TM], l[TM], acc[OR][4 * OC];  // (PV: unused, and compiled away)
+    float acc_tc[PV ? PNB : 1][4];        // PV: this lane's C fragments (see PNB)
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int r = rg * TM + i;
@@ -214,6 +243,10 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     for (int i = 0; i < OR; ++i)
 #pragma unroll
         for (int e = 0; e < 4 * OC; ++e) acc[i][e] = 0.0f;
+#pragma unroll
+    for (int nb = 0; nb < (PV ? PNB : 1); ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_tc[nb][e] = 0.0f;
 
     // ---- S = Q K^T for this thread's TM x TN tile, online softmax, P^T to shared memory.
     // FULL: every key of the tile is visible to every row (no mask); the same body is
@@ -336,6 +369,65 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
     // (skipped where it is exactly 1: the same bits), then keys in order, one fused
     // multiply-add per (row, dim, key).
     auto accumulate = [&]() {
+        if constexpr (PV) {
+            // Tensor cores. Lane (g, t) = (lane / 4, lane % 4) of warp (mb, nh) = (w % 4, w / 4):
+            // rows r0 = 16 mb + g and r0 + 8; the A fragment's keys 2t, 2t + 1 (+ 8) of each 16.
+            const int warp = tid >> 5, mb = warp & 3, nh = warp >> 2;
+            const int g = lane >> 2, t = lane & 3, r0 = 16 * mb + g;
+            // acc *= alpha for each of the two rows (skipped where it is exactly 1: same bits).
+            const float al0 = row_s[r0], al1 = row_s[r0 + 8];
+            if (al0 != 1.0f) {
+#pragma unroll
+                for (int nb = 0; nb < PNB; ++nb) { acc_tc[nb][0] = acc_tc[nb][0] * al0; acc_tc[nb][1] = acc_tc[nb][1] * al0; }
+            }
+            if (al1 != 1.0f) {
+#pragma unroll
+                for (int nb = 0; nb < PNB; ++nb) { acc_tc[nb][2] = acc_tc[nb][2] * al1; acc_tc[nb][3] = acc_tc[nb][3] * al1; }
+            }
+            // ldmatrix.x4.trans rows: lane l gives key 8 ((l / 8) % 2) + l % 8 of the 16, at
+            // dims + 8 (l / 16) of each 16: matrices 0, 1 (keys 0-7, 8-15) are B of the lower
+            // 8 dims, matrices 2, 3 of the upper 8.
+            const int vkey = 8 * ((lane >> 3) & 1) + (lane & 7);
+            const T* vbase = v_t + vkey * KS + nh * (DP / 2) + 8 * (lane >> 4);
+#pragma unroll
+            for (int ks = 0; ks < BN / 16; ++ks) {
+                // The A fragment's probabilities (P^T is key-major): a0 a1 (r0, k, k + 1),
+                // a2 a3 (r0 + 8, ...), a4 .. a7 the same at keys + 8; k = 16 ks + 2t.
+                const float* pk = p_s + (16 * ks + 2 * t) * PS + r0;
+                const float pa[8] = {pk[0], pk[PS], pk[8], pk[PS + 8],
+                                     pk[8 * PS], pk[9 * PS], pk[8 * PS + 8], pk[9 * PS + 8]};
+                // p * 2^15 = h1 + h2 + h3 exactly (down to 2^-25): each part is the rest
+                // rounded to float16, each rest exact in float32 (two values per conversion).
+                unsigned afr[3][4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float x0 = pa[2 * i] * PSCALE, x1 = pa[2 * i + 1] * PSCALE;
+                    const __half2 h1 = __floats2half2_rn(x0, x1);
+                    const float2 f1 = __half22float2(h1);
+                    const float y0 = x0 - f1.x, y1 = x1 - f1.y;
+                    const __half2 h2 = __floats2half2_rn(y0, y1);
+                    const float2 f2 = __half22float2(h2);
+                    const __half2 h3 = __floats2half2_rn(y0 - f2.x, y1 - f2.y);
+                    afr[0][i] = half2_bits(h1);
+                    afr[1][i] = half2_bits(h2);
+                    afr[2][i] = half2_bits(h3);
+                }
+                // Then, per 16 dims, B of V from one ldmatrix.x4.trans, and per part and 8 dims
+                // one mma: every accumulator takes h1, h2, h3 of these 16 keys in that order.
+#pragma unroll
+                for (int pb = 0; pb < PNB / 2; ++pb) {
+                    unsigned bfr[4];
+                    ts_ldmatrix_x4_trans(vbase + 16 * ks * KS + 16 * pb, bfr);
+                    const unsigned b_lo[2] = {bfr[0], bfr[1]}, b_hi[2] = {bfr[2], bfr[3]};
+#pragma unroll
+                    for (int part = 0; part < 3; ++part) {
+                        ts_mma_16816(acc_tc[2 * pb], afr[part], b_lo);
+                        ts_mma_16816(acc_tc[2 * pb + 1], afr[part], b_hi);
+                    }
+                }
+            }
+            return;  // (the CUDA-core phase below is compiled away)
+        }
         if constexpr (!SAME_ROWS) {
             float alpha[OR];
 #pragma unroll
@@ -406,6 +498,26 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
         for (int i = 0; i < TM; ++i)
             if (cl == 0) row_s[rg * TM + i] = l[i];
         __syncthreads();
+    }
+    if constexpr (PV) {
+        // out = acc / (l * 2^15) for this lane's two rows and its dims (two per 8), + 0.0f as below.
+        const int warp = tid >> 5, mb = warp & 3, nh = warp >> 2;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = 16 * mb + (lane >> 2) + 8 * h;
+            if (r >= n_rows) continue;
+            const float lr = row_s[r] * PSCALE;
+            const int row = row0 + r;
+            const int tok = row / group;
+            const long long head = static_cast<long long>(q_begin + tok) * num_heads + kv_head * group + (row - tok * group);
+#pragma unroll
+            for (int nb = 0; nb < PNB; ++nb) {
+                const int d = nh * (DP / 2) + 8 * nb + 2 * (lane & 3);
+                if (d >= head_dim) continue;  // head_dim is a multiple of 8: both or neither
+                store2(out + head * head_dim + d, acc_tc[nb][2 * h] / lr + 0.0f, acc_tc[nb][2 * h + 1] / lr + 0.0f);
+            }
+        }
+        return;
     }
 #pragma unroll
     for (int i = 0; i < OR; ++i) {

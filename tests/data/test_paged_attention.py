@@ -212,9 +212,9 @@ def test_values_on_tensor_cores_round_apart_from_cuda_cores_within_the_bound(mon
 def test_the_float16_parts_of_a_probability_add_up_to_it(p):
     # tensor_core_values: p * 2**15 = h1 + h2 + h3, exactly from p = 2**-16 up (every bit of
     # p * 2**15 is then a multiple of float16's smallest subnormal), within 2**-25 below.
-    from tinyserve_sim.data.paged_attention import _float16_parts
+    from tinyserve_sim.data.tensor_core import float16_parts
 
-    parts = _float16_parts(np.array([p], np.float32))
+    parts = float16_parts(np.array([p], np.float32))
     total = sum(float(h[0]) for h in parts)  # float64: exact
     want = float(np.float32(p)) * 2.0**15
     if p >= 2.0**-16:

@@ -59,7 +59,17 @@ def spec_score(q, k, padded_dim: int, tensor_cores: bool):
     return s
 
 
-def spec_row(q, keys, values, pos, scale, key_tile, lanes=16, padded_dim=0, tensor_cores=False):
+def spec_parts(p):
+    """Step 5''s three float16 parts of ``p * 2**15``, each the rest so far rounded to nearest."""
+    ps = F32(p * F32(2.0**15))
+    h1 = np.float16(ps)
+    r1 = F32(ps - F32(h1))
+    h2 = np.float16(r1)
+    h3 = np.float16(F32(r1 - F32(h2)))
+    return h1, h2, h3
+
+
+def spec_row(q, keys, values, pos, scale, key_tile, lanes=16, padded_dim=0, tensor_cores=False, tensor_core_values=False):
     """One row (a new token at ``pos``, one query head) written literally from the twin's
     docstring with scalar float32 operations; ``keys``/``values`` are the sequence's
     ``[L, D]`` (keys past ``L`` are zeros). Slow, and independent of the twin's vectorisation."""
@@ -84,10 +94,21 @@ def spec_row(q, keys, values, pos, scale, key_tile, lanes=16, padded_dim=0, tens
             lane_sums.append(t)
         l = F32(F32(l * alpha) + _pairwise(lane_sums))
         acc = [F32(a * alpha) for a in acc]
-        for j, p in enumerate(ps):
-            v = values[c0 + j] if c0 + j < L else np.zeros(D, values.dtype)
-            acc = [fma_f32(p, v[d], a) for d, a in enumerate(acc)]
+        tile_values = [values[c0 + j] if c0 + j < L else np.zeros(D, values.dtype) for j in range(key_tile)]
+        if tensor_core_values:  # 5'.: per 16 keys, per part, one mma.sync step (mma_dot itself)
+            parts = [spec_parts(p) for p in ps]
+            for g0 in range(0, key_tile, 16):
+                for part in range(3):
+                    a16 = np.array([parts[g0 + j][part] for j in range(16)], np.float16)
+                    for d in range(D):
+                        v16 = np.array([tile_values[g0 + j][d] for j in range(16)], np.float16)
+                        acc[d] = F32(mma_dot(a16, v16, acc[d]))
+        else:
+            for j, p in enumerate(ps):
+                acc = [fma_f32(p, tile_values[j][d], a) for d, a in enumerate(acc)]
         m = m_new
+    if tensor_core_values:
+        return [F32(a / F32(l * F32(2.0**15))) for a in acc]
     return [F32(a / l) for a in acc]
 
 
@@ -109,7 +130,8 @@ def spec_prefill(case: PrefillCase) -> np.ndarray:
                 keys = case.key_cache[blocks, offs, h // G]
                 vals = case.value_cache[blocks, offs, h // G]
                 out[row, h] = np.array(spec_row(case.query[row, h], keys, vals, pos, F32(case.scale), tile,
-                                                padded_dim=plan.padded_dim, tensor_cores=plan.tensor_core_scores))
+                                                padded_dim=plan.padded_dim, tensor_cores=plan.tensor_core_scores,
+                                                tensor_core_values=plan.tensor_core_values))
     return out
 
 
@@ -119,11 +141,15 @@ def test_twin_follows_the_documented_operation_order(case):
     assert np.array_equal(_bits(paged_prefill_attention(*case.args())), _bits(spec_prefill(case)))
 
 
-@pytest.mark.parametrize("tensor_core_scores", [True, False])
-def test_float16_twin_follows_the_documented_order_on_either_core(tensor_core_scores, monkeypatch):
-    # A float16 case with a cached prefix that ends mid-block, for both settings of
-    # prefill_plan.TENSOR_CORE_SCORES (the default is on): the scalar spec, bit for bit.
-    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", tensor_core_scores)
+@pytest.mark.parametrize("scores, values", [(True, True), (True, False), (False, False)])
+def test_float16_twin_follows_the_documented_order_on_either_core(scores, values, monkeypatch):
+    # A float16 case with a cached prefix that ends mid-block, for the settings of
+    # prefill_plan.TENSOR_CORE_SCORES and TENSOR_CORE_VALUES (the default: both on): the
+    # scalar spec, bit for bit.
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", scores)
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_VALUES", values)
+    plan = prefill_plan.prefill_plan_for(40, np.float16)
+    assert (plan.tensor_core_scores, plan.tensor_core_values) == (scores, values)
     case = fixed_prefill_case(3, np.float16, 40, 5, 2, seq_lens=[70, 9], query_lens=[4, 2], num_kv_heads=1)
     assert np.array_equal(_bits(paged_prefill_attention(*case.args())), _bits(spec_prefill(case)))
 

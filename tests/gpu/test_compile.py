@@ -138,6 +138,28 @@ def test_the_cuda_core_prefill_instantiations_compile():
     assert ptx.count(".entry") == 4 and "mma.sync" not in ptx
 
 
+def test_the_prefill_instantiations_with_cuda_core_values_compile():
+    """The float16 prefill kernels with tensor-core scores but ``P V`` on CUDA cores
+    (prefill_plan.TENSOR_CORE_VALUES = False), which no default plan reaches: they compile,
+    and issue fewer mma.sync than the default ones (the scores' only)."""
+    from dataclasses import replace
+
+    import numpy as np
+    from tinyserve_sim.data.prefill_plan import make_prefill_plan
+
+    scores_only = tuple(build.paged_prefill_attention_kernel_name(
+        replace(make_prefill_plan(d), tensor_core_scores=True), np.float16) for d in (64, 128, 192, 256))
+    both = tuple(build.paged_prefill_attention_kernel_name(
+        replace(make_prefill_plan(d), tensor_core_scores=True, tensor_core_values=True), np.float16) for d in (64, 128, 192, 256))
+    assert not set(scores_only) & set(build.all_paged_prefill_attention_names())
+    assert set(both) <= set(build.all_paged_prefill_attention_names())
+    for a, b in zip(scores_only, both):
+        ptx_a = build.compile_check("paged_prefill_attention.cu", (a,))
+        ptx_b = build.compile_check("paged_prefill_attention.cu", (b,))
+        assert 0 < ptx_a.count("mma.sync") < ptx_b.count("mma.sync")
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans" in ptx_b and "ldmatrix.sync.aligned.m8n8.x4.trans" not in ptx_a
+
+
 def test_the_benchmarks_read_floor_kernels_compile():
     """bench_selection's read-floor kernels (compiled by CuPy on the GPU machine) compile here too."""
     import importlib.util

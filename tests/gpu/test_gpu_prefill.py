@@ -103,13 +103,15 @@ def test_a_minus_zero_accumulator_gives_the_same_bits(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", [c for c in FIXED + SANITIZER if c.query.dtype == np.float16],
                          ids=lambda c: f"D{c.query.shape[2]}-G{c.query.shape[1] // c.key_cache.shape[2]}")
-def test_cuda_core_scores_equal_the_twin(monkeypatch, case):
-    # float16 with the tensor-core scores switched off (prefill_plan.TENSOR_CORE_SCORES =
-    # False; the other tests run the default, on): every float16 instantiation, the
-    # awkward cuts and the sanitizer's small launches.
+@pytest.mark.parametrize("scores, values", [(False, False), (True, False)], ids=["cuda_core", "cuda_core_values"])
+def test_cuda_core_paths_equal_the_twin(monkeypatch, case, scores, values):
+    # float16 with part of the tensor-core work switched off (prefill_plan.TENSOR_CORE_SCORES
+    # and TENSOR_CORE_VALUES; the other tests run the default, both on): every float16
+    # instantiation, the awkward cuts and the sanitizer's small launches.
     from tinyserve_sim.data import prefill_plan
 
-    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", False)
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", scores)
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_VALUES", values)
     assert_bits_equal(_run_gpu(case), paged_prefill_attention(*case.args()))
 
 

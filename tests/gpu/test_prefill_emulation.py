@@ -88,16 +88,21 @@ def test_every_instantiation_equals_the_twin(dtype, head_dim):
 
 
 @pytest.mark.parametrize("head_dim", [40, 128, 192, 256])
-def test_cuda_core_scores_equal_the_twin(monkeypatch, head_dim):
-    # float16 with the tensor-core scores switched off (prefill_plan.TENSOR_CORE_SCORES =
-    # False; the other tests here run the default, on: the shim's ldmatrix and mma.sync,
-    # the kernel's fragment indexing, the raw dot products' trip through the
-    # probabilities' buffer, against the twin's mma_chain). The two paths round apart.
+@pytest.mark.parametrize("scores, values", [(False, False), (True, False)])
+def test_cuda_core_paths_equal_the_twin(monkeypatch, head_dim, scores, values):
+    # float16 with part of the tensor-core work switched off (prefill_plan.TENSOR_CORE_SCORES
+    # and TENSOR_CORE_VALUES; the other tests here run the default, both on: the shim's
+    # ldmatrix and mma.sync, the kernel's fragment indexing, the raw dot products' trip
+    # through the probabilities' buffer, the probabilities' float16 parts, against the
+    # twin's mma_chain and accumulate_values). Each path rounds apart from the default.
     case = fixed_prefill_case(head_dim, np.float16, head_dim, 7, 3, seq_lens=[120, 9], query_lens=[50, 1], spare_blocks=2)
-    assert prefill_plan_for(head_dim, np.float16).tensor_core_scores
+    plan = prefill_plan_for(head_dim, np.float16)
+    assert plan.tensor_core_scores and plan.tensor_core_values
     tensor_cores = paged_prefill_attention(*case.args())
-    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", False)
-    assert not prefill_plan_for(head_dim, np.float16).tensor_core_scores
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_SCORES", scores)
+    monkeypatch.setattr(prefill_plan, "TENSOR_CORE_VALUES", values)
+    plan = prefill_plan_for(head_dim, np.float16)
+    assert (plan.tensor_core_scores, plan.tensor_core_values) == (scores, values)
     twin = paged_prefill_attention(*case.args())
     assert_bits_equal(emulated_prefill(*case.args()), twin)
     assert not np.array_equal(tensor_cores.view(np.uint16), twin.view(np.uint16))

@@ -98,7 +98,7 @@ from tinyserve_sim.data.geometry import (
     plan_launch,
 )
 from tinyserve_sim.control.batch import DecodeBatch
-from tinyserve_sim.data.tensor_core import chain_terms, mma_chain, mma_step, mma_steps, prepare_operand
+from tinyserve_sim.data.tensor_core import PART_SCALE, accumulate_values, mma_chain
 from tinyserve_sim.data.validation import check_host_arrays, check_paged_attention, check_scale
 
 F32 = np.float32
@@ -138,49 +138,6 @@ def _tensor_core_dots(q16: np.ndarray, k16: np.ndarray) -> np.ndarray:
     ``q16`` [S, Hkv, G, D] and ``k16`` [S, Hkv, CH, D] float16 -> [S, Hkv, G, CH] float32.
     """
     return mma_chain(k16[:, :, None, :, :], q16[:, :, :, None, :])  # keys as A, queries as B
-
-
-#: The probabilities' scale before their split into float16 parts (``tensor_core_values``):
-#: ``p <= 1``, so ``p * 2**15`` stays below float16's largest value, 65504.
-PART_SCALE = F32(2.0**15)
-
-
-def _float16_parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``p * 2**15`` as three float16 parts, each the rest so far rounded to nearest."""
-    ps = p * PART_SCALE
-    h1 = ps.astype(np.float16)
-    r1 = ps - h1.astype(F32)
-    h2 = r1.astype(np.float16)
-    h3 = (r1 - h2.astype(F32)).astype(np.float16)
-    return h1, h2, h3
-
-
-def _tensor_core_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Step 4' on tensor cores: ``acc`` [S, Hkv, G, D] float32 plus ``P V`` over one chunk.
-
-    ``p`` [S, Hkv, G, W] float32 (0 at padding), ``v16`` [S, Hkv, W, D] float16 (0 at
-    padding), ``W`` a multiple of 16; ``groups`` [S, Hkv]: the 16-token groups of this chunk
-    that hold a real token (the kernel runs no others). One ``mma_steps`` step per group
-    and part, in that order; the operands are converted (and their exponent fields found)
-    once per chunk, not once per step.
-    """
-    v_t = np.swapaxes(v16, -1, -2)[:, :, None]  # [S, Hkv, 1, D, W]: V^T, the instruction's A
-    if not np.isfinite(v_t).all():  # a cache holding inf or NaN: the rule's slow path
-        for grp in range(p.shape[-1] // 16):
-            k = slice(16 * grp, 16 * grp + 16)
-            live = (groups > grp)[:, :, None, None]
-            for part in _float16_parts(p):
-                acc = np.where(live, mma_steps(v_t[..., k], part[:, :, :, None, k], acc), acc)
-        return acc
-    a = prepare_operand(v_t)
-    terms = [chain_terms(a, prepare_operand(part[:, :, :, None, :])) for part in _float16_parts(p)]
-    for grp in range(p.shape[-1] // 16):
-        every_row = bool((groups > grp).all())
-        live = (groups > grp)[:, :, None, None]
-        for part_terms in terms:  # h1, h2, h3: one instruction each
-            step = mma_step(part_terms, grp, acc)
-            acc = step if every_row else np.where(live, step, acc)
-    return acc
 
 
 def _lane_then_butterfly_sum(p: np.ndarray, chunk: int) -> np.ndarray:
@@ -252,7 +209,7 @@ def _partition(
             l_tc = np.where(act, fma_f32(l_tc, alpha, _lane_then_butterfly_sum(p, chunk)), l_tc)
             v16 = np.where(valid[..., None], v, np.float16(0))  # the cache is float16
             groups = -(-valid.sum(axis=-1) // 16)
-            acc_tc = np.where(act[..., None], _tensor_core_values(acc_tc * alpha[..., None], p, v16, groups), acc_tc)
+            acc_tc = np.where(act[..., None], accumulate_values(acc_tc * alpha[..., None], p, v16, groups), acc_tc)
             m = np.where(act, m_new, m)
             continue
         # 4. per-row sequential accumulation, rows vectorised.

@@ -49,6 +49,20 @@ starting from ``m = -inf``, ``l = 0``, ``acc = 0``:
 Finally ``out = acc / l + 0`` (IEEE division; adding ``+0`` turns a ``-0`` into
 ``+0`` and changes nothing else, see below), rounded to the query's dtype.
 
+**On tensor cores** (float16; the plan's ``tensor_core_scores`` and ``tensor_core_values``,
+both on by default) two steps change:
+
+1'. ``s_j`` is a chain of ``mma.sync`` m16n8k16 over the padded head dim, 16 dims a step,
+    from ``+0``, by the measured rule (:func:`~tinyserve_sim.data.tensor_core.mma_chain`).
+5'. ``acc = acc * alpha``; each ``p_j * 2**15`` (exact) is split into three float16 parts
+    (:func:`~tinyserve_sim.data.tensor_core.float16_parts`); then for every 16 keys of the
+    tile in increasing order (all of them: masked keys enter as ``p = 0``), for each part
+    in turn, ``acc = mma(part, v, acc)``, one ``mma.sync`` step
+    (:func:`~tinyserve_sim.data.tensor_core.accumulate_values`). Finally
+    ``out = acc / (l * 2**15) + 0``.
+
+The normaliser (step 4) stays on the CUDA cores either way.
+
 Why the thread block's other rows change nothing: a block walks key tiles up
 to its *last* row's position, so an earlier row also sees tiles wholly after
 its own position. For that row such a tile is a no-op but for one bit: every
@@ -85,7 +99,7 @@ from tinyserve_sim.control.prefill_batch import PrefillBatch
 from tinyserve_sim.data.exact_math import add_exact_product, exp_f32, fma_f32, pairwise_sum, sequential_sum
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
 from tinyserve_sim.data.prefill_plan import check_prefill_launch_limits, prefill_plan_for, work_items
-from tinyserve_sim.data.tensor_core import mma_chain
+from tinyserve_sim.data.tensor_core import PART_SCALE, accumulate_values, mma_chain
 from tinyserve_sim.data.validation import check_host_arrays, check_scale
 
 F32 = np.float32
@@ -190,15 +204,24 @@ def paged_prefill_attention(
         # 4. normaliser: lane c sums keys c, c+16, ... in order; a butterfly adds the 16 lanes.
         lane_sums = sequential_sum(p.reshape(*p.shape[:-1], BN // lanes, lanes), axis=-2)
         l[rows] = l[rows] * alpha + pairwise_sum(lane_sums, axis=-1)
-        # 5. output: rescale, then one fused multiply-add per key, in key order. p_j * v_j is
-        # exact in float64, so convert once and round each sum once (add_exact_product).
         a = acc[rows] * alpha[..., None]
-        p64 = p.astype(np.float64)
-        v64 = v_tile.astype(np.float64)  # [S, BN, Hkv, D]
-        for j in range(BN):
-            a = add_exact_product(p64[:, :, :, j, None] * v64[s_r, j][:, :, None, :], a)
+        if plan.tensor_core_values:
+            # 5'. output on tensor cores: per 16 keys of the tile, in order, and per float16
+            # part of p * 2**15, one mma.sync step onto the rescaled output (every group of
+            # the tile: the kernel runs them all, masked keys as p = 0).
+            v16 = v_tile[s_r].transpose(0, 2, 1, 3).astype(np.float16)  # [R, Hkv, BN, D]: exact
+            a = accumulate_values(a, p, v16, np.full((rows.size, Hkv), BN // 16))
+        else:
+            # 5. output: one fused multiply-add per key, in key order. p_j * v_j is exact in
+            # float64, so convert once and round each sum once (add_exact_product).
+            p64 = p.astype(np.float64)
+            v64 = v_tile.astype(np.float64)  # [S, BN, Hkv, D]
+            for j in range(BN):
+                a = add_exact_product(p64[:, :, :, j, None] * v64[s_r, j][:, :, None, :], a)
         acc[rows] = a
         m[rows] = m_new
+    # 6. (or 6'.) out = acc / l (acc / (l * 2**15)), + 0: -0 -> +0, as the kernel (the docstring says why)
+    norm = l * PART_SCALE if plan.tensor_core_values else l
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = acc / l[..., None] + F32(0)  # -0 -> +0, as the kernel (the docstring says why)
+        out = acc / norm[..., None] + F32(0)
     return out.reshape(T, Hq, D).astype(query.dtype)

@@ -60,6 +60,11 @@ class PrefillPlan:
             ``+0``, by the measured rule of :mod:`~tinyserve_sim.data.tensor_core` (the
             twin: ``mma_chain``). On for float16 while :data:`TENSOR_CORE_SCORES` is set (the
             default since session 16: bit-identical and 1.26-1.51x faster on an H200).
+        tensor_core_values: ``O += P V`` on tensor cores too (on top of
+            ``tensor_core_scores``): each probability times ``2**15`` split exactly into
+            three float16 parts, then per 16 keys and each part one ``mma.sync`` m16n8k16
+            onto the running output (the twin: ``tensor_core.accumulate_values``); the
+            output is ``acc / (l * 2**15)``. On while :data:`TENSOR_CORE_VALUES` is set.
     """
 
     head_dim: int
@@ -68,6 +73,7 @@ class PrefillPlan:
     row_tile: int
     column_lanes: int = GROUPS
     tensor_core_scores: bool = False
+    tensor_core_values: bool = False
 
     @property
     def rows_per_thread(self) -> int:
@@ -111,12 +117,16 @@ class PrefillPlan:
 #: ``False`` to run the CUDA-core scores instead (both backends follow), e.g. on a GPU
 #: whose tensor cores are not modelled (the launcher refuses the tensor-core plans there).
 TENSOR_CORE_SCORES = True
+#: Whether the plans with tensor-core scores also add ``P V`` on tensor cores
+#: (``tensor_core_values``). ``False`` keeps ``P V`` on CUDA cores (both backends follow).
+TENSOR_CORE_VALUES = True
 
 
 def prefill_plan_for(head_dim: int, dtype: np.dtype | type) -> PrefillPlan:
     """The plan the kernel and the twin use for ``head_dim`` elements of ``dtype``: the
     tiling of :func:`make_prefill_plan`, with tensor-core scores for float16 when
-    :data:`TENSOR_CORE_SCORES` is set.
+    :data:`TENSOR_CORE_SCORES` is set, and ``P V`` on tensor cores too when
+    :data:`TENSOR_CORE_VALUES` is set.
 
     Raises:
         KernelInputError: a head dim or dtype the kernel is not built for.
@@ -129,7 +139,7 @@ def prefill_plan_for(head_dim: int, dtype: np.dtype | type) -> PrefillPlan:
     check_head_dim_and_dtype(head_dim, dtype)
     plan = make_prefill_plan(head_dim)
     if TENSOR_CORE_SCORES and np.dtype(dtype) == np.float16:
-        plan = replace(plan, tensor_core_scores=True)
+        plan = replace(plan, tensor_core_scores=True, tensor_core_values=TENSOR_CORE_VALUES)
     return plan
 
 
@@ -137,7 +147,7 @@ def make_prefill_plan(head_dim: int) -> PrefillPlan:
     """The plan for head dim ``head_dim`` (a multiple of 8, at most 256), for either dtype.
 
     >>> make_prefill_plan(128)
-    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=64, column_lanes=16, tensor_core_scores=False)
+    PrefillPlan(head_dim=128, padded_dim=128, key_tile=64, row_tile=64, column_lanes=16, tensor_core_scores=False, tensor_core_values=False)
     >>> make_prefill_plan(160).key_tile
     32
     """

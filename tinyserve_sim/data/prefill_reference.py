@@ -18,6 +18,13 @@ equally documented order, so the decode derivation
   ``n_acc = 2 (pos + 1) + 2 n_resc + 16`` covers both;
 * underflow: the same absolute terms as for decode (subnormal results of the fused
   multiply-adds, exponentials flushed below the normal range).
+* ``P V`` on tensor cores (float16 plans with ``tensor_core_values``): as for decode,
+  each instruction errs by at most ``(17 * 2**-25 + 2**-23)`` times its terms' ``m(p_part)
+  m(v)`` and its accumulator. Only the instructions whose 16 keys hold a visible one can
+  err (the others add exact zeros to an exact accumulator): three per 16 visible keys,
+  rounded up, about ``1.97 (pos + 16) u`` of the sum in all, inside the sums' ``2
+  gamma(n_acc)`` once ``|v|`` becomes ``m(v)``; and each weight's three float16 parts
+  miss it by the decode bound's split loss.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from tinyserve_sim.data.reference import (
     _logit_underflow,
     _magnitudes,
     _output_rounding,
+    _split_loss,
     _weight_and_sum_bound,
 )
+from tinyserve_sim.data.prefill_plan import prefill_plan_for
 from tinyserve_sim.data.prefill_checks import check_paged_prefill_attention
 from tinyserve_sim.data.validation import check_host_arrays, check_scale
 
@@ -117,6 +126,7 @@ def prefill_error_bound(
     T, Hq, D = query.shape
     out_rel, out_abs = _output_rounding(query.dtype)
     prod_err = 0 if query.dtype == np.float16 else 1  # fp16 x fp16 products are exact in fp32
+    values_on_tensor_cores = prefill_plan_for(D, query.dtype).tensor_core_values
     bound = np.empty((T, Hq, D), dtype=np.float64)
     for where, x, abs_qk, visible, vh in _rows(query, key_cache, value_cache, batch, scale64):
         seen = np.isfinite(x)
@@ -130,7 +140,11 @@ def prefill_error_bound(
         gap = x.max(axis=1, keepdims=True) - np.where(seen, x, 0)
         eps = np.where(seen, (n_resc[:, None] + 1) * (EPS_EXP + U32 * gap) + 2 * U32, 0.0)
         gamma_acc = (n_acc * U32 / (1 - n_acc * U32))[:, None]
-        b = _weight_and_sum_bound(np.where(seen, x, -np.inf), delta, eps, vh, gamma_acc, U32, out_rel, out_abs, n_acc)
+        tensor_core_terms = {}
+        if values_on_tensor_cores:  # the module doc's last item
+            tensor_core_terms = {"sum_v": _magnitudes(vh, True), "split_loss": _split_loss(True, n_acc)[:, None]}
+        b = _weight_and_sum_bound(np.where(seen, x, -np.inf), delta, eps, vh, gamma_acc, U32, out_rel, out_abs, n_acc,
+                                  **tensor_core_terms)
         bound[where] = b.reshape(bound[where].shape)
     return bound
 

@@ -148,7 +148,7 @@ def _weight_and_sum_bound(
     out_abs: float,
     n_acc: float | np.ndarray = 0.0,  # roundings in the output's sums (their underflow term)
     sum_v: np.ndarray | None = None,  # [L, D] what bounds |v| in the sums' error (default |v|)
-    split_loss: float = 0.0,  # absolute error of each weight's float16 parts (P V on tensor cores)
+    split_loss: float | np.ndarray = 0.0,  # absolute error of each weight's float16 parts (P V on tensor cores)
 ) -> np.ndarray:
     """The bound on ``|out - ref|`` (``[G, D]``) from per-token logit and weight errors (module doc)."""
     w = np.exp(x - x.max(axis=1, keepdims=True))

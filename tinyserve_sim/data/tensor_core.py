@@ -283,6 +283,57 @@ def mma_step(terms: tuple[np.ndarray, np.ndarray], step: int, c: np.ndarray) -> 
     return _cut_and_add_below(products[..., K * step : K * step + K], tops[..., step], c)
 
 
+# ------------------------------------------------------------------ P V on tensor cores
+#: The probabilities' scale before their split into float16 parts: ``p <= 1``, so
+#: ``p * 2**15`` stays below float16's largest value, 65504, and the scale is exact.
+PART_SCALE = np.float32(2.0**15)
+
+
+def float16_parts(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``p * 2**15`` (float32) as three float16 parts, each the rest so far rounded to
+    nearest: ``h1 = f16(p)``, ``h2 = f16(p - h1)``, ``h3 = f16(p - h1 - h2)`` (each rest
+    exact in float32). They add up to ``p * 2**15`` exactly from ``p = 2**-16`` up, and
+    within ``2**-25`` below it: ``P V`` on tensor cores takes a probability as three
+    float16 operands, so that no new rounding enters (the kernels do the same steps)."""
+    ps = p * PART_SCALE
+    h1 = ps.astype(np.float16)
+    r1 = ps - h1.astype(np.float32)
+    h2 = r1.astype(np.float16)
+    h3 = (r1 - h2.astype(np.float32)).astype(np.float16)
+    return h1, h2, h3
+
+
+def accumulate_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``acc + P V`` over one tile of keys as the kernels' tensor cores add it: for every
+    16 keys in increasing order that the kernel runs, and each part of
+    :func:`float16_parts` in turn, one ``mma.sync`` step (``acc = mma(v, part, acc)``).
+
+    ``acc`` [R, H, G, D] float32, already rescaled; ``p`` [R, H, G, W] float32 (0 where a key
+    is masked or padding); ``v16`` [R, H, W, D] float16 (0 at padding); ``W`` a multiple of
+    16; ``groups`` [R, H]: how many 16-key groups of the tile each (R, H) runs (the decode
+    kernel skips the groups without a real token; the prefill kernel runs them all). The
+    operands are converted, and their exponent fields found, once per tile, not per step.
+    Returns the new ``acc`` (the result is ``acc * 2**15`` scaled: divide by ``l * 2**15``).
+    """
+    v_t = np.swapaxes(v16, -1, -2)[:, :, None]  # [R, H, 1, D, W]: V^T, one operand
+    if not np.isfinite(v_t).all():  # a cache holding inf or NaN: the rule's slow path
+        for grp in range(p.shape[-1] // K):
+            k = slice(K * grp, K * grp + K)
+            live = (groups > grp)[:, :, None, None]
+            for part in float16_parts(p):
+                acc = np.where(live, mma_steps(v_t[..., k], part[:, :, :, None, k], acc), acc)
+        return acc
+    a = prepare_operand(v_t)
+    terms = [chain_terms(a, prepare_operand(part[:, :, :, None, :])) for part in float16_parts(p)]
+    for grp in range(p.shape[-1] // K):
+        every_row = bool((groups > grp).all())
+        live = (groups > grp)[:, :, None, None]
+        for part_terms in terms:  # h1, h2, h3: one instruction each
+            step = mma_step(part_terms, grp, acc)
+            acc = step if every_row else np.where(live, step, acc)
+    return acc
+
+
 def check_mma_m16n8k16(a: Any, b_t: Any, c: Any) -> int:
     """Check the dtypes and shapes of one launch (NumPy or CuPy arrays); return the tile count."""
     for name, x, dtype in (("a", a, np.float16), ("b_t", b_t, np.float16), ("c", c, np.float32)):

@@ -16,7 +16,9 @@ tokens, 32 query heads over 8 and 32 KV heads, head dim 128, float16, 16-token p
 scattered at random. For each: our time and arithmetic rate (FLOPs = 4 D Hq per
 causal (query, key) pair: 2 D for q.k, 2 D for p.v), as a fraction of the GPU's
 float32 CUDA-core peak (SMs x 128 lanes x 2 FLOP x clock: the honest ceiling of a
-kernel without tensor cores), beside FlashInfer's ``BatchPrefillWithPagedKVCacheWrapper``
+kernel without tensor cores, and issue 16's yardstick; float16 plans run their scores and
+P V on tensor cores by default, so their rate can pass it), beside FlashInfer's
+``BatchPrefillWithPagedKVCacheWrapper``
 on the same pages (tensor cores) and PyTorch's SDPA with a causal mask on
 contiguous K/V (tensor cores): their time and the ratio (> 1: ours faster).
 """

@@ -119,8 +119,9 @@ print("question tokens, hit vs cold, identical bit for bit:", same)
 # %% [markdown]
 # Why can a kernel promise that? Each (token, query head) row is computed on its own,
 # walking the keys in fixed tiles of 64 from position 0, in a documented order of
-# operations: the float16 scores by the tensor-core instruction's measured rule, the rest in
-# float32 ([kernel page](../../kernels/paged_prefill_attention/)). Which other rows share
+# operations: the float16 scores and the products of probabilities and values by the
+# tensor-core instruction's measured rule, the softmax in float32
+# ([kernel page](../../kernels/paged_prefill_attention/)). Which other rows share
 # its thread block, and whether the keys before it were computed in this step or found in
 # the cache, changes nothing in that order. A tile that lies wholly after a row's position
 # is an exact no-op for it: every probability is 0 and every rescale factor exactly 1.

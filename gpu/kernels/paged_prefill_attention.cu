@@ -367,7 +367,8 @@ __global__ void __launch_bounds__(NT, (blocks_per_sm<T, DP>::value)) paged_prefi
 
     // ---- O += P V in the output phase's mapping: first the rescale by this tile's alpha
     // (skipped where it is exactly 1: the same bits), then keys in order, one fused
-    // multiply-add per (row, dim, key).
+    // multiply-add per (row, dim, key); or, with PV, per 16 keys in order and each float16
+    // part of the probabilities, one mma.sync per 8 dims.
     auto accumulate = [&]() {
         if constexpr (PV) {
             // Tensor cores. Lane (g, t) = (lane / 4, lane % 4) of warp (mb, nh) = (w % 4, w / 4):

@@ -335,9 +335,9 @@ def test_the_last_rounding_is_toward_zero_to_float32(x):
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 4), st.integers(0, 2**32 - 1), st.sampled_from(sorted(KINDS)))
 def test_the_twins_fast_path_is_mma_steps(steps, seed, kind):
-    # prepare_operand + chain_terms + mma_step (the decode twin's P V loop) against
+    # prepare_operand + mma_step (the twins' P V loop, accumulate_values) against
     # mma_steps, step by step from a nonzero accumulator, on every kind of input.
-    from tinyserve_sim.data.tensor_core import chain_terms, mma_step, prepare_operand
+    from tinyserve_sim.data.tensor_core import mma_step, prepare_operand
 
     rng = np.random.default_rng(seed)
     a = draw_tiles(kind, steps, rng)[0].reshape(-1)[: 6 * 16 * steps].reshape(2, 1, 3, 16 * steps)
@@ -346,9 +346,9 @@ def test_the_twins_fast_path_is_mma_steps(steps, seed, kind):
         return  # the fast path takes finite operands; mma_steps has the rest
     d = (rng.standard_normal((2, 4, 3)) * 10).astype(np.float32)
     want = d.copy()
-    terms = chain_terms(prepare_operand(a), prepare_operand(b))
+    pa, pb = prepare_operand(a), prepare_operand(b)
     for s in range(steps):
-        d = mma_step(terms, s, d)
+        d = mma_step(pa, pb, s, d)
         want = mma_steps(a[..., 16 * s : 16 * s + 16], b[..., 16 * s : 16 * s + 16], want)
         assert _same(d, want)
 
@@ -366,15 +366,16 @@ def test_the_fast_path_refuses_what_it_cannot_take(operand, message):
 
 
 def test_the_fast_path_refuses_mismatched_operands_and_steps():
-    from tinyserve_sim.data.tensor_core import chain_terms, mma_step, prepare_operand
+    from tinyserve_sim.data.tensor_core import mma_step, prepare_operand
 
     a, b = prepare_operand(np.ones((2, 32), np.float16)), prepare_operand(np.ones((3, 32), np.float16))
+    c = np.zeros(2, np.float32)
     with pytest.raises(KernelInputError, match="broadcast"):
-        chain_terms(a, b)
+        mma_step(a, b, 0, c)
     with pytest.raises(KernelInputError, match="same axis"):
-        chain_terms(a, prepare_operand(np.ones((2, 16), np.float16)))
-    terms = chain_terms(a, prepare_operand(np.ones((1, 32), np.float16)))
+        mma_step(a, prepare_operand(np.ones((2, 16), np.float16)), 0, c)
+    ones = prepare_operand(np.ones((1, 32), np.float16))
     for step in (-1, 2):
         with pytest.raises(KernelInputError, match="step must be in 0..1"):
-            mma_step(terms, step, np.zeros(2, np.float32))
-    assert mma_step(terms, 1, np.zeros(2, np.float32)).tolist() == [16.0, 16.0]
+            mma_step(a, ones, step, c)
+    assert mma_step(a, ones, 1, c).tolist() == [16.0, 16.0]

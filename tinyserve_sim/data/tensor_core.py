@@ -253,14 +253,17 @@ def prepare_operand(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return x64, exponent_fields(x64, -14)
 
 
-def chain_terms(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The exact products of two operands from :func:`prepare_operand` (broadcast, last axis
-    a multiple of 16), and each 16-wide step's largest product place: what every step of a
-    chain over them needs before its accumulator is known. Returns ``products [..., n]`` and
-    ``tops [..., n / 16]``.
+def mma_step(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], step: int,
+             c: np.ndarray) -> npt.NDArray[np.float32]:
+    """Instruction ``step`` of a chain over two operands from :func:`prepare_operand`
+    (broadcast together, the same last axis), onto ``c`` (finite float32): the same values as
+    :func:`mma_steps` over that 16-wide slice, for the twins' inner loops. The step's exact
+    products and their largest place are made for this step alone (a whole chain's at once
+    would be ``n / 16`` times the memory, and slower).
 
     Raises:
-        KernelInputError: operands of different lengths, or leading axes that do not broadcast.
+        KernelInputError: operands of different lengths or that do not broadcast, or a step
+            outside the chain.
     """
     if a[0].shape[-1] != b[0].shape[-1]:
         raise KernelInputError(f"the operands must end in the same axis, got {a[0].shape} and {b[0].shape}")
@@ -268,19 +271,12 @@ def chain_terms(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
         np.broadcast_shapes(a[0].shape, b[0].shape)
     except ValueError:
         raise KernelInputError(f"the operands must broadcast together, got {a[0].shape} and {b[0].shape}") from None
-    products = a[0] * b[0]
-    places = a[1] + b[1]
-    tops = places.reshape(places.shape[:-1] + (-1, K)).max(axis=-1)
-    return products, tops
-
-
-def mma_step(terms: tuple[np.ndarray, np.ndarray], step: int, c: np.ndarray) -> npt.NDArray[np.float32]:
-    """Instruction ``step`` of a chain over :func:`chain_terms`, onto ``c`` (finite float32):
-    the same values as :func:`mma_steps` over that 16-wide slice, for the twins' inner loops."""
-    products, tops = terms
-    if not 0 <= step < tops.shape[-1]:
-        raise KernelInputError(f"step must be in 0..{tops.shape[-1] - 1}, got {step}")
-    return _cut_and_add_below(products[..., K * step : K * step + K], tops[..., step], c)
+    steps = a[0].shape[-1] // K
+    if not 0 <= step < steps:
+        raise KernelInputError(f"step must be in 0..{steps - 1}, got {step}")
+    k = slice(K * step, K * step + K)
+    top = (a[1][..., k] + b[1][..., k]).max(axis=-1)
+    return _cut_and_add_below(a[0][..., k] * b[0][..., k], top, c)
 
 
 # ------------------------------------------------------------------ P V on tensor cores
@@ -324,12 +320,12 @@ def accumulate_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups: n
                 acc = np.where(live, mma_steps(v_t[..., k], part[:, :, :, None, k], acc), acc)
         return acc
     a = prepare_operand(v_t)
-    terms = [chain_terms(a, prepare_operand(part[:, :, :, None, :])) for part in float16_parts(p)]
+    parts = [prepare_operand(part[:, :, :, None, :]) for part in float16_parts(p)]
     for grp in range(p.shape[-1] // K):
         every_row = bool((groups > grp).all())
         live = (groups > grp)[:, :, None, None]
-        for part_terms in terms:  # h1, h2, h3: one instruction each
-            step = mma_step(part_terms, grp, acc)
+        for part in parts:  # h1, h2, h3: one instruction each
+            step = mma_step(a, part, grp, acc)
             acc = step if every_row else np.where(live, step, acc)
     return acc
 

@@ -379,3 +379,48 @@ def test_the_fast_path_refuses_mismatched_operands_and_steps():
         with pytest.raises(KernelInputError, match="step must be in 0..1"):
             mma_step(a, ones, step, c)
     assert mma_step(a, ones, 1, c).tolist() == [16.0, 16.0]
+
+
+def test_the_fast_path_refuses_a_bad_step_or_accumulator():
+    from tinyserve_sim.data.tensor_core import mma_step, prepare_operand
+
+    a = prepare_operand(np.ones((2, 32), np.float16))
+    with pytest.raises(KernelInputError, match="step must be"):
+        mma_step(a, a, 1.5, np.zeros(2, np.float32))
+    with pytest.raises(KernelInputError, match="step must be"):
+        mma_step(a, a, True, np.zeros(2, np.float32))
+    with pytest.raises(KernelInputError, match="broadcast"):
+        mma_step(a, a, 0, np.zeros(3, np.float32))
+    assert mma_step(a, a, np.int64(1), np.zeros(2, np.float32)).tolist() == [16.0, 16.0]
+
+
+def _values_step_args():
+    acc = np.zeros((2, 1, 3, 8), np.float32)
+    p = np.full((2, 1, 3, 32), 0.5, np.float32)
+    v16 = np.ones((2, 1, 32, 8), np.float16)
+    return acc, p, v16, np.full((2, 1), 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [(lambda a: (a[0].astype(np.float64), *a[1:]), "acc must be a 4-d float32"),
+     (lambda a: (a[0], a[1][..., :24], a[2], a[3]), "multiple of 16"),
+     (lambda a: (a[0], a[1], a[2][:, :, :16], a[3]), r"\[R, H, W, D\]"),
+     (lambda a: (a[0], a[1], a[2].tolist(), a[3]), "v16 must be a 4-d float16 array, got list"),
+     (lambda a: (a[0], a[1], a[2], np.full((2, 1), 2.0)), "groups must be an integer array"),
+     (lambda a: (a[0], a[1], a[2], np.full((1, 2), 2)), "groups must be an integer array")],
+)
+def test_accumulate_values_names_a_bad_argument(change, message):
+    from tinyserve_sim.data.tensor_core import accumulate_values
+
+    with pytest.raises(KernelInputError, match=message):
+        accumulate_values(*change(_values_step_args()))
+
+
+def test_accumulate_values_adds_p_v_on_good_arguments():
+    # p = 0.5 (one float16 part), v = 1: each of the 32 keys adds 0.5 * 2**15 to every output.
+    from tinyserve_sim.data.tensor_core import PART_SCALE, accumulate_values
+
+    out = accumulate_values(*_values_step_args())
+    assert out.dtype == np.float32 and out.shape == (2, 1, 3, 8)
+    assert np.all(out == 32 * 0.5 * float(PART_SCALE))

@@ -96,9 +96,9 @@ def _cut_and_add(products: np.ndarray, places: np.ndarray, c: np.ndarray) -> np.
 
 
 def _cut_and_add_below(products: np.ndarray, top_product: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """:func:`_cut_and_add` with the products' largest place given (``top_product`` [...]):
-    a chain can find it for all its steps at once. Written for speed (the twins run it once
-    per instruction of every chain): the fewest NumPy calls that follow the rule."""
+    """:func:`_cut_and_add` with the products' largest place given (``top_product`` [...]),
+    as :func:`mma_step` finds it from its operands' places. Written for speed (the twins run
+    it once per instruction of every chain): the fewest NumPy calls that follow the rule."""
     c64 = c.astype(np.float64)
     # Step 3: the largest place. Where every term is zero there is none: any unit then
     # gives a zero sum (the floor keeps 2**-unit finite).
@@ -219,17 +219,16 @@ def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArr
     except ValueError:
         raise KernelInputError(f"a, b and c must broadcast together, got {a.shape}, {b.shape} and {c.shape}") from None
     d = np.array(np.broadcast_to(c, shape), dtype=np.float32)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
         for step in range(a.shape[-1] // K):  # the slow path, element by element of the rule
             k = slice(K * step, K * step + K)
             d = mma_dot(np.broadcast_to(a[..., k], shape + (K,)), np.broadcast_to(b[..., k], shape + (K,)), d)
         return d
-    a_places, b_places = exponent_fields(a64, -14), exponent_fields(b64, -14)
+    pa, pb = prepare_operand(a), prepare_operand(b)
     for step in range(a.shape[-1] // K):
         k = slice(K * step, K * step + K)
         finite = np.isfinite(d)
-        new = _cut_and_add(a64[..., k] * b64[..., k], a_places[..., k] + b_places[..., k], np.where(finite, d, 0))
+        new = mma_step(pa, pb, step, np.where(finite, d, np.float32(0)))
         if not finite.all():  # an infinite or NaN accumulator stays as IEEE-754 has it
             new = np.where(finite, new, _specials(np.broadcast_to(a[..., k], shape + (K,)),
                                                   np.broadcast_to(b[..., k], shape + (K,)), d))
@@ -262,17 +261,18 @@ def mma_step(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
     would be ``n / 16`` times the memory, and slower).
 
     Raises:
-        KernelInputError: operands of different lengths or that do not broadcast, or a step
-            outside the chain.
+        KernelInputError: operands of different lengths, operands and ``c`` that do not
+            broadcast, or a step that is not an integer of the chain.
     """
     if a[0].shape[-1] != b[0].shape[-1]:
         raise KernelInputError(f"the operands must end in the same axis, got {a[0].shape} and {b[0].shape}")
     try:
-        np.broadcast_shapes(a[0].shape, b[0].shape)
+        np.broadcast_shapes(a[0].shape[:-1], b[0].shape[:-1], np.shape(c))
     except ValueError:
-        raise KernelInputError(f"the operands must broadcast together, got {a[0].shape} and {b[0].shape}") from None
+        raise KernelInputError(f"the operands and c must broadcast together, got {a[0].shape}, {b[0].shape} "
+                               f"and {np.shape(c)}") from None
     steps = a[0].shape[-1] // K
-    if not 0 <= step < steps:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < steps:
         raise KernelInputError(f"step must be in 0..{steps - 1}, got {step}")
     k = slice(K * step, K * step + K)
     top = (a[1][..., k] + b[1][..., k]).max(axis=-1)
@@ -310,7 +310,11 @@ def accumulate_values(acc: np.ndarray, p: np.ndarray, v16: np.ndarray, groups: n
     kernel skips the groups without a real token; the prefill kernel runs them all). The
     operands are converted, and their exponent fields found, once per tile, not per step.
     Returns the new ``acc`` (the result is ``acc * 2**15`` scaled: divide by ``l * 2**15``).
+
+    Raises:
+        KernelInputError: arrays of other dtypes or shapes than the above.
     """
+    _check_values_step(acc, p, v16, groups)
     v_t = np.swapaxes(v16, -1, -2)[:, :, None]  # [R, H, 1, D, W]: V^T, one operand
     if not np.isfinite(v_t).all():  # a cache holding inf or NaN: the rule's slow path
         for grp in range(p.shape[-1] // K):
@@ -361,6 +365,21 @@ def mma_m16n8k16(a: npt.ArrayLike, b_t: npt.ArrayLike, c: npt.ArrayLike) -> npt.
     rows = np.broadcast_to(a[:, :, None, :], (tiles, 16, 8, 16))
     cols = np.broadcast_to(b_t[:, None, :, :], (tiles, 16, 8, 16))
     return mma_dot(rows, cols, c)
+
+
+def _check_values_step(acc: Any, p: Any, v16: Any, groups: Any) -> None:
+    """:func:`accumulate_values`'s arguments, named when wrong (before any work)."""
+    for name, x, dtype in (("acc", acc, np.float32), ("p", p, np.float32), ("v16", v16, np.float16)):
+        if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != 4:
+            got = f"{x.dtype} with shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise KernelInputError(f"{name} must be a 4-d {np.dtype(dtype).name} array, got {got}")
+    R, H, G, D = acc.shape
+    W = p.shape[-1]
+    if p.shape != (R, H, G, W) or W % K or v16.shape != (R, H, W, D):
+        raise KernelInputError(f"acc {acc.shape}, p {p.shape} and v16 {v16.shape} must be [R, H, G, D], "
+                               f"[R, H, G, W] and [R, H, W, D] with W a multiple of {K}")
+    if not isinstance(groups, np.ndarray) or groups.shape != (R, H) or groups.dtype.kind not in "iu":
+        raise KernelInputError(f"groups must be an integer array of shape {(R, H)}, got {groups!r:.80}")
 
 
 def _as(x: Any, dtype: type, what: str) -> np.ndarray:

@@ -15,6 +15,7 @@ and asserts nothing.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,4 +39,6 @@ def main(head_dims: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [64, 128, 256])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("head_dims", nargs="*", type=int, default=[64, 128, 256], help="head dims to launch (default: 64 128 256)")
+    main(parser.parse_args().head_dims)

@@ -140,11 +140,11 @@ def prefill_error_bound(
         gap = x.max(axis=1, keepdims=True) - np.where(seen, x, 0)
         eps = np.where(seen, (n_resc[:, None] + 1) * (EPS_EXP + U32 * gap) + 2 * U32, 0.0)
         gamma_acc = (n_acc * U32 / (1 - n_acc * U32))[:, None]
-        tensor_core_terms = {}
-        if values_on_tensor_cores:  # the module doc's last item
-            tensor_core_terms = {"sum_v": _magnitudes(vh, True), "split_loss": _split_loss(True, n_acc)[:, None]}
+        # P V on tensor cores (the module doc's last item), as in the decode bound: |v| -> m(v),
+        # and each weight's split loss; both are |v| and 0 when P V is on CUDA cores.
+        split_loss = np.reshape(_split_loss(values_on_tensor_cores, n_acc), (-1, 1))  # [R, 1]
         b = _weight_and_sum_bound(np.where(seen, x, -np.inf), delta, eps, vh, gamma_acc, U32, out_rel, out_abs, n_acc,
-                                  **tensor_core_terms)
+                                  sum_v=_magnitudes(vh, values_on_tensor_cores), split_loss=split_loss)
         bound[where] = b.reshape(bound[where].shape)
     return bound
 

@@ -232,7 +232,7 @@ def attention_error_bound(
     return bound
 
 
-def _split_loss(float16: bool, n_acc: float) -> float:
+def _split_loss(float16: bool, n_acc: float | np.ndarray) -> float | np.ndarray:
     """Per token: what the float16 parts of a weight (``tensor_core_values``) add to the
     output's error, relative to ``m(v)``: ``2**-40`` for the split, and ``2**-28`` (two
     subnormal parts counted as ``2**-14`` each: ``2**-13`` of ``p * 2**15``, ``2**-28`` of

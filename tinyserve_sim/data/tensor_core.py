@@ -192,11 +192,7 @@ def mma_chain(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float32]:
     broadcast inputs, and with the exponent fields worked out once per input. Finite inputs
     only (a kernel's keys and queries); returns float32 of the broadcast leading shape.
     """
-    a = _as(a, np.float16, "a")
-    b = _as(b, np.float16, "b")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise KernelInputError("mma_chain takes finite inputs only (mma_dot takes special values too)")
-    return mma_steps(a, b, np.float32(0.0))
+    return _chain(_as(a, np.float16, "a"), _as(b, np.float16, "b"), np.float32(0.0), finite_only=True)
 
 
 def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -209,9 +205,13 @@ def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArr
     tensor cores is such a chain per 16 tokens: ``a`` the values (16 tokens of one dim),
     ``b`` one float16 part of the probabilities, ``c`` the running output.
     """
-    a = _as(a, np.float16, "a")
-    b = _as(b, np.float16, "b")
-    c = _as(c, np.float32, "c")
+    return _chain(_as(a, np.float16, "a"), _as(b, np.float16, "b"), _as(c, np.float32, "c"), finite_only=False)
+
+
+def _chain(a: np.ndarray, b: np.ndarray, c: np.ndarray, finite_only: bool) -> npt.NDArray[np.float32]:
+    """The body of :func:`mma_chain` (``finite_only``: refuse special values) and
+    :func:`mma_steps`, on arrays of the right dtypes. Each operand is converted to float64
+    and checked for special values once, for the whole chain."""
     if a.ndim < 1 or b.ndim < 1 or a.shape[-1] != b.shape[-1] or a.shape[-1] % K:
         raise KernelInputError(f"a and b must end in the same axis, a multiple of {K}, got {a.shape} and {b.shape}")
     try:
@@ -219,12 +219,15 @@ def mma_steps(a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike) -> npt.NDArr
     except ValueError:
         raise KernelInputError(f"a, b and c must broadcast together, got {a.shape}, {b.shape} and {c.shape}") from None
     d = np.array(np.broadcast_to(c, shape), dtype=np.float32)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)  # exact
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        if finite_only:
+            raise KernelInputError("mma_chain takes finite inputs only (mma_dot takes special values too)")
         for step in range(a.shape[-1] // K):  # the slow path, element by element of the rule
             k = slice(K * step, K * step + K)
             d = mma_dot(np.broadcast_to(a[..., k], shape + (K,)), np.broadcast_to(b[..., k], shape + (K,)), d)
         return d
-    pa, pb = prepare_operand(a), prepare_operand(b)
+    pa, pb = _operand(a64), _operand(b64)
     for step in range(a.shape[-1] // K):
         k = slice(K * step, K * step + K)
         finite = np.isfinite(d)
@@ -249,6 +252,11 @@ def prepare_operand(x: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x64 = x.astype(np.float64)
     if not np.isfinite(x64).all():
         raise KernelInputError("prepare_operand takes finite values only (mma_steps takes special values too)")
+    return _operand(x64)
+
+
+def _operand(x64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`prepare_operand` on values already checked and converted to float64."""
     return x64, exponent_fields(x64, -14)
 
 

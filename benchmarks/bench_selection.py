@@ -99,10 +99,12 @@ def flush_l2() -> None:
     else:
         *_, read_contiguous = _read_floor_kernels()
         sms = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
-        read_contiguous((sms * 8,), (512,), (_FLUSH, np.int64(_FLUSH.nbytes // 16), _flush_sink()))
+        read_contiguous((sms * 8,), (512,), (_FLUSH, np.int64(_FLUSH.nbytes // 16), _sink()))
 
 
-def _flush_sink() -> cp.ndarray:
+def _sink() -> cp.ndarray:
+    """The one word that the read kernels' never-taken store targets (it keeps their reads
+    from being optimised away): made once, shared by the flush and the floors."""
     global _SINK
     if _SINK is None:
         _SINK = cp.zeros(1, cp.uint32)
@@ -243,7 +245,7 @@ def read_contiguous_floor(buffer: cp.ndarray, nbytes: float, reps: int) -> float
     ms: what the same number of bytes costs in the best pattern, whatever kernel reads them."""
     *_, read_contiguous = _read_floor_kernels()
     assert buffer.nbytes >= nbytes
-    sink = cp.zeros(1, cp.uint32)
+    sink = _sink()
     sms = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
     n = np.int64(nbytes // 16)
     best = float("inf")
@@ -257,7 +259,7 @@ def read_kv_floor(case: Case, tables: cp.ndarray, lens: cp.ndarray, per_head: bo
     """Fastest read of the K and V rows of ``tables`` / ``lens`` over split-K partitions of
     256, 512 and 1,024 tokens (as ``fastest_sparse_attention`` chooses ours), in ms."""
     read_kv, _, _ = _read_floor_kernels()
-    sink = cp.zeros(1, cp.uint32)
+    sink = _sink()
     row_vecs = case.D * 2 // 16
     seq_stride, head_stride = (case.Hkv, 1) if per_head else (1, 0)
     best = float("inf")
@@ -272,7 +274,7 @@ def read_kv_floor(case: Case, tables: cp.ndarray, lens: cp.ndarray, per_head: bo
 def read_metadata_floor(case: Case, reps: int) -> float:
     """Fastest read of every page's min and max rows over runs of 64, 128 and 256 pages, in ms."""
     _, read_metadata, _ = _read_floor_kernels()
-    sink = cp.zeros(1, cp.uint32)
+    sink = _sink()
     tables = cp.asarray(case.batch.block_tables)
     best = float("inf")
     for ppb in (64, 128, 256):
